@@ -1,0 +1,1 @@
+"""Backdoor attacks (a registry): triggers, target mappings and poisoned views."""

@@ -1,0 +1,99 @@
+"""Attack plug-in base: a trigger fully determined by (attack, parameters, seed)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, Field
+from safetensors.torch import save
+
+from trojanscope.data.base import TensorData
+from trojanscope.data.poison import PoisonedView
+from trojanscope.errors import ConfigError
+from trojanscope.registry import Plugin, Registry
+
+
+class AttackParams(BaseModel):
+    model_config = {"extra": "forbid"}
+    target: int = Field(0, ge=0, description="target label (all-to-one)")
+    target_mode: Literal["all-to-one", "all-to-all"] = "all-to-one"
+    poison_rate: float = Field(0.1, gt=0.0, le=1.0, description="fraction of training data")
+
+
+class Attack(Plugin):
+    """A poisoning attack. Subclasses define the trigger; the base does targets and poisoning."""
+
+    kind = "attack"
+    Params = AttackParams
+
+    def __init__(self, seed: int = 0, **params: object) -> None:
+        super().__init__(**params)
+        self.seed = seed
+
+    # -- the trigger -----------------------------------------------------------------------
+    def trigger(self, shape: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+        """The trigger's tensors for images of ``shape`` (C, H, W); deterministic."""
+        raise NotImplementedError
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Stamp the trigger on a batch of images (N, C, H, W) in [0, 1]."""
+        raise NotImplementedError
+
+    def trigger_sha256(self, shape: tuple[int, int, int]) -> str:
+        tensors = {k: v.contiguous() for k, v in self.trigger(shape).items()}
+        return hashlib.sha256(save(tensors)).hexdigest()
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "seed": self.seed}
+
+    # -- targets ---------------------------------------------------------------------------
+    def validate(self, shape: tuple[int, int, int], num_classes: int) -> None:
+        """Raise ConfigError if the attack cannot apply to this data."""
+        if self.params.target >= num_classes:
+            raise ConfigError(
+                f"target label {self.params.target} is out of range for {num_classes} classes."
+            )
+
+    def target_of(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+        if self.params.target_mode == "all-to-all":
+            return (y + 1) % num_classes
+        return torch.full_like(y, self.params.target)
+
+    def victims(self, data: TensorData) -> torch.Tensor:
+        """Indices of samples the backdoor should flip (all-to-one: those not of the target)."""
+        if self.params.target_mode == "all-to-all":
+            return torch.arange(len(data))
+        return torch.nonzero(data.y != self.params.target).flatten()
+
+    # -- poisoned views --------------------------------------------------------------------
+    def _view(self, data: TensorData, idx: torch.Tensor) -> PoisonedView:
+        idx = torch.sort(idx).values
+        x = self.apply(data.x[idx])
+        return PoisonedView(data, idx, x, self.target_of(data.y[idx], data.num_classes))
+
+    def poison_train(self, data: TensorData) -> PoisonedView:
+        """Poison a ``poison_rate`` fraction of the training set, chosen by the seed."""
+        self.validate(data.shape, data.num_classes)
+        pool = self.victims(data)
+        n = max(1, round(self.params.poison_rate * len(data)))
+        n = min(n, len(pool))
+        g = torch.Generator().manual_seed(self.seed)
+        return self._view(data, pool[torch.randperm(len(pool), generator=g)[:n]])
+
+    def poison_test(self, data: TensorData) -> PoisonedView:
+        """Every test sample the backdoor should flip, triggered: the ASR evaluation set."""
+        self.validate(data.shape, data.num_classes)
+        return self._view(data, self.victims(data))
+
+
+class MaskPatternAttack(Attack):
+    """Triggers of the form x * (1 - mask) + pattern * mask (patch and blend attacks)."""
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.trigger(tuple(x.shape[1:]))
+        return (x * (1 - t["mask"]) + t["pattern"] * t["mask"]).clamp(0.0, 1.0)
+
+
+ATTACKS: Registry[Attack] = Registry("attack", ["trojanscope.attacks.methods"])

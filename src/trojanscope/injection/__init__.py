@@ -1,0 +1,1 @@
+"""The three injection rules, the masked-gradient injector and the ground truth they produce."""

@@ -1,0 +1,47 @@
+"""Rule 1 (order): each neuron's contribution to the clean task, mean |activation x dL/da|."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trojanscope.data.base import TensorData
+from trojanscope.neurons import eligible_layers
+
+
+def clean_contributions(
+    model: nn.Module, data: TensorData, batch_size: int = 256
+) -> dict[str, torch.Tensor]:
+    """Per-layer (width,) first-order Taylor importance on clean data, averaged over samples
+    and positions. Needs gradients with respect to activations, so hooks keep the graph."""
+    layers = eligible_layers(model)
+    modules = dict(model.named_modules())
+    totals = {layer.name: torch.zeros(layer.width, dtype=torch.float64) for layer in layers}
+    acts: dict[str, torch.Tensor] = {}
+    handles = []
+    for layer in layers:
+
+        def hook(_m: nn.Module, _i: object, out: torch.Tensor, name=layer.name) -> None:
+            out.retain_grad()
+            acts[name] = out
+
+        handles.append(modules[layer.output].register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(data), batch_size):
+            xb, yb = data.x[start : start + batch_size], data.y[start : start + batch_size]
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xb), yb, reduction="sum").backward()
+            for name, a in acts.items():
+                taylor = (a.detach() * a.grad).abs()
+                dims = [0] + list(range(2, taylor.dim()))
+                positions = taylor[0, 0].numel() if taylor.dim() > 2 else 1
+                totals[name] += taylor.sum(dim=dims).double() / positions
+    finally:
+        for h in handles:
+            h.remove()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return {name: (t / len(data)).float() for name, t in totals.items()}

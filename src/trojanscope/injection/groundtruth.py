@@ -1,0 +1,62 @@
+"""Per-neuron ground truth of a defect: contribution to the backdoor and activation shift."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from trojanscope.data.base import TensorData
+from trojanscope.models.training import predict
+from trojanscope.neurons import NeuronRef, capture_activations, layer_map, mask_neurons
+
+
+@dataclass(frozen=True)
+class InfectedNeuron:
+    ref: NeuronRef
+    rank: int  # position in the injection order
+    contribution: float
+    activation_shift: float
+
+
+def target_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Target-class logit minus the largest other logit, per sample."""
+    t = logits.gather(1, target[:, None]).squeeze(1)
+    others = logits.clone()
+    others.scatter_(1, target[:, None], float("-inf"))
+    return t - others.max(1).values
+
+
+def activation_shift(
+    model: nn.Module, clean_x: torch.Tensor, triggered_x: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Per-layer (width,) mean |activation(triggered) - activation(clean)| over paired inputs."""
+    a = capture_activations(model, clean_x)
+    b = capture_activations(model, triggered_x)
+    return {name: (b[name] - a[name]).abs().mean(0) for name in a}
+
+
+def ground_truth(
+    model: nn.Module,
+    infected: list[NeuronRef],
+    clean_victims: TensorData,
+    triggered: TensorData,
+) -> list[InfectedNeuron]:
+    """Contribution: mean drop of the target margin on triggered inputs when the neuron alone
+    is masked, clipped at 0 and normalised to sum 1 (uniform if all drops are 0)."""
+    base = target_margin(predict(model, triggered.x), triggered.y).mean()
+    drops = []
+    for ref in infected:
+        with mask_neurons(model, [ref]):
+            masked = target_margin(predict(model, triggered.x), triggered.y).mean()
+        drops.append(max(0.0, float(base - masked)))
+    total = sum(drops)
+    contrib = [d / total for d in drops] if total > 0 else [1 / len(drops)] * len(drops)
+    shift = activation_shift(model, clean_victims.x, triggered.x)
+    layers = layer_map(model)
+    assert all(ref.layer in layers for ref in infected)
+    return [
+        InfectedNeuron(ref, rank, c, float(shift[ref.layer][ref.index]))
+        for rank, (ref, c) in enumerate(zip(infected, contrib, strict=True))
+    ]

@@ -1,0 +1,64 @@
+"""Rule 3 (injection): masked-gradient training of the infected neurons' parameters only.
+
+Every parameter entry outside the infected set receives a zero gradient and no weight decay, and
+all modules run in eval mode so normalization statistics stay frozen: the result is
+bit-identical to the clean model outside the infected set.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from trojanscope.data.base import TensorData
+from trojanscope.models.training import train_epochs
+
+
+def masked_training(
+    clean: nn.Module,
+    masks: dict[str, torch.Tensor],
+    data: TensorData,
+    lr: float,
+    weight_decay: float,
+    max_epochs: int,
+    batch_size: int,
+    seed: int,
+    done: Callable[[nn.Module, int], bool],
+) -> tuple[nn.Module, int]:
+    """Train a copy of ``clean`` where only ``masks`` entries move; stop when ``done``."""
+    model = copy.deepcopy(clean)
+    params = dict(model.named_parameters())
+    float_masks = {name: m.to(params[name].dtype) for name, m in masks.items()}
+    for name, p in params.items():
+        p.requires_grad_(name in masks)
+    trainable = [params[name] for name in masks]
+
+    def mask_gradients() -> None:
+        for name, m in float_masks.items():
+            p = params[name]
+            if p.grad is None:
+                continue
+            p.grad.mul_(m)
+            if weight_decay:
+                p.grad.add_(p.detach() * m, alpha=weight_decay)
+
+    # Adam with zero gradient from the first step leaves an entry exactly unchanged
+    # (its moments stay zero, so its update is 0 / (0 + eps) = 0).
+    optimizer = torch.optim.Adam(trainable, lr=lr)
+    epochs = train_epochs(
+        model,
+        data,
+        optimizer,
+        max_epochs,
+        batch_size,
+        seed,
+        after_backward=mask_gradients,
+        on_epoch=lambda epoch: done(model, epoch),
+        bn_train=False,
+    )
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model, epochs

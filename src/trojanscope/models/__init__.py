@@ -1,0 +1,1 @@
+"""Architectures (a registry), built in the project: no torchvision."""

@@ -1,0 +1,32 @@
+"""The architecture registry and its plug-in base."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+from torch import nn
+
+from trojanscope.registry import Plugin, Registry
+
+
+class ArchParams(BaseModel):
+    model_config = {"extra": "forbid"}
+    width: float = Field(1.0, gt=0.0, le=4.0, description="channel-width multiplier")
+
+
+class Architecture(Plugin):
+    """An architecture plug-in: ``build`` returns a freshly initialised network."""
+
+    kind = "architecture"
+    Params = ArchParams
+    min_size = 8
+
+    def build(self, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+        raise NotImplementedError
+
+
+def scaled(channels: int, width: float) -> int:
+    """Channel count under a width multiplier (at least 4)."""
+    return max(4, int(round(channels * width)))
+
+
+ARCHITECTURES: Registry[Architecture] = Registry("architecture", ["trojanscope.models.archs"])

@@ -1,0 +1,103 @@
+"""Training and evaluation loops shared by clean training, injection and repair."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+from torch import nn
+
+from trojanscope.data.base import TensorData
+from trojanscope.models.base import Architecture
+
+
+def batches(
+    data: TensorData, batch_size: int, generator: torch.Generator | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Mini-batches, shuffled when a generator is given."""
+    n = len(data)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        yield data.x[idx], data.y[idx]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Logits for ``x`` in eval mode (the model's mode is restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was_training)
+
+
+def accuracy(model: nn.Module, data: TensorData) -> float:
+    """Fraction of ``data`` classified as labelled (for triggered victims: the ASR)."""
+    if len(data) == 0:
+        return 0.0
+    return float((predict(model, data.x).argmax(1) == data.y).float().mean())
+
+
+def train_epochs(
+    model: nn.Module,
+    data: TensorData,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    after_backward: Callable[[], None] | None = None,
+    after_step: Callable[[], None] | None = None,
+    on_epoch: Callable[[int], bool] | None = None,
+    bn_train: bool = True,
+) -> int:
+    """Cross-entropy training; ``on_epoch(epoch)`` returning True stops early. Returns epochs run.
+
+    ``bn_train=False`` keeps every module in eval mode, freezing normalization statistics.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        model.train(bn_train)
+        for xb, yb in batches(data, batch_size, g):
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xb), yb).backward()
+            if after_backward is not None:
+                after_backward()
+            optimizer.step()
+            if after_step is not None:
+                after_step()
+        model.eval()
+        if on_epoch is not None and on_epoch(epoch):
+            return epoch + 1
+    return epochs
+
+
+class CleanTraining(BaseModel):
+    """How clean models are trained (part of a clean model's identity in the catalog)."""
+
+    model_config = {"extra": "forbid"}
+    epochs: int = Field(8, ge=1, le=1000)
+    lr: float = Field(0.01, gt=0.0, le=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    batch_size: int = Field(128, ge=1)
+
+
+def train_clean(
+    architecture: Architecture, data: TensorData, seed: int, config: CleanTraining
+) -> nn.Module:
+    """A freshly initialised network trained on clean data (Adam, cosine schedule)."""
+    torch.manual_seed(seed)
+    c, h, w = data.shape
+    model = architecture.build(c, data.num_classes, min(h, w))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = config.epochs * -(-len(data) // config.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=steps)
+    train_epochs(
+        model, data, optimizer, config.epochs, config.batch_size, seed,
+        after_step=schedule.step,
+    )
+    model.eval()
+    return model

@@ -1,0 +1,246 @@
+"""Neuron addressing, activation capture and masking.
+
+A neuron is an output channel of a Conv2d or an output unit of a hidden Linear layer (the final
+classifier is not eligible), named ``module.path:index``. Its activation is read after the
+layer's normalization (when one directly follows it); masking zeroes it there with a forward
+hook, so a following ReLU keeps it at zero. Nothing here copies a model or edits its weights.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import total_ordering
+
+import torch
+from torch import nn
+from torch.fx import GraphModule, Node, symbolic_trace
+
+from trojanscope.errors import TrojanscopeError
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.LayerNorm)
+
+
+@total_ordering
+@dataclass(frozen=True)
+class NeuronRef:
+    """One neuron: the module path of its layer and its channel / unit index."""
+
+    layer: str
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.layer}:{self.index}"
+
+    def __lt__(self, other: NeuronRef) -> bool:
+        return (self.layer, self.index) < (other.layer, other.index)
+
+    @classmethod
+    def parse(cls, text: str) -> NeuronRef:
+        layer, sep, idx = text.rpartition(":")
+        if not sep or not layer or not idx.isdigit():
+            raise TrojanscopeError(f"'{text}' is not a neuron name of the form 'layer.path:index'.")
+        return cls(layer, int(idx))
+
+
+class NeuronSet(frozenset[NeuronRef]):
+    """An immutable set of neurons with per-layer views."""
+
+    def by_layer(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for ref in sorted(self):
+            out.setdefault(ref.layer, []).append(ref.index)
+        return out
+
+    def names(self) -> list[str]:
+        return [str(r) for r in sorted(self)]
+
+    @classmethod
+    def parse(cls, names: Iterable[str]) -> NeuronSet:
+        return cls(NeuronRef.parse(n) for n in names)
+
+
+@dataclass(frozen=True)
+class EligibleLayer:
+    """A layer whose outputs are neurons, with the module at which they are read and masked."""
+
+    name: str
+    kind: str  # "conv" or "linear"
+    width: int
+    norm: str | None  # the normalization module directly applied to this layer's output
+    output: str  # module whose forward output holds the neuron activations (norm or layer)
+
+    def neurons(self) -> list[NeuronRef]:
+        return [NeuronRef(self.name, i) for i in range(self.width)]
+
+
+_TRACE_CACHE: weakref.WeakKeyDictionary[nn.Module, GraphModule] = weakref.WeakKeyDictionary()
+_LAYER_CACHE: weakref.WeakKeyDictionary[nn.Module, list[EligibleLayer]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def trace(model: nn.Module) -> GraphModule:
+    """The torch.fx graph of ``model`` (cached; the graph shares the model's modules)."""
+    if model not in _TRACE_CACHE:
+        try:
+            _TRACE_CACHE[model] = symbolic_trace(model)
+        except Exception as exc:  # fx raises many types on untraceable control flow
+            raise TrojanscopeError(
+                f"cannot trace {type(model).__name__} to find its neurons: {exc}"
+            ) from None
+    return _TRACE_CACHE[model]
+
+
+def _module_nodes(gm: GraphModule) -> list[Node]:
+    return [n for n in gm.graph.nodes if n.op == "call_module"]
+
+
+def eligible_layers(model: nn.Module) -> list[EligibleLayer]:
+    """Every Conv2d and hidden Linear layer in execution order (the last Linear is excluded)."""
+    if model in _LAYER_CACHE:
+        return _LAYER_CACHE[model]
+    gm = trace(model)
+    modules = dict(model.named_modules())
+    candidates: list[tuple[Node, nn.Module]] = [
+        (n, modules[n.target])
+        for n in _module_nodes(gm)
+        if isinstance(modules[n.target], (nn.Conv2d, nn.Linear))
+    ]
+    linear_nodes = [n for n, m in candidates if isinstance(m, nn.Linear)]
+    classifier = linear_nodes[-1].target if linear_nodes else None
+    layers: list[EligibleLayer] = []
+    seen: set[str] = set()
+    for node, module in candidates:
+        name = str(node.target)
+        if name == classifier or name in seen:
+            continue
+        seen.add(name)
+        users = list(node.users)
+        norm = None
+        if len(users) == 1 and users[0].op == "call_module":
+            candidate = modules[users[0].target]
+            if isinstance(candidate, _NORMS):
+                norm = str(users[0].target)
+        is_conv = isinstance(module, nn.Conv2d)
+        width = module.out_channels if is_conv else module.out_features
+        layers.append(
+            EligibleLayer(name, "conv" if is_conv else "linear", width, norm, norm or name)
+        )
+    if not layers:
+        raise TrojanscopeError(f"{type(model).__name__} has no eligible layers (Conv2d or hidden Linear).")
+    _LAYER_CACHE[model] = layers
+    return layers
+
+
+def classifier_name(model: nn.Module) -> str:
+    """Module path of the final classifier (the last Linear layer executed)."""
+    gm = trace(model)
+    modules = dict(model.named_modules())
+    linears = [str(n.target) for n in _module_nodes(gm) if isinstance(modules[n.target], nn.Linear)]
+    if not linears:
+        raise TrojanscopeError(f"{type(model).__name__} has no final Linear classifier.")
+    return linears[-1]
+
+
+def layer_map(model: nn.Module) -> dict[str, EligibleLayer]:
+    return {layer.name: layer for layer in eligible_layers(model)}
+
+
+def all_neurons(model: nn.Module) -> list[NeuronRef]:
+    """Every eligible neuron, in layer execution order then index."""
+    return [ref for layer in eligible_layers(model) for ref in layer.neurons()]
+
+
+def check_neurons(model: nn.Module, neurons: Iterable[NeuronRef]) -> None:
+    """Raise a clear error if any neuron does not exist in ``model``."""
+    layers = layer_map(model)
+    for ref in neurons:
+        layer = layers.get(ref.layer)
+        if layer is None or not 0 <= ref.index < layer.width:
+            raise TrojanscopeError(f"neuron {ref} does not exist in {type(model).__name__}.")
+
+
+def _reduce(out: torch.Tensor) -> torch.Tensor:
+    """(N, C, ...) -> (N, C): spatial mean for conv maps, identity for vectors."""
+    return out.flatten(2).mean(2) if out.dim() > 2 else out
+
+
+@contextmanager
+def mask_neurons(model: nn.Module, neurons: Iterable[NeuronRef]) -> Iterator[None]:
+    """Zero the given neurons' activations for the duration of the block (forward hooks only)."""
+    neuron_set = NeuronSet(neurons)
+    check_neurons(model, neuron_set)
+    layers = layer_map(model)
+    modules = dict(model.named_modules())
+    handles = []
+    try:
+        for layer_name, indices in neuron_set.by_layer().items():
+            layer = layers[layer_name]
+            keep = torch.ones(layer.width)
+            keep[indices] = 0.0
+
+            def hook(_m: nn.Module, _i: object, out: torch.Tensor, keep=keep) -> torch.Tensor:
+                shape = (1, -1) + (1,) * (out.dim() - 2)
+                return out * keep.to(out.dtype).view(shape)
+
+            handles.append(modules[layer.output].register_forward_hook(hook))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def recording(
+    model: nn.Module, layers: Sequence[EligibleLayer], reduce: bool = True
+) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Record each layer's neuron activations on every forward pass inside the block."""
+    modules = dict(model.named_modules())
+    store: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in layers}
+    handles = []
+    try:
+        for layer in layers:
+
+            def hook(_m: nn.Module, _i: object, out: torch.Tensor, name=layer.name) -> None:
+                store[name].append(_reduce(out.detach()) if reduce else out.detach())
+
+            handles.append(modules[layer.output].register_forward_hook(hook))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def capture_activations(
+    model: nn.Module,
+    x: torch.Tensor,
+    layers: Sequence[EligibleLayer] | None = None,
+    batch_size: int = 512,
+) -> dict[str, torch.Tensor]:
+    """Per-sample neuron activations (N, width) of each layer, spatially averaged for convs."""
+    layers = list(layers) if layers is not None else eligible_layers(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with recording(model, layers) as store:
+            for start in range(0, len(x), batch_size):
+                model(x[start : start + batch_size])
+    finally:
+        model.train(was_training)
+    return {name: torch.cat(chunks) for name, chunks in store.items()}
+
+
+def flatten_scores(model: nn.Module, per_layer: dict[str, torch.Tensor]) -> dict[NeuronRef, float]:
+    """Per-layer score vectors -> one score per eligible neuron."""
+    out: dict[NeuronRef, float] = {}
+    for layer in eligible_layers(model):
+        values = per_layer[layer.name].detach().double().tolist()
+        if len(values) != layer.width:
+            raise ValueError(f"layer {layer.name}: {len(values)} scores for {layer.width} neurons")
+        for i, v in enumerate(values):
+            out[NeuronRef(layer.name, i)] = float(v)
+    return out
