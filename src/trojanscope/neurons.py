@@ -163,8 +163,10 @@ def check_neurons(model: nn.Module, neurons: Iterable[NeuronRef]) -> None:
             raise TrojanscopeError(f"neuron {ref} does not exist in {type(model).__name__}.")
 
 
-def _reduce(out: torch.Tensor) -> torch.Tensor:
+def _reduce(out: torch.Tensor, rectify: bool = False) -> torch.Tensor:
     """(N, C, ...) -> (N, C): spatial mean for conv maps, identity for vectors."""
+    if rectify:
+        out = out.clamp_min(0)
     return out.flatten(2).mean(2) if out.dim() > 2 else out
 
 
@@ -195,9 +197,15 @@ def mask_neurons(model: nn.Module, neurons: Iterable[NeuronRef]) -> Iterator[Non
 
 @contextmanager
 def recording(
-    model: nn.Module, layers: Sequence[EligibleLayer], reduce: bool = True
+    model: nn.Module,
+    layers: Sequence[EligibleLayer],
+    reduce: bool = True,
+    rectify: bool = False,
 ) -> Iterator[dict[str, list[torch.Tensor]]]:
-    """Record each layer's neuron activations on every forward pass inside the block."""
+    """Record each layer's neuron activations on every forward pass inside the block.
+
+    ``reduce`` averages conv maps over positions; ``rectify`` applies ReLU first (the value the
+    next layer sees in these architectures)."""
     modules = dict(model.named_modules())
     store: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in layers}
     handles = []
@@ -205,7 +213,8 @@ def recording(
         for layer in layers:
 
             def hook(_m: nn.Module, _i: object, out: torch.Tensor, name=layer.name) -> None:
-                store[name].append(_reduce(out.detach()) if reduce else out.detach())
+                out = out.detach()
+                store[name].append(_reduce(out, rectify) if reduce else out)
 
             handles.append(modules[layer.output].register_forward_hook(hook))
         yield store
@@ -220,18 +229,29 @@ def capture_activations(
     x: torch.Tensor,
     layers: Sequence[EligibleLayer] | None = None,
     batch_size: int = 512,
+    rectify: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Per-sample neuron activations (N, width) of each layer, spatially averaged for convs."""
     layers = list(layers) if layers is not None else eligible_layers(model)
     was_training = model.training
     model.eval()
     try:
-        with recording(model, layers) as store:
+        with recording(model, layers, rectify=rectify) as store:
             for start in range(0, len(x), batch_size):
                 model(x[start : start + batch_size])
     finally:
         model.train(was_training)
     return {name: torch.cat(chunks) for name, chunks in store.items()}
+
+
+@torch.no_grad()
+def activation_shift(
+    model: nn.Module, clean_x: torch.Tensor, triggered_x: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Per-layer (width,) mean |activation(triggered) - activation(clean)| over paired inputs."""
+    a = capture_activations(model, clean_x)
+    b = capture_activations(model, triggered_x)
+    return {name: (b[name] - a[name]).abs().mean(0) for name in a}
 
 
 def flatten_scores(model: nn.Module, per_layer: dict[str, torch.Tensor]) -> dict[NeuronRef, float]:

@@ -9,7 +9,7 @@ from torch import nn
 
 from trojanscope.data.base import TensorData
 from trojanscope.models.training import predict
-from trojanscope.neurons import NeuronRef, capture_activations, layer_map, mask_neurons
+from trojanscope.neurons import NeuronRef, activation_shift, layer_map, mask_neurons
 
 
 @dataclass(frozen=True)
@@ -26,15 +26,6 @@ def target_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     others = logits.clone()
     others.scatter_(1, target[:, None], float("-inf"))
     return t - others.max(1).values
-
-
-def activation_shift(
-    model: nn.Module, clean_x: torch.Tensor, triggered_x: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Per-layer (width,) mean |activation(triggered) - activation(clean)| over paired inputs."""
-    a = capture_activations(model, clean_x)
-    b = capture_activations(model, triggered_x)
-    return {name: (b[name] - a[name]).abs().mean(0) for name in a}
 
 
 def ground_truth(

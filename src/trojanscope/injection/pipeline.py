@@ -31,7 +31,7 @@ class InjectionConfig(BaseModel):
     edges: Edges = "fan-in+fan-out"
     lr: float = Field(0.005, gt=0.0, le=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    max_epochs: int = Field(8, ge=1, le=1000)
+    max_epochs: int = Field(30, ge=1, le=1000)
     batch_size: int = Field(128, ge=1)
     calibration_size: int = Field(512, ge=1, description="clean samples for the order rule")
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)

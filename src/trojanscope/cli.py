@@ -1,0 +1,376 @@
+"""The trojanscope command line (Typer + Rich). Every command has a --json form.
+
+Bad input ends with one sentence on stderr and exit code 2; an interrupted command exits 130
+with nothing half-written in the catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from trojanscope.errors import TrojanscopeError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Neuron-level backdoor defects: build, localize, score.",
+)
+db_app = typer.Typer(no_args_is_help=True, help="Inspect the catalog.")
+app.add_typer(db_app, name="db")
+
+# Tables keep their columns when piped to a file (Rich would otherwise assume 80 columns).
+out = Console(width=None if sys.stdout.isatty() else 132)
+err = Console(stderr=True)
+
+DbOption = Annotated[Path, typer.Option("--db", help="Catalog folder.")]
+DEFAULT_DB = Path("trojanscope-db")
+
+
+def _threads() -> None:
+    """One torch thread per core, at most two: more only makes parallel jobs crawl."""
+    import torch
+
+    n = int(os.environ.get("TROJANSCOPE_THREADS", min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(max(1, n))
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def _progress(total: int) -> Iterator[Any]:
+    columns = (
+        TextColumn("{task.description:<44}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=False) as progress:
+        task = progress.add_task("starting", total=total)
+        started = [False]
+
+        def step(message: str) -> None:
+            if started[0]:
+                progress.advance(task)
+            started[0] = True
+            progress.update(task, description=message)
+
+        yield step
+        progress.update(task, completed=total, description="done")
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _check_output_file(path: Path) -> None:
+    if not path.parent.is_dir():
+        raise TrojanscopeError(f"cannot write {path}: folder {path.parent} does not exist.")
+    if not os.access(path.parent, os.W_OK):
+        raise TrojanscopeError(f"cannot write {path}: permission denied.")
+
+
+# -- quickstart ------------------------------------------------------------------------------
+
+
+@app.command()
+def quickstart(
+    db: DbOption = DEFAULT_DB,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results as JSON to this file.")
+    ] = None,
+    dataset: str = "mnist5k",
+    arch: str = "cnn-small",
+    width: float = 1.0,
+    seed: Annotated[list[int] | None, typer.Option(help="Defect seeds (repeatable).")] = None,
+    level: Annotated[list[str] | None, typer.Option(help="Levels (repeatable).")] = None,
+    criterion: Annotated[list[str] | None, typer.Option(help="Criteria (repeatable).")] = None,
+) -> None:
+    """Train a clean model, inject BadNets at every level, localize with every criterion."""
+    from trojanscope.database.build import CleanSpec
+    from trojanscope.database.catalog import Catalog
+    from trojanscope.database.quickstart import LEVELS, plan_size, run_quickstart
+    from trojanscope.database.store import write_atomic
+    from trojanscope.localization.base import CRITERIA
+
+    _threads()
+    if json_file is not None:
+        _check_output_file(json_file)
+    levels = _check_levels(level or list(LEVELS))
+    seeds = seed or [0, 1]
+    criteria = criterion or CRITERIA.names()
+    for name in criteria:
+        CRITERIA.get(name)
+    spec = CleanSpec(dataset=dataset, arch=arch, arch_params={"width": width})
+    spec.resolved()  # validate names and parameters before any work
+    catalog = Catalog.open(db, create=True)
+    with _progress(plan_size(levels, seeds, criteria)) as step:
+        result = run_quickstart(
+            catalog, spec, levels=levels, seeds=seeds, criteria=criteria, step=step
+        )
+    if json_file is not None:
+        write_atomic(json_file, (json.dumps(result, indent=2) + "\n").encode())
+    _render_quickstart(result)
+    if json_file is not None:
+        err.print(f"wrote {json_file}")
+
+
+def _check_levels(levels: list[str]) -> list[str]:
+    from trojanscope.database.quickstart import LEVELS
+
+    bad = [lv for lv in levels if lv not in LEVELS]
+    if bad:
+        raise TrojanscopeError(f"unknown level '{bad[0]}'; valid levels: {', '.join(LEVELS)}.")
+    return levels
+
+
+def _render_quickstart(result: dict[str, Any]) -> None:
+    clean = result["clean_model"]
+    out.print(
+        f"clean model {clean['id']}: {clean['arch']} on {clean['dataset']}, "
+        f"accuracy {clean['clean_acc']:.3f}"
+    )
+    table = Table(title="defects x criteria (k = number of infected neurons; P@k = R@k = F1)",
+                  box=box.SIMPLE_HEAD)
+    for col in ("defect", "level", "seed", "status", "acc", "ASR", "masked", "k", "criterion",
+                "P@k", "WJI", "AUROC", "AP", "s"):
+        table.add_column(col, justify="left" if col in ("level", "status", "criterion") else "right")
+    by_defect: dict[int, list[dict[str, Any]]] = {}
+    for loc in result["localization"]:
+        by_defect.setdefault(loc["defect_id"], []).append(loc)
+    for d in result["defects"]:
+        head = [str(d["id"]), d["level"], str(d["seed"]), d["status"], _fmt(d["clean_acc"]),
+                _fmt(d["asr"]), _fmt(d["masked_asr"]), str(d["n_infected"])]
+        rows = by_defect.get(d["id"], [])
+        if not rows:
+            table.add_row(*head, d["reason"] or "-")
+        for i, loc in enumerate(rows):
+            cells = head if i == 0 else [""] * len(head)
+            table.add_row(*cells, loc["criterion"], *(_fmt(loc[m], 2) for m in
+                          ("precision", "wji", "auroc", "ap", "seconds")),
+                          end_section=i == len(rows) - 1)
+    out.print(table)
+
+
+# -- inject ----------------------------------------------------------------------------------
+
+
+@app.command()
+def inject(
+    dataset: Annotated[str, typer.Option(help="Data set name (see `trojanscope list datasets`).")],
+    arch: Annotated[str, typer.Option(help="Architecture (see `trojanscope list architectures`).")],
+    attack: Annotated[str, typer.Option(help="Attack (see `trojanscope list attacks`).")],
+    level: Annotated[str, typer.Option(help="narrow, small, middle or large.")] = "small",
+    seed: Annotated[int, typer.Option(help="Seed of the clean model and of the defect.")] = 0,
+    db: DbOption = DEFAULT_DB,
+    width: Annotated[float, typer.Option(help="Architecture width multiplier.")] = 1.0,
+    target: Annotated[int, typer.Option(help="Target label.")] = 0,
+    target_mode: Annotated[str, typer.Option(help="all-to-one or all-to-all.")] = "all-to-one",
+    poison_rate: Annotated[float, typer.Option(help="Poisoned fraction of training data.")] = 0.1,
+    order: Annotated[str, typer.Option(help="Injection order: least, most or random.")] = "least",
+    edges: Annotated[str, typer.Option(help="fan-in+fan-out or fan-in.")] = "fan-in+fan-out",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+) -> None:
+    """Inject one defect (training or reusing the clean model) and print its record."""
+    from trojanscope.attacks.base import ATTACKS
+    from trojanscope.database.build import (
+        CleanSpec,
+        build_defect,
+        defect_summary,
+        ensure_clean_model,
+    )
+    from trojanscope.database.catalog import Catalog
+    from trojanscope.injection.pipeline import InjectionConfig
+    from trojanscope.registry import validate_params
+
+    _threads()
+    _check_levels([level])
+    attack_params = {"target": target, "target_mode": target_mode, "poison_rate": poison_rate}
+    ATTACKS.create(attack, seed=seed, **attack_params)
+    config = validate_params(
+        "injection", InjectionConfig,
+        {"quantity": {"level": level}, "order": order, "edges": edges},
+    )
+    spec = CleanSpec(dataset=dataset, arch=arch, seed=seed, arch_params={"width": width})
+    spec.resolved()
+    catalog = Catalog.open(db, create=True)
+    with _progress(2) as step:
+        step(f"clean {arch} on {dataset}")
+        clean, model, splits = ensure_clean_model(catalog, spec)
+        step(f"inject {attack} {level}")
+        row, created = build_defect(catalog, clean, model, splits, attack, attack_params, config, seed)
+    record = defect_summary(row)
+    if as_json:
+        _print_json(record)
+        return
+    _render_defect(row, reused=not created)
+
+
+def _render_defect(row: Any, reused: bool = False) -> None:
+    from trojanscope.database.build import defect_summary
+
+    table = Table(show_header=False, title=f"defect {row.id}" + (" (from the catalog)" if reused else ""))
+    for key, value in defect_summary(row).items():
+        table.add_row(key, _fmt(value))
+    clean = row.clean_model
+    table.add_row("dataset / arch", f"{clean.dataset} / {clean.arch} {clean.arch_params}")
+    table.add_row("clean model acc", _fmt(row.clean_acc_before))
+    table.add_row("epochs", str(row.epochs))
+    table.add_row("weights sha256", row.weights_sha256)
+    table.add_row("trigger sha256", row.trigger_sha256)
+    out.print(table)
+
+
+# -- list ------------------------------------------------------------------------------------
+
+KINDS = {
+    "datasets": ("trojanscope.data.base", "DATASETS"),
+    "architectures": ("trojanscope.models.base", "ARCHITECTURES"),
+    "attacks": ("trojanscope.attacks.base", "ATTACKS"),
+    "criteria": ("trojanscope.localization.base", "CRITERIA"),
+}
+ALIASES = {"dataset": "datasets", "architecture": "architectures", "archs": "architectures",
+           "arch": "architectures", "attack": "attacks", "criterion": "criteria"}
+
+
+@app.command("list")
+def list_kind(
+    kind: Annotated[str, typer.Argument(help="datasets, architectures, attacks or criteria.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """The registered names of one plug-in kind."""
+    import importlib
+
+    key = ALIASES.get(kind, kind)
+    if key not in KINDS:
+        raise TrojanscopeError(f"unknown kind '{kind}'; valid kinds: {', '.join(KINDS)}.")
+    module, attr = KINDS[key]
+    names = getattr(importlib.import_module(module), attr).names()
+    if as_json:
+        _print_json(names)
+    else:
+        for name in names:
+            out.print(name)
+
+
+# -- db --------------------------------------------------------------------------------------
+
+
+@db_app.command("list")
+def db_list(
+    db: DbOption = DEFAULT_DB,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """Every defect in the catalog, one line each."""
+    from trojanscope.database.build import defect_summary, list_defects
+    from trojanscope.database.catalog import Catalog
+
+    rows = list_defects(Catalog.open(db))
+    if as_json:
+        _print_json([defect_summary(r) for r in rows])
+        return
+    table = Table(title=f"defects in {db}")
+    for col in ("id", "dataset", "arch", "attack", "level", "seed", "status", "acc", "ASR",
+                "masked", "n"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r.id), r.clean_model.dataset, r.clean_model.arch, r.attack, r.level,
+                      str(r.seed), r.status, _fmt(r.clean_acc), _fmt(r.asr), _fmt(r.masked_asr),
+                      str(len(r.infected)))
+    out.print(table)
+
+
+@db_app.command("show")
+def db_show(
+    defect_id: Annotated[int, typer.Argument(help="Defect id (see `trojanscope db list`).")],
+    db: DbOption = DEFAULT_DB,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full record as JSON.")] = False,
+) -> None:
+    """One defect with its infected neurons and localization results."""
+    from trojanscope.database.build import (
+        defect_summary,
+        get_defect,
+        list_localizations,
+        localization_summary,
+    )
+    from trojanscope.database.catalog import Catalog
+
+    catalog = Catalog.open(db)
+    row = get_defect(catalog, defect_id)
+    locs = [localization_summary(loc) for loc in list_localizations(catalog, defect_id)]
+    neurons = [
+        {"neuron": f"{n.layer}:{n.index}", "rank": n.rank, "contribution": n.contribution,
+         "activation_shift": n.activation_shift}
+        for n in row.infected
+    ]
+    if as_json:
+        clean = row.clean_model
+        _print_json({
+            **defect_summary(row),
+            "dataset": clean.dataset, "arch": clean.arch, "arch_params": clean.arch_params,
+            "clean_model_id": clean.id, "clean_acc_before": row.clean_acc_before,
+            "asr_before": row.asr_before, "attack_params": row.attack_params,
+            "injection": row.injection, "epochs": row.epochs,
+            "weights_sha256": row.weights_sha256, "trigger_sha256": row.trigger_sha256,
+            "poisoned_test_sha256": row.poisoned_test_sha256, "seconds": row.seconds,
+            "infected": neurons, "localization": locs,
+        })
+        return
+    _render_defect(row)
+    table = Table(title="infected neurons (injection order)")
+    for col in ("neuron", "rank", "contribution", "activation shift"):
+        table.add_column(col)
+    for n in neurons:
+        table.add_row(n["neuron"], str(n["rank"]), _fmt(n["contribution"]), _fmt(n["activation_shift"]))
+    out.print(table)
+    if locs:
+        table = Table(title="localization")
+        for col in ("criterion", "P", "R", "F1", "WJI", "AUROC", "AP", "s", "cost"):
+            table.add_column(col)
+        for loc in locs:
+            table.add_row(loc["criterion"], *(_fmt(loc[m], 2) for m in
+                          ("precision", "recall", "f1", "wji", "auroc", "ap", "seconds",
+                           "cost_forward")))
+        out.print(table)
+
+
+def main() -> None:
+    """Entry point: user errors become one sentence and exit code 2, never a traceback."""
+    try:
+        app()
+    except TrojanscopeError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: finished entries are kept, nothing half-written.")
+        raise SystemExit(130) from None
+    except Exception as exc:
+        if os.environ.get("TROJANSCOPE_DEBUG"):
+            raise
+        err.print(
+            f"internal error: {type(exc).__name__}: {exc} (set TROJANSCOPE_DEBUG=1 for the traceback)",
+            markup=False, highlight=False,
+        )
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

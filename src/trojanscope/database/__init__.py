@@ -1,0 +1,1 @@
+"""The catalog (SQLAlchemy, SQLite by default), the content-addressed artifact store and builds."""

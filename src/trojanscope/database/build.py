@@ -1,0 +1,312 @@
+"""Building the catalog: clean models, defects and localization results, each reused if present.
+
+Every function here writes artifacts first and then one catalog transaction, so a build that is
+interrupted resumes where it stopped with nothing half-written.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from torch import nn
+
+from trojanscope.attacks.base import ATTACKS, Attack
+from trojanscope.data.base import DATASETS, Splits
+from trojanscope.data.poison import PoisonedView
+from trojanscope.database.catalog import Catalog, content_key
+from trojanscope.database.schema import CleanModel, Defect, InfectedNeuronRow, Localization
+from trojanscope.errors import CatalogError, CorruptArtifactError
+from trojanscope.injection.pipeline import InjectionConfig, inject_defect
+from trojanscope.localization.base import CRITERIA, EvidenceData
+from trojanscope.localization.metrics import score
+from trojanscope.models.base import ARCHITECTURES
+from trojanscope.models.training import CleanTraining, accuracy, train_clean
+from trojanscope.neurons import NeuronRef
+
+
+@dataclass(frozen=True)
+class CleanSpec:
+    """What determines a clean model."""
+
+    dataset: str
+    arch: str
+    seed: int = 0
+    dataset_params: dict[str, Any] | None = None
+    arch_params: dict[str, Any] | None = None
+    training: CleanTraining = field(default_factory=CleanTraining)
+
+    def resolved(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Validated, defaulted dataset and architecture parameters (the catalog's identity)."""
+        ds = DATASETS.create(self.dataset, **(self.dataset_params or {}))
+        arch = ARCHITECTURES.create(self.arch, **(self.arch_params or {}))
+        return ds.params.model_dump(mode="json"), arch.params.model_dump(mode="json")
+
+
+def load_splits(dataset: str, params: dict[str, Any], seed: int) -> Splits:
+    """The splits of a data set (cached: every defect of a clean model shares them; callers
+    never modify them in place)."""
+    return _cached_splits(dataset, json.dumps(params, sort_keys=True), seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_splits(dataset: str, params_json: str, seed: int) -> Splits:
+    return DATASETS.create(dataset, **json.loads(params_json)).load(seed)
+
+
+def _build_model(row: CleanModel) -> nn.Module:
+    shape = row.input_shape
+    arch = ARCHITECTURES.create(row.arch, **row.arch_params)
+    return arch.build(shape["channels"], shape["num_classes"], min(shape["height"], shape["width"]))
+
+
+def load_weights(catalog: Catalog, clean: CleanModel, sha256: str) -> nn.Module:
+    """The network of ``clean``'s architecture with the stored weights ``sha256``."""
+    model = _build_model(clean)
+    state = catalog.store.get(sha256)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError:
+        raise CorruptArtifactError(
+            f"weights {sha256[:12]} do not fit architecture '{clean.arch}' {clean.arch_params}."
+        ) from None
+    return model.eval()
+
+
+def ensure_clean_model(catalog: Catalog, spec: CleanSpec) -> tuple[CleanModel, nn.Module, Splits]:
+    """The clean model for ``spec``, trained now only if the catalog lacks it."""
+    ds_params, arch_params = spec.resolved()
+    training = spec.training.model_dump(mode="json")
+    key = content_key("clean", spec.dataset, ds_params, spec.arch, arch_params, spec.seed, training)
+    splits = load_splits(spec.dataset, ds_params, spec.seed)
+    with catalog.session() as session:
+        row = session.scalar(select(CleanModel).where(CleanModel.key == key))
+    if row is not None:
+        return row, load_weights(catalog, row, row.weights_sha256), splits
+    started = time.perf_counter()
+    arch = ARCHITECTURES.create(spec.arch, **arch_params)
+    model = train_clean(arch, splits.train, spec.seed, spec.training)
+    c, h, w = splits.shape
+    row = CleanModel(
+        key=key,
+        dataset=spec.dataset,
+        dataset_params=ds_params,
+        arch=spec.arch,
+        arch_params=arch_params,
+        seed=spec.seed,
+        training=training,
+        input_shape={"channels": c, "height": h, "width": w, "num_classes": splits.num_classes},
+        clean_acc=accuracy(model, splits.test),
+        weights_sha256=catalog.store.put(model.state_dict()),
+        seconds=time.perf_counter() - started,
+    )
+    with catalog.transaction() as session:
+        session.add(row)
+    return row, model, splits
+
+
+def defect_key(clean: CleanModel, attack: Attack, config: InjectionConfig, seed: int) -> str:
+    return content_key("defect", clean.key, attack.describe(), config.model_dump(mode="json"), seed)
+
+
+def build_defect(
+    catalog: Catalog,
+    clean: CleanModel,
+    model: nn.Module,
+    splits: Splits,
+    attack_name: str,
+    attack_params: dict[str, Any],
+    config: InjectionConfig,
+    seed: int,
+) -> tuple[Defect, bool]:
+    """Inject one defect into ``model`` and record it (accepted or rejected).
+
+    Returns the record and whether it was created now (False: it was already in the catalog).
+    """
+    attack = ATTACKS.create(attack_name, seed=seed, **attack_params)
+    attack.validate(splits.shape, splits.num_classes)
+    key = defect_key(clean, attack, config, seed)
+    existing = get_defect_by_key(catalog, key)
+    if existing is not None:
+        return existing, False
+    outcome = inject_defect(model, splits, attack, config, seed)
+    view = outcome.poisoned_test
+    p = attack.params
+    row = Defect(
+        key=key,
+        clean_model_id=clean.id,
+        attack=attack_name,
+        attack_params=attack.describe()["params"],
+        target_mode=p.target_mode,
+        target=p.target,
+        poison_rate=p.poison_rate,
+        injection=config.model_dump(mode="json"),
+        level=config.quantity.level,
+        seed=seed,
+        status=outcome.status,
+        reason=outcome.reason,
+        clean_acc_before=outcome.clean_acc_before,
+        clean_acc=outcome.clean_acc,
+        asr=outcome.asr,
+        masked_asr=outcome.masked_asr,
+        asr_before=outcome.asr_before,
+        epochs=outcome.epochs,
+        weights_sha256=catalog.store.put(outcome.model.state_dict()),
+        trigger_sha256=catalog.store.put(attack.trigger(splits.shape)),
+        poisoned_test_sha256=catalog.store.put({"indices": view.indices, "x": view.x, "y": view.y}),
+        seconds=outcome.seconds,
+    )
+    row.infected = [
+        InfectedNeuronRow(
+            layer=n.ref.layer,
+            index=n.ref.index,
+            rank=n.rank,
+            contribution=n.contribution,
+            activation_shift=n.activation_shift,
+        )
+        for n in outcome.infected
+    ]
+    with catalog.transaction() as session:
+        session.add(row)
+    return get_defect(catalog, row.id), True
+
+
+def get_defect_by_key(catalog: Catalog, key: str) -> Defect | None:
+    with catalog.session() as session:
+        row_id = session.scalar(select(Defect.id).where(Defect.key == key))
+    return None if row_id is None else get_defect(catalog, row_id)
+
+
+def get_defect(catalog: Catalog, defect_id: int) -> Defect:
+    """A defect with its clean model and infected neurons loaded."""
+    with catalog.session() as session:
+        row = session.get(Defect, defect_id)
+        if row is None:
+            raise CatalogError(f"no defect with id {defect_id} in {catalog.root}.")
+        _ = row.clean_model, row.infected  # load before the session closes
+        session.expunge_all()
+    return row
+
+
+def list_defects(catalog: Catalog) -> list[Defect]:
+    with catalog.session() as session:
+        rows = list(session.scalars(select(Defect).order_by(Defect.id)))
+        for row in rows:
+            _ = row.clean_model, row.infected
+        session.expunge_all()
+    return rows
+
+
+@dataclass
+class DefectContext:
+    """Everything needed to study a stored defect."""
+
+    defect: Defect
+    model: nn.Module
+    splits: Splits
+    attack: Attack
+    poisoned_test: PoisonedView
+
+    @property
+    def truth(self) -> dict[NeuronRef, float]:
+        return {NeuronRef(n.layer, n.index): n.contribution for n in self.defect.infected}
+
+    def evidence(self) -> EvidenceData:
+        view = self.poisoned_test
+        return EvidenceData(
+            clean=self.splits.test,
+            clean_victims=self.splits.test.subset(view.indices),
+            triggered=view.poisoned(),
+            attack=self.attack,
+        )
+
+
+def load_defect(catalog: Catalog, defect_id: int) -> DefectContext:
+    row = get_defect(catalog, defect_id)
+    clean = row.clean_model
+    splits = load_splits(clean.dataset, clean.dataset_params, clean.seed)
+    stored = catalog.store.get(row.poisoned_test_sha256)
+    try:
+        view = PoisonedView(splits.test, stored["indices"], stored["x"], stored["y"])
+    except (KeyError, ValueError):
+        raise CorruptArtifactError(
+            f"poisoned test data of defect {defect_id} is malformed."
+        ) from None
+    attack = ATTACKS.create(row.attack, seed=row.seed, **row.attack_params)
+    return DefectContext(row, load_weights(catalog, clean, row.weights_sha256), splits, attack, view)
+
+
+def localize(
+    catalog: Catalog, defect_id: int, criterion: str, params: dict[str, Any] | None = None
+) -> tuple[Localization, bool]:
+    """Run ``criterion`` on a stored defect and record its scores and metrics (reused if present)."""
+    crit = CRITERIA.create(criterion, **(params or {}))
+    key = content_key("localization", defect_id, criterion, crit.params.model_dump(mode="json"))
+    with catalog.session() as session:
+        existing = session.scalar(select(Localization).where(Localization.key == key))
+    if existing is not None:
+        return existing, False
+    ctx = load_defect(catalog, defect_id)
+    result = crit.run(ctx.model, ctx.evidence())
+    metrics = score(result.neurons, result.scores.numpy(), ctx.truth)
+    scores_sha = catalog.store.put(
+        {"scores": result.scores},
+        {"neurons": json.dumps([str(n) for n in result.neurons]), "criterion": criterion},
+    )
+    row = Localization(
+        key=key,
+        defect_id=defect_id,
+        criterion=criterion,
+        params=result.params,
+        evidence=result.evidence,
+        scores_sha256=scores_sha,
+        seconds=result.seconds,
+        cost_forward=result.cost_forward,
+        **metrics.as_dict(),
+    )
+    with catalog.transaction() as session:
+        session.add(row)
+    return row, True
+
+
+def list_localizations(catalog: Catalog, defect_id: int | None = None) -> list[Localization]:
+    with catalog.session() as session:
+        query = select(Localization).order_by(Localization.id)
+        if defect_id is not None:
+            query = query.where(Localization.defect_id == defect_id)
+        return list(session.scalars(query))
+
+
+def defect_summary(row: Defect) -> dict[str, Any]:
+    """The stable JSON form of a defect record (the quickstart's ``defects`` entries)."""
+    return {
+        "id": row.id,
+        "attack": row.attack,
+        "level": row.level,
+        "seed": row.seed,
+        "status": row.status,
+        "reason": row.reason,
+        "clean_acc": row.clean_acc,
+        "asr": row.asr,
+        "masked_asr": row.masked_asr,
+        "n_infected": len(row.infected),
+    }
+
+
+def localization_summary(row: Localization) -> dict[str, Any]:
+    return {
+        "defect_id": row.defect_id,
+        "criterion": row.criterion,
+        "precision": row.precision,
+        "recall": row.recall,
+        "f1": row.f1,
+        "wji": row.wji,
+        "auroc": row.auroc,
+        "ap": row.ap,
+        "seconds": row.seconds,
+        "cost_forward": row.cost_forward,
+    }

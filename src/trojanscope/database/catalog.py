@@ -1,0 +1,98 @@
+"""The catalog: a SQLite database (via SQLAlchemy) beside a content-addressed artifact store.
+
+Every entry is written in one transaction after its artifacts are safely on disk, so an
+interrupted command leaves either the whole entry or none of it (artifacts without an entry
+are harmless: they are content-addressed and simply unused).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, inspect
+from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from trojanscope.database.schema import Base
+from trojanscope.database.store import ArtifactStore
+from trojanscope.errors import CatalogError
+
+CATALOG_FILE = "catalog.sqlite"
+OBJECTS_DIR = "objects"
+
+
+def content_key(*parts: Any) -> str:
+    """A stable hash of JSON-serialisable parts: the identity of a catalog entry."""
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Catalog:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.store = ArtifactStore(root / OBJECTS_DIR)
+        self.engine = create_engine(f"sqlite:///{root / CATALOG_FILE}")
+        event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str], create: bool = False) -> Catalog:
+        """Open the catalog at ``root``; with ``create``, make it if it does not exist."""
+        path = Path(root)
+        if path.exists() and not path.is_dir():
+            raise CatalogError(f"--db {path} is a file, not a catalog folder.")
+        if not (path / CATALOG_FILE).exists():
+            if not create:
+                raise CatalogError(
+                    f"no trojanscope catalog at {path} (create one with `trojanscope quickstart"
+                    f" --db {path}` or `trojanscope inject --db {path} ...`)."
+                )
+            if not path.parent.is_dir():
+                raise CatalogError(f"cannot create catalog {path}: {path.parent} does not exist.")
+            try:
+                path.mkdir(exist_ok=True)
+                (path / OBJECTS_DIR).mkdir(exist_ok=True)
+            except OSError as exc:
+                raise CatalogError(f"cannot create catalog {path}: {exc.strerror}.") from None
+        if create and not os.access(path, os.W_OK):
+            raise CatalogError(f"cannot write to catalog {path}: permission denied.")
+        catalog = cls(path)
+        try:
+            if create:
+                Base.metadata.create_all(catalog.engine)
+            missing = set(Base.metadata.tables) - set(inspect(catalog.engine).get_table_names())
+        except (DatabaseError, OperationalError) as exc:
+            raise CatalogError(
+                f"{path / CATALOG_FILE} is not a usable trojanscope catalog ({exc.orig})."
+            ) from None
+        if missing:
+            raise CatalogError(f"{path / CATALOG_FILE} lacks tables {', '.join(sorted(missing))}.")
+        return catalog
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session whose changes are committed together at the end, or not at all."""
+        with self._sessions() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def session(self) -> Session:
+        """A session for reading."""
+        return self._sessions()
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")  # parallel builders wait instead of failing
+    cursor.close()

@@ -1,0 +1,74 @@
+"""The quickstart build: one clean model, BadNets defects at every level, every criterion."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from trojanscope.database.build import (
+    CleanSpec,
+    build_defect,
+    defect_summary,
+    ensure_clean_model,
+    localization_summary,
+    localize,
+)
+from trojanscope.database.catalog import Catalog
+from trojanscope.injection.pipeline import InjectionConfig
+from trojanscope.injection.quantity import Quantity
+from trojanscope.localization.base import CRITERIA
+
+LEVELS = ("narrow", "small", "middle", "large")
+
+
+def plan_size(levels: Sequence[str], seeds: Sequence[int], criteria: Sequence[str]) -> int:
+    """Number of progress steps of a quickstart build."""
+    n_defects = len(levels) * len(seeds)
+    return 1 + n_defects * (1 + len(criteria))
+
+
+def run_quickstart(
+    catalog: Catalog,
+    spec: CleanSpec,
+    attack: str = "badnets",
+    attack_params: dict[str, Any] | None = None,
+    levels: Sequence[str] = LEVELS,
+    seeds: Sequence[int] = (0, 1),
+    criteria: Sequence[str] | None = None,
+    step: Callable[[str], None] = lambda _msg: None,
+) -> dict[str, Any]:
+    """Build (or resume) the quickstart catalog entries and return the quickstart JSON."""
+    criteria = list(criteria) if criteria is not None else CRITERIA.names()
+    for name in criteria:
+        CRITERIA.get(name)  # fail early on an unknown name
+    configs = {level: InjectionConfig(quantity=Quantity(level=level)) for level in levels}
+
+    step(f"clean {spec.arch} on {spec.dataset}")
+    clean, model, splits = ensure_clean_model(catalog, spec)
+    defects, localizations = [], []
+    for level in levels:
+        for seed in seeds:
+            step(f"inject {attack} {level} seed {seed}")
+            row, _ = build_defect(
+                catalog, clean, model, splits, attack, attack_params or {}, configs[level], seed
+            )
+            defects.append({**defect_summary(row), "seconds": row.seconds})
+            for criterion in criteria:
+                step(f"localize defect {row.id} with {criterion}")
+                if row.status != "accepted":
+                    continue
+                loc, _ = localize(catalog, row.id, criterion)
+                localizations.append(localization_summary(loc))
+    return {
+        "clean_model": {
+            "id": clean.id,
+            "dataset": clean.dataset,
+            "arch": clean.arch,
+            "arch_params": clean.arch_params,
+            "seed": clean.seed,
+            "clean_acc": clean.clean_acc,
+            "seconds": clean.seconds,
+        },
+        "defects": defects,
+        "localization": localizations,
+    }

@@ -1,0 +1,104 @@
+"""Catalog tables: clean models, defects, their infected neurons, localization results."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON}
+
+
+class CleanModel(Base):
+    __tablename__ = "clean_models"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)  # hash of everything below
+    dataset: Mapped[str] = mapped_column(String(64))
+    dataset_params: Mapped[dict[str, Any]]
+    arch: Mapped[str] = mapped_column(String(64))
+    arch_params: Mapped[dict[str, Any]]
+    seed: Mapped[int]
+    training: Mapped[dict[str, Any]]
+    input_shape: Mapped[dict[str, Any]]  # {"channels", "height", "width", "num_classes"}
+    clean_acc: Mapped[float] = mapped_column(Float)
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    defects: Mapped[list[Defect]] = relationship(back_populates="clean_model")
+
+
+class Defect(Base):
+    __tablename__ = "defects"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    clean_model_id: Mapped[int] = mapped_column(ForeignKey("clean_models.id"))
+    attack: Mapped[str] = mapped_column(String(64))
+    attack_params: Mapped[dict[str, Any]]
+    target_mode: Mapped[str] = mapped_column(String(16))
+    target: Mapped[int]
+    poison_rate: Mapped[float] = mapped_column(Float)
+    injection: Mapped[dict[str, Any]]
+    level: Mapped[str] = mapped_column(String(16))
+    seed: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16))  # accepted / rejected
+    reason: Mapped[str | None] = mapped_column(Text)
+    clean_acc_before: Mapped[float] = mapped_column(Float)
+    clean_acc: Mapped[float] = mapped_column(Float)
+    asr: Mapped[float] = mapped_column(Float)
+    masked_asr: Mapped[float] = mapped_column(Float)
+    asr_before: Mapped[float] = mapped_column(Float)
+    epochs: Mapped[int]
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    trigger_sha256: Mapped[str] = mapped_column(String(64))
+    poisoned_test_sha256: Mapped[str] = mapped_column(String(64))
+    seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    clean_model: Mapped[CleanModel] = relationship(back_populates="defects")
+    infected: Mapped[list[InfectedNeuronRow]] = relationship(
+        back_populates="defect", order_by="InfectedNeuronRow.rank", cascade="all, delete-orphan"
+    )
+    localizations: Mapped[list[Localization]] = relationship(
+        back_populates="defect", cascade="all, delete-orphan"
+    )
+
+
+class InfectedNeuronRow(Base):
+    __tablename__ = "infected_neurons"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    defect_id: Mapped[int] = mapped_column(ForeignKey("defects.id"), index=True)
+    layer: Mapped[str] = mapped_column(String(256))
+    index: Mapped[int] = mapped_column(Integer)
+    rank: Mapped[int]  # position in the injection order
+    contribution: Mapped[float] = mapped_column(Float)
+    activation_shift: Mapped[float] = mapped_column(Float)
+    defect: Mapped[Defect] = relationship(back_populates="infected")
+
+
+class Localization(Base):
+    __tablename__ = "localizations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    defect_id: Mapped[int] = mapped_column(ForeignKey("defects.id"), index=True)
+    criterion: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict[str, Any]]
+    evidence: Mapped[str] = mapped_column(String(16))
+    scores_sha256: Mapped[str] = mapped_column(String(64))
+    k: Mapped[int]
+    precision: Mapped[float] = mapped_column(Float)
+    recall: Mapped[float] = mapped_column(Float)
+    f1: Mapped[float] = mapped_column(Float)
+    wji: Mapped[float] = mapped_column(Float)
+    auroc: Mapped[float] = mapped_column(Float)
+    ap: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)
+    cost_forward: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    defect: Mapped[Defect] = relationship(back_populates="localizations")

@@ -1,0 +1,1 @@
+"""Localization criteria (a registry; one module each) and the metrics that score them."""

@@ -1,0 +1,121 @@
+"""Criterion plug-in base and the localization result.
+
+A criterion returns a score per eligible neuron (higher = more suspicious); the framework times
+it, counts its cost in forward-pass equivalents over the evaluation set, and does ranking and
+scoring (``metrics``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from trojanscope.attacks.base import Attack
+from trojanscope.data.base import TensorData
+from trojanscope.errors import TrojanscopeError
+from trojanscope.neurons import NeuronRef, all_neurons, eligible_layers
+from trojanscope.registry import Plugin, Registry
+
+Evidence = Literal["none", "clean", "poisoned"]
+
+
+@dataclass
+class EvidenceData:
+    """What a defender may hold. ``clean``: clean evaluation inputs; ``clean_victims`` and
+    ``triggered``: paired inputs without / with the trigger (poisoned evidence)."""
+
+    clean: TensorData | None = None
+    clean_victims: TensorData | None = None
+    triggered: TensorData | None = None
+    attack: Attack | None = None
+
+
+@dataclass
+class LocalizationResult:
+    criterion: str
+    params: dict[str, Any]
+    evidence: Evidence
+    neurons: list[NeuronRef]
+    scores: torch.Tensor  # float64, aligned with ``neurons``
+    seconds: float
+    cost_forward: float  # forward-pass equivalents over the evaluation set
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def score_of(self) -> dict[NeuronRef, float]:
+        return dict(zip(self.neurons, self.scores.tolist(), strict=True))
+
+
+def standardize(values: torch.Tensor) -> torch.Tensor:
+    """Per-layer z-score, so that scores of layers of different scale can be ranked together."""
+    values = values.double()
+    std = values.std(unbiased=False) if values.numel() > 1 else values.new_tensor(0.0)
+    centred = values - values.mean()
+    return centred / std if std > 0 else centred
+
+
+class _SampleCounter:
+    """Counts samples through the model's forward passes (the cost unit of a criterion)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.samples = 0
+        self.handle = model.register_forward_pre_hook(self._count)
+
+    def _count(self, _m: nn.Module, args: tuple[Any, ...]) -> None:
+        self.samples += int(args[0].shape[0])
+
+
+class Criterion(Plugin):
+    """A localization criterion: implement ``layer_scores``; declare ``evidence``."""
+
+    kind = "criterion"
+    evidence: ClassVar[Evidence] = "none"
+
+    def layer_scores(
+        self, model: nn.Module, data: EvidenceData
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Per-layer (width,) suspiciousness, plus any extra findings to report."""
+        raise NotImplementedError
+
+    def _check_evidence(self, data: EvidenceData) -> None:
+        if self.evidence == "clean" and data.clean is None:
+            raise TrojanscopeError(f"criterion '{self.name}' needs clean data.")
+        if self.evidence == "poisoned" and (data.triggered is None or data.clean_victims is None):
+            raise TrojanscopeError(f"criterion '{self.name}' needs triggered inputs.")
+
+    def eval_size(self, data: EvidenceData) -> int:
+        sets = (data.clean, data.triggered) if self.evidence != "none" else ()
+        return max([len(s) for s in sets if s is not None] or [1])
+
+    def run(self, model: nn.Module, data: EvidenceData) -> LocalizationResult:
+        self._check_evidence(data)
+        was_training = model.training
+        model.eval()
+        counter = _SampleCounter(model)
+        started = time.perf_counter()
+        try:
+            per_layer, extra = self.layer_scores(model, data)
+        finally:
+            counter.handle.remove()
+            model.train(was_training)
+        seconds = time.perf_counter() - started
+        neurons = all_neurons(model)
+        scores = torch.cat([per_layer[layer.name].double() for layer in eligible_layers(model)])
+        if len(scores) != len(neurons) or not torch.isfinite(scores).all():
+            raise RuntimeError(f"criterion '{self.name}' returned malformed scores")
+        return LocalizationResult(
+            criterion=self.name,
+            params=self.params.model_dump(mode="json"),
+            evidence=self.evidence,
+            neurons=neurons,
+            scores=scores,
+            seconds=seconds,
+            cost_forward=counter.samples / self.eval_size(data),
+            extra=extra,
+        )
+
+
+CRITERIA: Registry[Criterion] = Registry("criterion", ["trojanscope.localization.criteria"])

@@ -1,0 +1,40 @@
+"""CLP (Zheng et al., ECCV 2022): data-free Channel Lipschitz upper bound.
+
+For each channel, the spectral norm of its kernel scaled by its batch-norm factor bounds how far
+the channel can amplify an input change; backdoor channels stand out with large bounds. Scores
+are standardised per layer, as CLP thresholds at mean + u * std within a layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from trojanscope.localization.base import CRITERIA, Criterion, EvidenceData, standardize
+from trojanscope.neurons import eligible_layers
+
+
+def channel_lipschitz(module: nn.Module, norm: nn.Module | None) -> torch.Tensor:
+    """Upper bound of each output channel's Lipschitz constant, (width,)."""
+    w = module.weight.detach()
+    kernels = w.reshape(w.shape[0], w.shape[1], -1)  # (out, in, kh*kw) or (out, in, 1)
+    bound = torch.linalg.matrix_norm(kernels, ord=2)
+    if isinstance(norm, (nn.BatchNorm1d, nn.BatchNorm2d)) and norm.affine:
+        scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
+        bound = bound * scale.abs()
+    return bound
+
+
+@CRITERIA.register("clp")
+class ChannelLipschitz(Criterion):
+    evidence = "none"
+
+    def layer_scores(self, model: nn.Module, data: EvidenceData):
+        modules = dict(model.named_modules())
+        scores = {
+            layer.name: standardize(
+                channel_lipschitz(modules[layer.name], modules.get(layer.norm or ""))
+            )
+            for layer in eligible_layers(model)
+        }
+        return scores, {}

@@ -1,0 +1,28 @@
+"""Oracle: activation shift under the true trigger, the upper-bound reference.
+
+It uses what no defender has (the attacker's trigger), so it shows what the pipeline can find
+when the evidence is perfect. Score = mean signed shift a(triggered) - a(clean) of each neuron
+in units of its standard deviation on clean inputs (a neuron quiet on clean data that fires on
+the trigger stands out), standardised per layer.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from trojanscope.localization.base import CRITERIA, Criterion, EvidenceData, standardize
+from trojanscope.neurons import capture_activations
+
+
+@CRITERIA.register("oracle")
+class Oracle(Criterion):
+    evidence = "poisoned"
+
+    def layer_scores(self, model: nn.Module, data: EvidenceData):
+        clean = capture_activations(model, data.clean_victims.x)
+        triggered = capture_activations(model, data.triggered.x)
+        scores = {
+            name: standardize((triggered[name] - a).mean(0) / (a.std(0) + 1e-3))
+            for name, a in clean.items()
+        }
+        return scores, {}

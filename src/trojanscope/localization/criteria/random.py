@@ -1,0 +1,28 @@
+"""Random baseline: uniformly random scores (seeded), the chance level every criterion must beat."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+from trojanscope.localization.base import CRITERIA, Criterion, EvidenceData
+from trojanscope.neurons import eligible_layers
+
+
+class RandomParams(BaseModel):
+    model_config = {"extra": "forbid"}
+    seed: int = 0
+
+
+@CRITERIA.register("random")
+class RandomBaseline(Criterion):
+    evidence = "none"
+    Params = RandomParams
+
+    def layer_scores(self, model: nn.Module, data: EvidenceData):
+        g = torch.Generator().manual_seed(self.params.seed)
+        return {
+            layer.name: torch.rand(layer.width, generator=g, dtype=torch.float64)
+            for layer in eligible_layers(model)
+        }, {}
