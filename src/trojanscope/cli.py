@@ -148,25 +148,54 @@ def _render_quickstart(result: dict[str, Any]) -> None:
         f"clean model {clean['id']}: {clean['arch']} on {clean['dataset']}, "
         f"accuracy {clean['clean_acc']:.3f}"
     )
-    table = Table(title="defects x criteria (k = number of infected neurons; P@k = R@k = F1)",
-                  box=box.SIMPLE_HEAD)
-    for col in ("defect", "level", "seed", "status", "acc", "ASR", "masked", "k", "criterion",
-                "P@k", "WJI", "AUROC", "AP", "s"):
-        table.add_column(col, justify="left" if col in ("level", "status", "criterion") else "right")
+    table = Table(
+        title="defects x criteria (k = number of infected neurons; P@k = R@k = F1)",
+        box=box.SIMPLE_HEAD,
+    )
+    for col in (
+        "defect",
+        "level",
+        "seed",
+        "status",
+        "acc",
+        "ASR",
+        "masked",
+        "k",
+        "criterion",
+        "P@k",
+        "WJI",
+        "AUROC",
+        "AP",
+        "s",
+    ):
+        table.add_column(
+            col, justify="left" if col in ("level", "status", "criterion") else "right"
+        )
     by_defect: dict[int, list[dict[str, Any]]] = {}
     for loc in result["localization"]:
         by_defect.setdefault(loc["defect_id"], []).append(loc)
     for d in result["defects"]:
-        head = [str(d["id"]), d["level"], str(d["seed"]), d["status"], _fmt(d["clean_acc"]),
-                _fmt(d["asr"]), _fmt(d["masked_asr"]), str(d["n_infected"])]
+        head = [
+            str(d["id"]),
+            d["level"],
+            str(d["seed"]),
+            d["status"],
+            _fmt(d["clean_acc"]),
+            _fmt(d["asr"]),
+            _fmt(d["masked_asr"]),
+            str(d["n_infected"]),
+        ]
         rows = by_defect.get(d["id"], [])
         if not rows:
             table.add_row(*head, d["reason"] or "-")
         for i, loc in enumerate(rows):
             cells = head if i == 0 else [""] * len(head)
-            table.add_row(*cells, loc["criterion"], *(_fmt(loc[m], 2) for m in
-                          ("precision", "wji", "auroc", "ap", "seconds")),
-                          end_section=i == len(rows) - 1)
+            table.add_row(
+                *cells,
+                loc["criterion"],
+                *(_fmt(loc[m], 2) for m in ("precision", "wji", "auroc", "ap", "seconds")),
+                end_section=i == len(rows) - 1,
+            )
     out.print(table)
 
 
@@ -206,7 +235,8 @@ def inject(
     attack_params = {"target": target, "target_mode": target_mode, "poison_rate": poison_rate}
     ATTACKS.create(attack, seed=seed, **attack_params)
     config = validate_params(
-        "injection", InjectionConfig,
+        "injection",
+        InjectionConfig,
         {"quantity": {"level": level}, "order": order, "edges": edges},
     )
     spec = CleanSpec(dataset=dataset, arch=arch, seed=seed, arch_params={"width": width})
@@ -216,7 +246,9 @@ def inject(
         step(f"clean {arch} on {dataset}")
         clean, model, splits = ensure_clean_model(catalog, spec)
         step(f"inject {attack} {level}")
-        row, created = build_defect(catalog, clean, model, splits, attack, attack_params, config, seed)
+        row, created = build_defect(
+            catalog, clean, model, splits, attack, attack_params, config, seed
+        )
     record = defect_summary(row)
     if as_json:
         _print_json(record)
@@ -227,7 +259,9 @@ def inject(
 def _render_defect(row: Any, reused: bool = False) -> None:
     from trojanscope.database.build import defect_summary
 
-    table = Table(show_header=False, title=f"defect {row.id}" + (" (from the catalog)" if reused else ""))
+    table = Table(
+        show_header=False, title=f"defect {row.id}" + (" (from the catalog)" if reused else "")
+    )
     for key, value in defect_summary(row).items():
         table.add_row(key, _fmt(value))
     clean = row.clean_model
@@ -247,8 +281,14 @@ KINDS = {
     "attacks": ("trojanscope.attacks.base", "ATTACKS"),
     "criteria": ("trojanscope.localization.base", "CRITERIA"),
 }
-ALIASES = {"dataset": "datasets", "architecture": "architectures", "archs": "architectures",
-           "arch": "architectures", "attack": "attacks", "criterion": "criteria"}
+ALIASES = {
+    "dataset": "datasets",
+    "architecture": "architectures",
+    "archs": "architectures",
+    "arch": "architectures",
+    "attack": "attacks",
+    "criterion": "criteria",
+}
 
 
 @app.command("list")
@@ -288,13 +328,34 @@ def db_list(
         _print_json([defect_summary(r) for r in rows])
         return
     table = Table(title=f"defects in {db}")
-    for col in ("id", "dataset", "arch", "attack", "level", "seed", "status", "acc", "ASR",
-                "masked", "n"):
+    for col in (
+        "id",
+        "dataset",
+        "arch",
+        "attack",
+        "level",
+        "seed",
+        "status",
+        "acc",
+        "ASR",
+        "masked",
+        "n",
+    ):
         table.add_column(col)
     for r in rows:
-        table.add_row(str(r.id), r.clean_model.dataset, r.clean_model.arch, r.attack, r.level,
-                      str(r.seed), r.status, _fmt(r.clean_acc), _fmt(r.asr), _fmt(r.masked_asr),
-                      str(len(r.infected)))
+        table.add_row(
+            str(r.id),
+            r.clean_model.dataset,
+            r.clean_model.arch,
+            r.attack,
+            r.level,
+            str(r.seed),
+            r.status,
+            _fmt(r.clean_acc),
+            _fmt(r.asr),
+            _fmt(r.masked_asr),
+            str(len(r.infected)),
+        )
     out.print(table)
 
 
@@ -317,38 +378,67 @@ def db_show(
     row = get_defect(catalog, defect_id)
     locs = [localization_summary(loc) for loc in list_localizations(catalog, defect_id)]
     neurons = [
-        {"neuron": f"{n.layer}:{n.index}", "rank": n.rank, "contribution": n.contribution,
-         "activation_shift": n.activation_shift}
+        {
+            "neuron": f"{n.layer}:{n.index}",
+            "rank": n.rank,
+            "contribution": n.contribution,
+            "activation_shift": n.activation_shift,
+        }
         for n in row.infected
     ]
     if as_json:
         clean = row.clean_model
-        _print_json({
-            **defect_summary(row),
-            "dataset": clean.dataset, "arch": clean.arch, "arch_params": clean.arch_params,
-            "clean_model_id": clean.id, "clean_acc_before": row.clean_acc_before,
-            "asr_before": row.asr_before, "attack_params": row.attack_params,
-            "injection": row.injection, "epochs": row.epochs,
-            "weights_sha256": row.weights_sha256, "trigger_sha256": row.trigger_sha256,
-            "poisoned_test_sha256": row.poisoned_test_sha256, "seconds": row.seconds,
-            "infected": neurons, "localization": locs,
-        })
+        _print_json(
+            {
+                **defect_summary(row),
+                "dataset": clean.dataset,
+                "arch": clean.arch,
+                "arch_params": clean.arch_params,
+                "clean_model_id": clean.id,
+                "clean_acc_before": row.clean_acc_before,
+                "asr_before": row.asr_before,
+                "attack_params": row.attack_params,
+                "injection": row.injection,
+                "epochs": row.epochs,
+                "weights_sha256": row.weights_sha256,
+                "trigger_sha256": row.trigger_sha256,
+                "poisoned_test_sha256": row.poisoned_test_sha256,
+                "seconds": row.seconds,
+                "infected": neurons,
+                "localization": locs,
+            }
+        )
         return
     _render_defect(row)
     table = Table(title="infected neurons (injection order)")
     for col in ("neuron", "rank", "contribution", "activation shift"):
         table.add_column(col)
     for n in neurons:
-        table.add_row(n["neuron"], str(n["rank"]), _fmt(n["contribution"]), _fmt(n["activation_shift"]))
+        table.add_row(
+            n["neuron"], str(n["rank"]), _fmt(n["contribution"]), _fmt(n["activation_shift"])
+        )
     out.print(table)
     if locs:
         table = Table(title="localization")
         for col in ("criterion", "P", "R", "F1", "WJI", "AUROC", "AP", "s", "cost"):
             table.add_column(col)
         for loc in locs:
-            table.add_row(loc["criterion"], *(_fmt(loc[m], 2) for m in
-                          ("precision", "recall", "f1", "wji", "auroc", "ap", "seconds",
-                           "cost_forward")))
+            table.add_row(
+                loc["criterion"],
+                *(
+                    _fmt(loc[m], 2)
+                    for m in (
+                        "precision",
+                        "recall",
+                        "f1",
+                        "wji",
+                        "auroc",
+                        "ap",
+                        "seconds",
+                        "cost_forward",
+                    )
+                ),
+            )
         out.print(table)
 
 
@@ -366,8 +456,10 @@ def main() -> None:
         if os.environ.get("TROJANSCOPE_DEBUG"):
             raise
         err.print(
-            f"internal error: {type(exc).__name__}: {exc} (set TROJANSCOPE_DEBUG=1 for the traceback)",
-            markup=False, highlight=False,
+            f"internal error: {type(exc).__name__}: {exc} "
+            "(set TROJANSCOPE_DEBUG=1 for the traceback)",
+            markup=False,
+            highlight=False,
         )
         raise SystemExit(1) from None
 

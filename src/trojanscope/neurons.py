@@ -130,7 +130,9 @@ def eligible_layers(model: nn.Module) -> list[EligibleLayer]:
             EligibleLayer(name, "conv" if is_conv else "linear", width, norm, norm or name)
         )
     if not layers:
-        raise TrojanscopeError(f"{type(model).__name__} has no eligible layers (Conv2d or hidden Linear).")
+        raise TrojanscopeError(
+            f"{type(model).__name__} has no eligible layers (Conv2d or hidden Linear)."
+        )
     _LAYER_CACHE[model] = layers
     return layers
 

@@ -80,9 +80,7 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             valid = ", ".join(self.names())
-            raise UnknownNameError(
-                f"unknown {self.kind} '{name}'; valid names: {valid}."
-            ) from None
+            raise UnknownNameError(f"unknown {self.kind} '{name}'; valid names: {valid}.") from None
 
     def create(self, name: str, **params: Any) -> T:
         """Instantiate plug-in ``name`` with validated parameters."""

@@ -237,13 +237,15 @@ def load_defect(catalog: Catalog, defect_id: int) -> DefectContext:
             f"poisoned test data of defect {defect_id} is malformed."
         ) from None
     attack = ATTACKS.create(row.attack, seed=row.seed, **row.attack_params)
-    return DefectContext(row, load_weights(catalog, clean, row.weights_sha256), splits, attack, view)
+    return DefectContext(
+        row, load_weights(catalog, clean, row.weights_sha256), splits, attack, view
+    )
 
 
 def localize(
     catalog: Catalog, defect_id: int, criterion: str, params: dict[str, Any] | None = None
 ) -> tuple[Localization, bool]:
-    """Run ``criterion`` on a stored defect and record its scores and metrics (reused if present)."""
+    """Run ``criterion`` on a stored defect; record its scores and metrics (reused if present)."""
     crit = CRITERIA.create(criterion, **(params or {}))
     key = content_key("localization", defect_id, criterion, crit.params.model_dump(mode="json"))
     with catalog.session() as session:

@@ -8,17 +8,25 @@ from pydantic import BaseModel, Field
 class Acceptance(BaseModel):
     model_config = {"extra": "forbid"}
     min_asr: float = Field(0.90, ge=0.0, le=1.0)
-    max_acc_drop: float = Field(0.03, ge=0.0, le=1.0, description="in accuracy units (0.03 = 3 points)")
+    max_acc_drop: float = Field(
+        0.03, ge=0.0, le=1.0, description="in accuracy units (0.03 = 3 points)"
+    )
     max_masked_asr: float = Field(0.20, ge=0.0, le=1.0)
 
-    def verdict(self, clean_acc_before: float, clean_acc: float, asr: float, masked_asr: float) -> str | None:
+    def verdict(
+        self, clean_acc_before: float, clean_acc: float, asr: float, masked_asr: float
+    ) -> str | None:
         """None if accepted, else the reason for rejection."""
         reasons = []
         if asr < self.min_asr:
             reasons.append(f"ASR {asr:.3f} < {self.min_asr:.2f}")
         drop = clean_acc_before - clean_acc
         if drop > self.max_acc_drop + 1e-9:
-            reasons.append(f"clean accuracy dropped {100 * drop:.1f} points > {100 * self.max_acc_drop:.1f}")
+            reasons.append(
+                f"clean accuracy dropped {100 * drop:.1f} points > {100 * self.max_acc_drop:.1f}"
+            )
         if masked_asr > self.max_masked_asr:
-            reasons.append(f"masked ASR {masked_asr:.3f} > {self.max_masked_asr:.2f} (backdoor not confined)")
+            reasons.append(
+                f"masked ASR {masked_asr:.3f} > {self.max_masked_asr:.2f} (backdoor not confined)"
+            )
         return "; ".join(reasons) or None

@@ -61,9 +61,7 @@ def _input_columns(module: nn.Module, width: int, channel: int) -> tuple[slice, 
         return rows, slice(col, col + 1)
     k = module.in_features // width  # > 1 when a conv map was flattened into this Linear
     if k * width != module.in_features:
-        raise ValueError(
-            f"cannot map {width} channels onto {module.in_features} Linear inputs"
-        )
+        raise ValueError(f"cannot map {width} channels onto {module.in_features} Linear inputs")
     return slice(None), slice(channel * k, (channel + 1) * k)
 
 

@@ -59,11 +59,15 @@ class DefectOutcome:
         return self.clean_acc_before - self.clean_acc
 
 
-def _split_validation(data: TensorData, fraction: float, seed: int) -> tuple[TensorData, TensorData]:
+def _split_validation(
+    data: TensorData, fraction: float, seed: int
+) -> tuple[TensorData, TensorData]:
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(data), generator=g)
     n_val = max(1, int(fraction * len(data)))
-    return data.subset(torch.sort(order[n_val:]).values), data.subset(torch.sort(order[:n_val]).values)
+    return data.subset(torch.sort(order[n_val:]).values), data.subset(
+        torch.sort(order[:n_val]).values
+    )
 
 
 def attack_success_rate(model: nn.Module, view: PoisonedView) -> float:
@@ -100,8 +104,15 @@ def inject_defect(
         )
 
     model, epochs = masked_training(
-        clean, masks, mixed, config.lr, config.weight_decay, config.max_epochs,
-        config.batch_size, seed, done,
+        clean,
+        masks,
+        mixed,
+        config.lr,
+        config.weight_decay,
+        config.max_epochs,
+        config.batch_size,
+        seed,
+        done,
     )
     test_poison = attack.poison_test(splits.test)
     clean_acc_before = accuracy(clean, splits.test)

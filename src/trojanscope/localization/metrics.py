@@ -60,4 +60,6 @@ def score(
         ap = float(average_precision_score(labels, scores))
     else:  # undefined without both classes
         auroc = ap = math.nan
-    return LocalizationMetrics(k, precision, recall, f1, weighted_jaccard(truth, selected), auroc, ap)
+    return LocalizationMetrics(
+        k, precision, recall, f1, weighted_jaccard(truth, selected), auroc, ap
+    )

@@ -92,11 +92,18 @@ def train_clean(
     torch.manual_seed(seed)
     c, h, w = data.shape
     model = architecture.build(c, data.num_classes, min(h, w))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
     steps = config.epochs * -(-len(data) // config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=steps)
     train_epochs(
-        model, data, optimizer, config.epochs, config.batch_size, seed,
+        model,
+        data,
+        optimizer,
+        config.epochs,
+        config.batch_size,
+        seed,
         after_step=schedule.step,
     )
     model.eval()

@@ -26,9 +26,7 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(
-        self, blocks: list[int], in_channels: int, num_classes: int, width: float
-    ) -> None:
+    def __init__(self, blocks: list[int], in_channels: int, num_classes: int, width: float) -> None:
         super().__init__()
         widths = [scaled(c, width) for c in (64, 128, 256, 512)]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
