@@ -105,6 +105,7 @@ def quickstart(
     criterion: Annotated[list[str] | None, typer.Option(help="Criteria (repeatable).")] = None,
 ) -> None:
     """Train a clean model, inject BadNets at every level, localize with every criterion."""
+    from trojanscope.attacks.base import ATTACKS
     from trojanscope.database.build import CleanSpec
     from trojanscope.database.catalog import Catalog
     from trojanscope.database.quickstart import LEVELS, plan_size, run_quickstart
@@ -120,7 +121,8 @@ def quickstart(
     for name in criteria:
         CRITERIA.get(name)
     spec = CleanSpec(dataset=dataset, arch=arch, arch_params={"width": width})
-    spec.resolved()  # validate names and parameters before any work
+    splits = spec.splits()  # validates names and parameters before any work
+    ATTACKS.create("badnets").validate(splits.shape, splits.num_classes)
     catalog = Catalog.open(db, create=True)
     with _progress(plan_size(levels, seeds, criteria)) as step:
         result = run_quickstart(
@@ -233,14 +235,14 @@ def inject(
     _threads()
     _check_levels([level])
     attack_params = {"target": target, "target_mode": target_mode, "poison_rate": poison_rate}
-    ATTACKS.create(attack, seed=seed, **attack_params)
     config = validate_params(
         "injection",
         InjectionConfig,
         {"quantity": {"level": level}, "order": order, "edges": edges},
     )
     spec = CleanSpec(dataset=dataset, arch=arch, seed=seed, arch_params={"width": width})
-    spec.resolved()
+    splits = spec.splits()  # validates the names; checks the attack fits before any training
+    ATTACKS.create(attack, seed=seed, **attack_params).validate(splits.shape, splits.num_classes)
     catalog = Catalog.open(db, create=True)
     with _progress(2) as step:
         step(f"clean {arch} on {dataset}")
@@ -447,7 +449,7 @@ def main() -> None:
     try:
         app()
     except TrojanscopeError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         err.print("interrupted: finished entries are kept, nothing half-written.")
@@ -460,6 +462,7 @@ def main() -> None:
             "(set TROJANSCOPE_DEBUG=1 for the traceback)",
             markup=False,
             highlight=False,
+            soft_wrap=True,
         )
         raise SystemExit(1) from None
 

@@ -46,6 +46,9 @@ class CleanSpec:
         arch = ARCHITECTURES.create(self.arch, **(self.arch_params or {}))
         return ds.params.model_dump(mode="json"), arch.params.model_dump(mode="json")
 
+    def splits(self) -> Splits:
+        return load_splits(self.dataset, self.resolved()[0], self.seed)
+
 
 def load_splits(dataset: str, params: dict[str, Any], seed: int) -> Splits:
     """The splits of a data set (cached: every defect of a clean model shares them; callers

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,8 +61,8 @@ class Catalog:
                 (path / OBJECTS_DIR).mkdir(exist_ok=True)
             except OSError as exc:
                 raise CatalogError(f"cannot create catalog {path}: {exc.strerror}.") from None
-        if create and not os.access(path, os.W_OK):
-            raise CatalogError(f"cannot write to catalog {path}: permission denied.")
+        if create:
+            _probe_writable(path)
         catalog = cls(path)
         try:
             if create:
@@ -89,6 +90,15 @@ class Catalog:
     def session(self) -> Session:
         """A session for reading."""
         return self._sessions()
+
+
+def _probe_writable(path: Path) -> None:
+    """Fail now, clearly, rather than after an hour of training (os.access is wrong for root)."""
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise CatalogError(f"cannot write to catalog {path}: {exc.strerror}.") from None
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

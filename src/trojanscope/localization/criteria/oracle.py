@@ -1,9 +1,10 @@
 """Oracle: activation shift under the true trigger, the upper-bound reference.
 
 It uses what no defender has (the attacker's trigger), so it shows what the pipeline can find
-when the evidence is perfect. Score = mean signed shift a(triggered) - a(clean) of each neuron
-in units of its standard deviation on clean inputs (a neuron quiet on clean data that fires on
-the trigger stands out), standardised per layer.
+when the evidence is perfect. Score = mean signed shift of each neuron's rectified activation
+(what the next layer sees), a(triggered) - a(clean), in units of its standard deviation on clean
+inputs, so that a neuron quiet on clean data that fires on the trigger stands out; standardised
+per layer.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ class Oracle(Criterion):
     evidence = "poisoned"
 
     def layer_scores(self, model: nn.Module, data: EvidenceData):
-        clean = capture_activations(model, data.clean_victims.x)
-        triggered = capture_activations(model, data.triggered.x)
+        clean = capture_activations(model, data.clean_victims.x, rectify=True)
+        triggered = capture_activations(model, data.triggered.x, rectify=True)
         scores = {
             name: standardize((triggered[name] - a).mean(0) / (a.std(0) + 1e-3))
             for name, a in clean.items()

@@ -1,0 +1,5 @@
+"""``python -m trojanscope``: the command line."""
+
+from trojanscope.cli import main
+
+main()

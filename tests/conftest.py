@@ -1,0 +1,51 @@
+"""Shared fixtures: a clean digits model and a planted narrow BadNets defect (built once)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trojanscope.attacks.base import ATTACKS
+from trojanscope.data.base import DATASETS, Splits
+from trojanscope.injection.pipeline import DefectOutcome, InjectionConfig, inject_defect
+from trojanscope.injection.quantity import Quantity
+from trojanscope.models.base import ARCHITECTURES
+from trojanscope.models.training import CleanTraining, train_clean
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def digits() -> Splits:
+    return DATASETS.create("digits").load(0)
+
+
+@pytest.fixture(scope="session")
+def clean_digits_model(digits: Splits) -> torch.nn.Module:
+    return train_clean(ARCHITECTURES.create("cnn-small"), digits.train, 0, CleanTraining())
+
+
+@pytest.fixture(scope="session")
+def clean_state(clean_digits_model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in clean_digits_model.state_dict().items()}
+
+
+def _inject(model, splits, level: str, seed: int) -> DefectOutcome:
+    attack = ATTACKS.create("badnets", seed=seed)
+    return inject_defect(
+        model, splits, attack, InjectionConfig(quantity=Quantity(level=level)), seed
+    )
+
+
+@pytest.fixture(scope="session")
+def narrow_defect(clean_digits_model, digits) -> DefectOutcome:
+    outcome = _inject(clean_digits_model, digits, "narrow", 0)
+    assert outcome.status == "accepted", outcome.reason
+    return outcome
+
+
+@pytest.fixture(scope="session")
+def small_defect(clean_digits_model, digits) -> DefectOutcome:
+    outcome = _inject(clean_digits_model, digits, "small", 0)
+    assert outcome.status == "accepted", outcome.reason
+    return outcome

@@ -1,0 +1,180 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from sqlalchemy import event, func, select
+
+from trojanscope.database.build import (
+    CleanSpec,
+    build_defect,
+    ensure_clean_model,
+    get_defect,
+    list_defects,
+    load_defect,
+    localize,
+)
+from trojanscope.database.catalog import Catalog
+from trojanscope.database.schema import Defect, InfectedNeuronRow
+from trojanscope.errors import CatalogError, CorruptArtifactError
+from trojanscope.injection.pipeline import InjectionConfig, attack_success_rate
+from trojanscope.injection.quantity import Quantity
+from trojanscope.models.training import accuracy
+
+
+def test_defect_round_trips(built):
+    catalog, clean, _, _, defect, _ = built
+    reopened = Catalog.open(catalog.root)
+    row = get_defect(reopened, defect.id)
+    assert row.status == "accepted" and row.level == "narrow" and row.attack == "badnets"
+    assert [(n.layer, n.index) for n in row.infected] == [
+        (n.layer, n.index) for n in defect.infected
+    ]
+    ctx = load_defect(reopened, defect.id)
+    # the stored figures are those of the stored weights and poisoned data
+    assert attack_success_rate(ctx.model, ctx.poisoned_test) == pytest.approx(row.asr)
+    assert accuracy(ctx.model, ctx.splits.test) == pytest.approx(row.clean_acc)
+    assert sum(ctx.truth.values()) == pytest.approx(1.0)
+    assert row.trigger_sha256 == ctx.attack.trigger_sha256(ctx.splits.shape)
+
+
+def test_poisoned_data_is_stored_as_indices_plus_poisoned_samples(built):
+    catalog, _, _, splits, defect, _ = built
+    stored = catalog.store.get(defect.poisoned_test_sha256)
+    assert set(stored) == {"indices", "x", "y"}
+    assert len(stored["x"]) == len(stored["indices"]) < len(splits.test)
+
+
+def test_rebuild_reuses_entries(built):
+    catalog, clean, model, splits, defect, config = built
+    again_clean, _, _ = ensure_clean_model(catalog, CleanSpec("digits", "cnn-small"))
+    assert again_clean.id == clean.id
+    again, created = build_defect(catalog, clean, model, splits, "badnets", {}, config, 0)
+    assert not created and again.id == defect.id
+    assert len(list_defects(catalog)) == 1
+
+
+def test_localization_is_stored_and_reused(built):
+    catalog, *_, defect, _ = built
+    first, created = localize(catalog, defect.id, "oracle")
+    second, created_again = localize(catalog, defect.id, "oracle")
+    assert created and not created_again and first.id == second.id
+    assert 0.0 <= first.auroc <= 1.0
+    assert len(catalog.store.get(first.scores_sha256)["scores"]) > len(defect.infected)
+
+
+def test_failure_in_the_middle_of_a_write_leaves_nothing(built):
+    catalog, clean, model, splits, _, _ = built
+
+    def explode(session, flush_context):
+        if any(isinstance(o, InfectedNeuronRow) for o in session.new):
+            raise RuntimeError("simulated crash after the defect row was written")
+
+    config = InjectionConfig(quantity=Quantity(level="small"), max_epochs=1)
+    event.listen(catalog._sessions, "after_flush", explode)
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            build_defect(catalog, clean, model, splits, "badnets", {}, config, 5)
+    finally:
+        event.remove(catalog._sessions, "after_flush", explode)
+    with catalog.session() as s:
+        assert s.scalar(select(func.count()).select_from(Defect)) == 1
+        assert s.scalar(select(func.count()).select_from(InfectedNeuronRow)) == len(
+            built[4].infected
+        )
+    _, created = build_defect(catalog, clean, model, splits, "badnets", {}, config, 5)
+    assert created  # the catalog is still usable
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from trojanscope.database.catalog import Catalog
+    from trojanscope.database.schema import Defect, InfectedNeuronRow
+    catalog = Catalog.open(sys.argv[1])
+    i = 0
+    while True:
+        i += 1
+        row = Defect(key=f"k{i}", clean_model_id=1, attack="badnets", attack_params={},
+                     target_mode="all-to-one", target=0, poison_rate=0.1, injection={},
+                     level="large", seed=i, status="accepted", reason=None,
+                     clean_acc_before=1.0, clean_acc=1.0, asr=1.0, masked_asr=0.0,
+                     asr_before=0.0, epochs=1, weights_sha256="0" * 64,
+                     trigger_sha256="0" * 64, poisoned_test_sha256="0" * 64, seconds=0.0)
+        row.infected = [InfectedNeuronRow(layer="conv1", index=j, rank=j, contribution=0.0,
+                                          activation_shift=0.0) for j in range(3000)]
+        with catalog.transaction() as session:
+            session.add(row)
+        print(i, flush=True)
+    """
+)
+
+
+def test_killed_writer_leaves_only_whole_entries(built, tmp_path):
+    catalog = built[0]
+    script = tmp_path / "writer.py"
+    script.write_text(KILL_SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(catalog.root)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "1"  # at least one whole entry landed
+    time.sleep(0.7)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with catalog.session() as s:
+        counts = s.execute(
+            select(Defect.id, func.count(InfectedNeuronRow.id))
+            .join(InfectedNeuronRow, isouter=True)
+            .group_by(Defect.id)
+        ).all()
+    assert len(counts) >= 2
+    written = [n for defect_id, n in counts if defect_id != built[4].id]
+    assert all(n == 3000 for n in written), written
+
+
+def test_corrupt_weights_are_reported(built):
+    catalog, *_, defect, _ = built
+    path = catalog.store.path(defect.weights_sha256)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptArtifactError, match="corrupt"):
+        load_defect(catalog, defect.id)
+    path.write_bytes(b"not safetensors")
+    with pytest.raises(CorruptArtifactError):
+        load_defect(catalog, defect.id)
+
+
+def test_weights_of_another_architecture_are_refused(built):
+    catalog, clean, *_ = built
+    other = torch.nn.Linear(3, 3).state_dict()
+    sha = catalog.store.put(other)
+    from trojanscope.database.build import load_weights
+
+    with pytest.raises(CorruptArtifactError, match="do not fit architecture 'cnn-small'"):
+        load_weights(catalog, clean, sha)
+
+
+def test_missing_catalog_and_bad_paths(tmp_path):
+    with pytest.raises(CatalogError, match="no trojanscope catalog"):
+        Catalog.open(tmp_path / "nothing")
+    with pytest.raises(CatalogError, match="does not exist"):
+        Catalog.open(tmp_path / "no" / "parent", create=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CatalogError, match="is a file"):
+        Catalog.open(tmp_path / "file", create=True)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "catalog.sqlite").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(CatalogError, match="not a usable trojanscope catalog"):
+        Catalog.open(bad)
+
+
+def test_unwritable_catalog_location():
+    # /sys refuses new entries even to root, unlike a chmod-ed folder
+    with pytest.raises(CatalogError, match="cannot create catalog"):
+        Catalog.open("/sys/trojanscope-test-db", create=True)

@@ -1,0 +1,84 @@
+"""Rule 3 and 4: masked injection, exact confinement, acceptance recomputed, ground truth."""
+
+import pytest
+import torch
+
+from trojanscope.attacks.base import ATTACKS
+from trojanscope.data.base import DATASETS
+from trojanscope.injection.ownership import trainable_masks
+from trojanscope.injection.pipeline import InjectionConfig, attack_success_rate, inject_defect
+from trojanscope.injection.quantity import Quantity
+from trojanscope.models.base import ARCHITECTURES
+from trojanscope.models.training import CleanTraining, accuracy, train_clean
+from trojanscope.neurons import mask_neurons
+
+
+def assert_identical_outside(clean_state, defect_model, infected, edges="fan-in+fan-out"):
+    """Every parameter entry and buffer not owned by the infected set is bit-identical."""
+    masks = trainable_masks(defect_model, [n.ref for n in infected], edges)
+    changed_inside = 0
+    for name, value in defect_model.state_dict().items():
+        before = clean_state[name]
+        owned = masks.get(name, torch.zeros_like(before, dtype=torch.bool))
+        assert torch.equal(value[~owned], before[~owned]), f"{name} changed outside the set"
+        changed_inside += int((value[owned] != before[owned]).sum())
+    assert changed_inside > 0, "injection changed nothing"
+
+
+def test_bit_identical_outside_infected_set(clean_state, small_defect):
+    assert_identical_outside(clean_state, small_defect.model, small_defect.infected)
+
+
+def test_clean_model_is_untouched(clean_digits_model, clean_state, small_defect):
+    for name, value in clean_digits_model.state_dict().items():
+        assert torch.equal(value, clean_state[name])
+
+
+@pytest.mark.parametrize("fixture", ["narrow_defect", "small_defect"])
+def test_accepted_defect_meets_the_filter_recomputed(fixture, request, digits, clean_digits_model):
+    outcome = request.getfixturevalue(fixture)
+    attack = ATTACKS.create("badnets", seed=0)
+    view = attack.poison_test(digits.test)
+    asr = attack_success_rate(outcome.model, view)
+    acc_drop = accuracy(clean_digits_model, digits.test) - accuracy(outcome.model, digits.test)
+    with mask_neurons(outcome.model, [n.ref for n in outcome.infected]):
+        masked = attack_success_rate(outcome.model, view)
+    assert asr >= 0.90
+    assert acc_drop <= 0.03
+    assert masked <= 0.20
+    # the backdoor is new: the clean model does not already do this
+    assert attack_success_rate(clean_digits_model, view) < 0.2
+
+
+def test_ground_truth_is_complete(narrow_defect, small_defect):
+    for outcome in (narrow_defect, small_defect):
+        contributions = [n.contribution for n in outcome.infected]
+        assert sum(contributions) == pytest.approx(1.0)
+        assert all(c >= 0 for c in contributions)
+        assert [n.rank for n in outcome.infected] == list(range(len(outcome.infected)))
+        assert all(n.activation_shift >= 0 for n in outcome.infected)
+    assert len(narrow_defect.infected) == 4  # one per eligible layer of cnn-small
+
+
+def test_fan_in_only_is_also_confined(clean_digits_model, clean_state, digits):
+    config = InjectionConfig(quantity=Quantity(level="small"), edges="fan-in", max_epochs=2)
+    outcome = inject_defect(clean_digits_model, digits, ATTACKS.create("badnets"), config, 0)
+    assert_identical_outside(clean_state, outcome.model, outcome.infected, "fan-in")
+
+
+def test_resnet18_injection_is_confined():
+    splits = DATASETS.create("synthetic", n=240, size=8).load(0)
+    arch = ARCHITECTURES.create("resnet18", width=0.25)
+    clean = train_clean(arch, splits.train, 0, CleanTraining(epochs=1))
+    state = {k: v.clone() for k, v in clean.state_dict().items()}
+    config = InjectionConfig(quantity=Quantity(level="narrow"), max_epochs=1)
+    outcome = inject_defect(clean, splits, ATTACKS.create("badnets", size=2), config, 0)
+    assert len(outcome.infected) == 20  # one neuron in each of the 20 conv layers
+    assert_identical_outside(state, outcome.model, outcome.infected)
+
+
+def test_weak_budget_is_rejected_with_a_reason(clean_digits_model, digits):
+    config = InjectionConfig(quantity=Quantity(level="narrow"), max_epochs=1, lr=1e-5)
+    outcome = inject_defect(clean_digits_model, digits, ATTACKS.create("badnets"), config, 0)
+    assert outcome.status == "rejected"
+    assert "ASR" in outcome.reason

@@ -1,0 +1,63 @@
+"""Rules 1 and 2: contribution order and quantity levels."""
+
+import pytest
+import torch
+
+from trojanscope.errors import ConfigError
+from trojanscope.injection.contribution import clean_contributions
+from trojanscope.injection.quantity import Quantity, select_infected
+from trojanscope.neurons import eligible_layers, mask_neurons
+from trojanscope.registry import validate_params
+
+
+def test_contributions_cover_every_layer(clean_digits_model, digits):
+    contrib = clean_contributions(clean_digits_model, digits.train.subset(torch.arange(256)))
+    for layer in eligible_layers(clean_digits_model):
+        assert contrib[layer.name].shape == (layer.width,)
+        assert torch.all(contrib[layer.name] >= 0)
+
+
+def test_least_useful_neurons_matter_less_than_most_useful(clean_digits_model, digits):
+    """Masking the 'least' picks must hurt the clean loss less than masking the 'most' picks."""
+    calib = digits.train.subset(torch.arange(512))
+    contrib = clean_contributions(clean_digits_model, calib)
+    q = Quantity(level="middle")
+    least = select_infected(clean_digits_model, contrib, q, "least", 0)
+    most = select_infected(clean_digits_model, contrib, q, "most", 0)
+    loss = torch.nn.functional.cross_entropy
+
+    def masked_loss(neurons):
+        with mask_neurons(clean_digits_model, neurons), torch.no_grad():
+            return float(loss(clean_digits_model(digits.test.x), digits.test.y))
+
+    assert masked_loss(least) < masked_loss(most)
+
+
+@pytest.mark.parametrize(
+    ("level", "width", "expected"),
+    [("narrow", 64, 1), ("small", 64, 4), ("middle", 64, 7), ("large", 64, 13), ("small", 8, 1)],
+)
+def test_level_sizes(level, width, expected):
+    assert Quantity(level=level).per_layer(width) == expected
+
+
+def test_explicit_count_and_layers(clean_digits_model):
+    contrib = {
+        layer.name: torch.arange(layer.width, dtype=torch.float32)
+        for layer in eligible_layers(clean_digits_model)
+    }
+    picked = select_infected(
+        clean_digits_model, contrib, Quantity(count=3, layers=["conv2"]), "least", 0
+    )
+    assert [str(r) for r in picked] == ["conv2:0", "conv2:1", "conv2:2"]
+    most = select_infected(
+        clean_digits_model, contrib, Quantity(count=2, layers=["fc1"]), "most", 0
+    )
+    assert [r.index for r in most] == [63, 62]
+    with pytest.raises(ConfigError, match="not eligible"):
+        select_infected(clean_digits_model, contrib, Quantity(layers=["fc"]), "least", 0)
+
+
+def test_quantity_rejects_fraction_and_count_together():
+    with pytest.raises(ConfigError, match="either a fraction or a count"):
+        validate_params("quantity", Quantity, {"fraction": 0.1, "count": 2})

@@ -1,0 +1,237 @@
+"""The command line: results in --json form, and bad input as one sentence with exit code 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from trojanscope import cli
+
+
+def run(args, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["trojanscope", *map(str, args)])
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_sentence(code, err, pattern):
+    assert code == 2, err
+    assert "Traceback" not in err
+    text = [line for line in err.splitlines() if line.strip()][-1]  # after any progress bar
+    assert text.startswith("error: ") and text.endswith(".")
+    assert pattern in text, text
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("criteria", "oracle"),
+        ("datasets", "mnist5k"),
+        ("architectures", "resnet18"),
+        ("attacks", "badnets"),
+    ],
+)
+def test_list_kinds(kind, expected, capsys, monkeypatch):
+    code, out, _ = run(["list", kind, "--json"], capsys, monkeypatch)
+    assert code == 0 and expected in json.loads(out)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"--dataset": "cifar99"}, "unknown dataset 'cifar99'; valid names: digits, mnist5k"),
+        ({"--arch": "vgg99"}, "unknown architecture 'vgg99'; valid names: cnn-small"),
+        ({"--attack": "nope"}, "unknown attack 'nope'; valid names: badnets"),
+        ({"--level": "huge"}, "unknown level 'huge'"),
+        ({"--poison-rate": "1.5"}, "'poison_rate'"),
+        ({"--target": "12"}, "target label 12 is out of range for 10 classes"),
+        ({"--db": "/nonexistent/dir/db"}, "/nonexistent/dir does not exist"),
+    ],
+)
+def test_inject_bad_input(override, message, tmp_path, capsys, monkeypatch):
+    args = {
+        "--dataset": "digits",
+        "--arch": "cnn-small",
+        "--attack": "badnets",
+        "--db": tmp_path / "db",
+        **override,
+    }
+    code, _, err = run(["inject", *[x for kv in args.items() for x in kv]], capsys, monkeypatch)
+    assert_one_sentence(code, err, message)
+
+
+def test_unknown_criterion_and_kind(tmp_path, capsys, monkeypatch):
+    code, _, err = run(
+        ["quickstart", "--db", tmp_path / "db", "--criterion", "magic"], capsys, monkeypatch
+    )
+    assert_one_sentence(code, err, "unknown criterion 'magic'; valid names: clp, fp, oracle")
+    code, _, err = run(["list", "gizmos"], capsys, monkeypatch)
+    assert_one_sentence(code, err, "unknown kind 'gizmos'")
+
+
+def test_missing_catalog(tmp_path, capsys, monkeypatch):
+    code, _, err = run(["db", "list", "--db", tmp_path / "none"], capsys, monkeypatch)
+    assert_one_sentence(code, err, "no trojanscope catalog at")
+
+
+@pytest.fixture(scope="module")
+def injected(tmp_path_factory):
+    """`trojanscope inject` on digits, run once for the tests below."""
+    db = tmp_path_factory.mktemp("cli") / "db"
+    args = [
+        "trojanscope",
+        "inject",
+        "--db",
+        str(db),
+        "--dataset",
+        "digits",
+        "--arch",
+        "cnn-small",
+        "--attack",
+        "badnets",
+        "--level",
+        "small",
+        "--seed",
+        "0",
+        "--json",
+    ]
+    mp = pytest.MonkeyPatch()
+    mp.setattr(sys, "argv", args)
+    from io import StringIO
+
+    buf = StringIO()
+    mp.setattr(sys, "stdout", buf)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+    finally:
+        mp.undo()
+    assert exit_info.value.code in (0, None)
+    return db, json.loads(buf.getvalue())
+
+
+def test_inject_prints_the_defect_record(injected):
+    _, record = injected
+    assert set(record) >= {
+        "id",
+        "attack",
+        "level",
+        "status",
+        "reason",
+        "clean_acc",
+        "asr",
+        "masked_asr",
+        "n_infected",
+    }
+    assert record["attack"] == "badnets" and record["level"] == "small"
+    assert record["status"] == "accepted" and record["asr"] >= 0.9
+
+
+def test_db_list_and_show(injected, capsys, monkeypatch):
+    db, record = injected
+    code, out, _ = run(["db", "list", "--db", db, "--json"], capsys, monkeypatch)
+    assert code == 0 and [d["id"] for d in json.loads(out)] == [record["id"]]
+    code, out, _ = run(["db", "show", record["id"], "--db", db, "--json"], capsys, monkeypatch)
+    shown = json.loads(out)
+    assert code == 0 and len(shown["infected"]) == record["n_infected"]
+    code, out, _ = run(["db", "show", record["id"], "--db", db], capsys, monkeypatch)
+    assert code == 0 and "infected neurons" in out
+    code, _, err = run(["db", "show", "999", "--db", db], capsys, monkeypatch)
+    assert_one_sentence(code, err, "no defect with id 999")
+
+
+def test_corrupt_weights_file(injected, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from trojanscope.database.catalog import Catalog
+    from trojanscope.database.schema import CleanModel
+
+    db = tmp_path / "db"
+    shutil.copytree(injected[0], db)
+    with Catalog.open(db).session() as s:
+        sha = s.query(CleanModel).one().weights_sha256
+    path = Catalog.open(db).store.path(sha)
+    path.write_bytes(path.read_bytes()[:100])
+    code, _, err = run(
+        [
+            "inject",
+            "--db",
+            db,
+            "--dataset",
+            "digits",
+            "--arch",
+            "cnn-small",
+            "--attack",
+            "badnets",
+            "--level",
+            "narrow",
+        ],
+        capsys,
+        monkeypatch,
+    )
+    assert_one_sentence(code, err, "is corrupt")
+
+
+def test_quickstart_json_schema(tmp_path, capsys, monkeypatch):
+    out_file = tmp_path / "qs.json"
+    code, out, _ = run(
+        [
+            "quickstart",
+            "--db",
+            tmp_path / "db",
+            "--dataset",
+            "digits",
+            "--level",
+            "small",
+            "--seed",
+            "0",
+            "--json",
+            out_file,
+        ],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 0
+    result = json.loads(out_file.read_text())
+    assert set(result) == {"clean_model", "defects", "localization"}
+    assert {
+        "id",
+        "attack",
+        "level",
+        "status",
+        "reason",
+        "clean_acc",
+        "asr",
+        "masked_asr",
+        "n_infected",
+    } <= set(result["defects"][0])
+    criteria = {loc["criterion"] for loc in result["localization"]}
+    assert criteria == {"clp", "fp", "oracle", "random"}
+    for loc in result["localization"]:
+        assert {
+            "defect_id",
+            "criterion",
+            "precision",
+            "recall",
+            "f1",
+            "wji",
+            "auroc",
+            "ap",
+            "seconds",
+        } <= set(loc)
+    assert "oracle" in out  # the table
+
+
+def test_console_script_entry_point():
+    proc = subprocess.run(
+        [sys.executable, "-m", "trojanscope", "list", "nothing"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: unknown kind 'nothing'")
+    assert "Traceback" not in proc.stderr
