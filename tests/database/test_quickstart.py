@@ -1,0 +1,28 @@
+"""The demo itself: the default quickstart on mnist5k, as `make demo` runs it."""
+
+import pytest
+
+from trojanscope.database.build import CleanSpec, load_defect
+from trojanscope.database.catalog import Catalog
+from trojanscope.database.quickstart import LEVELS, run_quickstart
+from trojanscope.injection.pipeline import attack_success_rate
+from trojanscope.localization.base import CRITERIA
+
+
+@pytest.mark.slow
+def test_default_quickstart_builds_accepted_defects_at_every_level(tmp_path):
+    catalog = Catalog.open(tmp_path / "db", create=True)
+    steps = []
+    result = run_quickstart(catalog, CleanSpec("mnist5k", "cnn-small"), step=steps.append)
+    assert result["clean_model"]["clean_acc"] > 0.93
+    defects = result["defects"]
+    assert sorted({d["level"] for d in defects}) == sorted(LEVELS) and len(defects) == 8
+    accepted = [d for d in defects if d["status"] == "accepted"]
+    assert {d["level"] for d in accepted} == set(LEVELS)  # every level yields a defect
+    for d in accepted:
+        ctx = load_defect(catalog, d["id"])
+        assert attack_success_rate(ctx.model, ctx.poisoned_test) >= 0.9
+    assert len(result["localization"]) == len(accepted) * len(CRITERIA.names())
+    # resuming reuses every entry
+    again = run_quickstart(catalog, CleanSpec("mnist5k", "cnn-small"))
+    assert [d["id"] for d in again["defects"]] == [d["id"] for d in defects]
