@@ -52,6 +52,9 @@ def test_list_kinds(kind, expected, capsys, monkeypatch):
         ({"--poison-rate": "1.5"}, "'poison_rate'"),
         ({"--target": "12"}, "target label 12 is out of range for 10 classes"),
         ({"--db": "/nonexistent/dir/db"}, "/nonexistent/dir does not exist"),
+        ({"--attack-param": "size=20"}, "does not fit the 8x8 image"),
+        ({"--attack-param": "colour=red"}, "'colour' extra inputs are not permitted"),
+        ({"--attack-param": "size"}, "'size' is not of the form KEY=VALUE"),
     ],
 )
 def test_inject_bad_input(override, message, tmp_path, capsys, monkeypatch):

@@ -201,6 +201,20 @@ def _render_quickstart(result: dict[str, Any]) -> None:
     out.print(table)
 
 
+def parse_key_values(items: list[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs; VALUE is read as JSON when it parses (numbers, booleans), else a string."""
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise TrojanscopeError(f"'{item}' is not of the form KEY=VALUE.")
+        try:
+            params[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.replace("-", "_")] = value
+    return params
+
+
 # -- inject ----------------------------------------------------------------------------------
 
 
@@ -218,6 +232,10 @@ def inject(
     poison_rate: Annotated[float, typer.Option(help="Poisoned fraction of training data.")] = 0.1,
     order: Annotated[str, typer.Option(help="Injection order: least, most or random.")] = "least",
     edges: Annotated[str, typer.Option(help="fan-in+fan-out or fan-in.")] = "fan-in+fan-out",
+    attack_param: Annotated[
+        list[str] | None,
+        typer.Option(help="Attack parameter KEY=VALUE (repeatable), e.g. size=4, pattern=white."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
 ) -> None:
     """Inject one defect (training or reusing the clean model) and print its record."""
@@ -234,7 +252,12 @@ def inject(
 
     _threads()
     _check_levels([level])
-    attack_params = {"target": target, "target_mode": target_mode, "poison_rate": poison_rate}
+    attack_params = {
+        "target": target,
+        "target_mode": target_mode,
+        "poison_rate": poison_rate,
+        **parse_key_values(attack_param or []),
+    }
     config = validate_params(
         "injection",
         InjectionConfig,
