@@ -8,10 +8,12 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, Field
 from safetensors.torch import save
+from torch import nn
 
 from trojanscope.data.base import TensorData
 from trojanscope.data.poison import PoisonedView
 from trojanscope.errors import ConfigError
+from trojanscope.neurons import NeuronRef
 from trojanscope.registry import Plugin, Registry
 
 
@@ -28,14 +30,31 @@ class Attack(Plugin):
     kind = "attack"
     Params = AttackParams
 
+    #: How the injection trains the infected neurons; None = the injection config decides.
+    #: (SRA overrides it: its backdoor is a subnet cut off from the host.)
+    injection_edges: str | None = None
+
     def __init__(self, seed: int = 0, **params: object) -> None:
         super().__init__(**params)
         self.seed = seed
+        self._stored: dict[str, torch.Tensor] | None = None
 
     # -- the trigger -----------------------------------------------------------------------
-    def trigger(self, shape: tuple[int, int, int]) -> dict[str, torch.Tensor]:
-        """The trigger's tensors for images of ``shape`` (C, H, W); deterministic."""
+    def make_trigger(self, shape: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+        """Build the trigger's tensors for images of ``shape`` (C, H, W); deterministic."""
         raise NotImplementedError
+
+    def trigger(self, shape: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+        """The trigger's tensors: the stored ones if set, else built from (params, seed)."""
+        return self._stored if self._stored is not None else self.make_trigger(shape)
+
+    def set_trigger(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Use stored trigger tensors (for triggers that depend on a model, e.g. TrojanNN)."""
+        self._stored = dict(tensors)
+
+    def prepare(self, clean: nn.Module, infected: list[NeuronRef], data: TensorData) -> None:
+        """Called by the injection once the infected neurons are chosen, before poisoning.
+        Attacks whose trigger depends on the clean model and those neurons build it here."""
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Stamp the trigger on a batch of images (N, C, H, W) in [0, 1]."""

@@ -240,6 +240,7 @@ def load_defect(catalog: Catalog, defect_id: int) -> DefectContext:
             f"poisoned test data of defect {defect_id} is malformed."
         ) from None
     attack = ATTACKS.create(row.attack, seed=row.seed, **row.attack_params)
+    attack.set_trigger(catalog.store.get(row.trigger_sha256))
     return DefectContext(
         row, load_weights(catalog, clean, row.weights_sha256), splits, attack, view
     )

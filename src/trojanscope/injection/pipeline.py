@@ -90,7 +90,8 @@ def inject_defect(
     calib_idx = torch.randperm(len(splits.train), generator=g)[: config.calibration_size]
     contributions = clean_contributions(clean, splits.train.subset(calib_idx))
     infected = select_infected(clean, contributions, config.quantity, config.order, seed)
-    masks = trainable_masks(clean, infected, config.edges)
+    attack.prepare(clean, infected, splits.train.subset(calib_idx))
+    masks = trainable_masks(clean, infected, attack.injection_edges or config.edges)
 
     fit, val = _split_validation(splits.train, config.validation_fraction, seed)
     mixed = attack.poison_train(fit).materialize()

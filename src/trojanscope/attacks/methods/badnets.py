@@ -40,7 +40,7 @@ class BadNets(MaskPatternAttack):
                 f"the {h}x{w} image."
             )
 
-    def trigger(self, shape: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+    def make_trigger(self, shape: tuple[int, int, int]) -> dict[str, torch.Tensor]:
         c, h, w = shape
         self._check_fit(shape)
         s, m = self.patch_size(h, w), self.params.margin
