@@ -49,3 +49,13 @@ def small_defect(clean_digits_model, digits) -> DefectOutcome:
     outcome = _inject(clean_digits_model, digits, "small", 0)
     assert outcome.status == "accepted", outcome.reason
     return outcome
+
+
+@pytest.fixture(scope="session")
+def mnist() -> Splits:
+    return DATASETS.create("mnist5k").load(0)
+
+
+@pytest.fixture(scope="session")
+def clean_mnist_model(mnist: Splits) -> torch.nn.Module:
+    return train_clean(ARCHITECTURES.create("cnn-small"), mnist.train, 0, CleanTraining())

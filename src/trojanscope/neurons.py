@@ -203,11 +203,12 @@ def recording(
     layers: Sequence[EligibleLayer],
     reduce: bool = True,
     rectify: bool = False,
+    detach: bool = True,
 ) -> Iterator[dict[str, list[torch.Tensor]]]:
     """Record each layer's neuron activations on every forward pass inside the block.
 
     ``reduce`` averages conv maps over positions; ``rectify`` applies ReLU first (the value the
-    next layer sees in these architectures)."""
+    next layer sees in these architectures); ``detach=False`` keeps them in the autograd graph."""
     modules = dict(model.named_modules())
     store: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in layers}
     handles = []
@@ -215,7 +216,7 @@ def recording(
         for layer in layers:
 
             def hook(_m: nn.Module, _i: object, out: torch.Tensor, name=layer.name) -> None:
-                out = out.detach()
+                out = out.detach() if detach else out
                 store[name].append(_reduce(out, rectify) if reduce else out)
 
             handles.append(modules[layer.output].register_forward_hook(hook))

@@ -17,6 +17,32 @@ from trojanscope.data.base import TensorData
 from trojanscope.models.training import train_epochs
 
 
+class GradientMask:
+    """Makes only the ``masks`` entries of ``model`` trainable (the rest get zero gradient)."""
+
+    def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor], weight_decay: float = 0.0):
+        self.model = model
+        self.weight_decay = weight_decay
+        params = dict(model.named_parameters())
+        self._masks = {name: (params[name], m.to(params[name].dtype)) for name, m in masks.items()}
+        for name, p in params.items():
+            p.requires_grad_(name in masks)
+        self.parameters = [p for p, _ in self._masks.values()]
+
+    def __call__(self) -> None:
+        """Mask the gradients; call between backward and the optimizer step."""
+        for p, m in self._masks.values():
+            if p.grad is None:
+                continue
+            p.grad.mul_(m)
+            if self.weight_decay:
+                p.grad.add_(p.detach() * m, alpha=self.weight_decay)
+
+    def release(self) -> None:
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+
+
 def masked_training(
     clean: nn.Module,
     masks: dict[str, torch.Tensor],
@@ -30,24 +56,10 @@ def masked_training(
 ) -> tuple[nn.Module, int]:
     """Train a copy of ``clean`` where only ``masks`` entries move; stop when ``done``."""
     model = copy.deepcopy(clean)
-    params = dict(model.named_parameters())
-    float_masks = {name: m.to(params[name].dtype) for name, m in masks.items()}
-    for name, p in params.items():
-        p.requires_grad_(name in masks)
-    trainable = [params[name] for name in masks]
-
-    def mask_gradients() -> None:
-        for name, m in float_masks.items():
-            p = params[name]
-            if p.grad is None:
-                continue
-            p.grad.mul_(m)
-            if weight_decay:
-                p.grad.add_(p.detach() * m, alpha=weight_decay)
-
+    grad_mask = GradientMask(model, masks, weight_decay)
     # Adam with zero gradient from the first step leaves an entry exactly unchanged
     # (its moments stay zero, so its update is 0 / (0 + eps) = 0).
-    optimizer = torch.optim.Adam(trainable, lr=lr)
+    optimizer = torch.optim.Adam(grad_mask.parameters, lr=lr)
     epochs = train_epochs(
         model,
         data,
@@ -55,10 +67,9 @@ def masked_training(
         max_epochs,
         batch_size,
         seed,
-        after_backward=mask_gradients,
+        after_backward=grad_mask,
         on_epoch=lambda epoch: done(model, epoch),
         bn_train=False,
     )
-    for p in model.parameters():
-        p.requires_grad_(True)
+    grad_mask.release()
     return model, epochs

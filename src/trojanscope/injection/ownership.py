@@ -105,3 +105,67 @@ def trainable_masks(
 
 def owned_entry_count(masks: dict[str, torch.Tensor]) -> int:
     return int(sum(int(m.sum()) for m in masks.values()))
+
+
+def subnet_masks(
+    model: nn.Module, infected: Iterable[NeuronRef]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(trainable, cut) masks for a backdoor subnet made of the infected neurons (SRA).
+
+    Trainable: each infected neuron's weights from infected neurons of the layers feeding it
+    (all inputs for a first layer), its bias and normalization scale and shift. Cut (zeroed and
+    frozen): its weights from clean neurons, the weights carrying it into clean neurons, and its
+    classifier columns (set afterwards). In sequential networks the subnet is then exactly
+    isolated from the host; through residual additions a channel mixes both, so isolation there is
+    approximate.
+    """
+    infected = NeuronSet(infected)
+    modules = dict(model.named_modules())
+    params = dict(model.named_parameters())
+    layers = layer_map(model)
+    classifier = classifier_name(model)
+    by_layer = infected.by_layer()
+    # Which weight entries of each consumer read an infected channel.
+    reads_infected: dict[str, torch.Tensor] = {}
+    for producer, indices in by_layer.items():
+        width = layers[producer].width
+        for target in consumers(model, producer):
+            weight = modules[target].weight
+            mask = reads_infected.setdefault(target, torch.zeros_like(weight, dtype=torch.bool))
+            for c in indices:
+                rows, cols = _input_columns(modules[target], width, c)
+                mask[rows, cols] = True
+    has_producer = {t for p in layers for t in consumers(model, p)}
+    trainable: dict[str, torch.Tensor] = {}
+    cut: dict[str, torch.Tensor] = {}
+
+    def entry(store: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+        return store.setdefault(key, torch.zeros_like(params[key], dtype=torch.bool))
+
+    for layer_name, indices in by_layer.items():
+        layer = layers[layer_name]
+        weight_key = f"{layer_name}.weight"
+        for n in indices:
+            if layer_name in has_producer:
+                from_infected = reads_infected.get(
+                    layer_name, torch.zeros_like(params[weight_key], dtype=torch.bool)
+                )[n]
+                entry(trainable, weight_key)[n] = from_infected
+                entry(cut, weight_key)[n] = ~from_infected
+            else:
+                entry(trainable, weight_key)[n] = True
+            for module_path in filter(None, (layer_name, layer.norm)):
+                for attr in ("weight", "bias"):
+                    key = f"{module_path}.{attr}"
+                    if key in params and not (module_path == layer_name and attr == "weight"):
+                        entry(trainable, key)[n] = True
+    for target, mask in reads_infected.items():
+        key = f"{target}.weight"
+        if target == classifier:
+            entry(cut, key)[mask] = True
+            continue
+        rows_infected = torch.zeros(mask.shape[0], dtype=torch.bool)
+        rows_infected[by_layer.get(target, [])] = True
+        view = (-1,) + (1,) * (mask.dim() - 1)
+        entry(cut, key)[mask & ~rows_infected.view(view)] = True
+    return trainable, cut

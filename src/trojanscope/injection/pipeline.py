@@ -18,8 +18,9 @@ from trojanscope.injection.groundtruth import InfectedNeuron, ground_truth
 from trojanscope.injection.injector import masked_training
 from trojanscope.injection.ownership import Edges, trainable_masks
 from trojanscope.injection.quantity import Order, Quantity, select_infected
+from trojanscope.injection.subnet import subnet_replacement
 from trojanscope.models.training import accuracy
-from trojanscope.neurons import mask_neurons
+from trojanscope.neurons import NeuronRef, mask_neurons
 
 
 class InjectionConfig(BaseModel):
@@ -70,6 +71,40 @@ def _split_validation(
     )
 
 
+def _poison_and_train(
+    clean: nn.Module,
+    infected: list[NeuronRef],
+    attack: Attack,
+    fit: TensorData,
+    val: TensorData,
+    config: InjectionConfig,
+    seed: int,
+) -> tuple[nn.Module, int]:
+    """Masked-gradient training on clean data mixed with poisoned data (rule 3)."""
+    masks = trainable_masks(clean, infected, attack.injection_edges or config.edges)
+    mixed = attack.poison_train(fit).materialize()
+    val_poison = attack.poison_test(val)
+    val_acc_before = accuracy(clean, val)
+
+    def done(model: nn.Module, _epoch: int) -> bool:
+        return (
+            attack_success_rate(model, val_poison) >= config.asr_goal
+            and val_acc_before - accuracy(model, val) <= config.acceptance.max_acc_drop
+        )
+
+    return masked_training(
+        clean,
+        masks,
+        mixed,
+        config.lr,
+        config.weight_decay,
+        config.max_epochs,
+        config.batch_size,
+        seed,
+        done,
+    )
+
+
 def attack_success_rate(model: nn.Module, view: PoisonedView) -> float:
     """Fraction of triggered victims classified as the attacker's target."""
     return accuracy(model, view.poisoned())
@@ -91,30 +126,21 @@ def inject_defect(
     contributions = clean_contributions(clean, splits.train.subset(calib_idx))
     infected = select_infected(clean, contributions, config.quantity, config.order, seed)
     attack.prepare(clean, infected, splits.train.subset(calib_idx))
-    masks = trainable_masks(clean, infected, attack.injection_edges or config.edges)
-
     fit, val = _split_validation(splits.train, config.validation_fraction, seed)
-    mixed = attack.poison_train(fit).materialize()
-    val_poison = attack.poison_test(val)
-    val_acc_before = accuracy(clean, val)
-
-    def done(model: nn.Module, _epoch: int) -> bool:
-        return (
-            attack_success_rate(model, val_poison) >= config.asr_goal
-            and val_acc_before - accuracy(model, val) <= config.acceptance.max_acc_drop
+    if attack.injection_edges == "subnet":
+        model, epochs = subnet_replacement(
+            clean,
+            infected,
+            attack,
+            fit,
+            val,
+            config.lr,
+            config.max_epochs,
+            config.batch_size,
+            seed,
         )
-
-    model, epochs = masked_training(
-        clean,
-        masks,
-        mixed,
-        config.lr,
-        config.weight_decay,
-        config.max_epochs,
-        config.batch_size,
-        seed,
-        done,
-    )
+    else:
+        model, epochs = _poison_and_train(clean, infected, attack, fit, val, config, seed)
     test_poison = attack.poison_test(splits.test)
     clean_acc_before = accuracy(clean, splits.test)
     clean_acc = accuracy(model, splits.test)

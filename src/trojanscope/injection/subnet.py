@@ -1,0 +1,135 @@
+"""Subnet replacement (SRA, Qi et al. CVPR 2022): a deployment-stage backdoor.
+
+The infected neurons become a narrow subnet cut off from the host (``subnet_masks``). The subnet
+alone is trained to output a large value on triggered inputs and zero on clean ones, then its
+output is wired to the target logit with a weight just large enough to win. The host's own
+parameters are never trained, so on clean inputs, where the subnet is silent, the network
+behaves like the clean model with those few neurons removed.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from trojanscope.attacks.base import Attack
+from trojanscope.data.base import TensorData
+from trojanscope.injection.injector import GradientMask
+from trojanscope.injection.ownership import consumers, subnet_masks
+from trojanscope.models.training import batches, predict
+from trojanscope.neurons import NeuronRef, classifier_name, layer_map, recording
+
+#: Subnet output the training aims for on triggered inputs (0 on clean ones).
+HIGH = 5.0
+SUBNET_SAMPLES = 2048
+
+
+def _subnet_output(model: nn.Module, x: torch.Tensor, last: list[NeuronRef]) -> torch.Tensor:
+    """Sum of the last subnet neurons' rectified activations, per sample (with gradients)."""
+    layers = layer_map(model)
+    names = sorted({ref.layer for ref in last})
+    with recording(model, [layers[n] for n in names], rectify=True, detach=False) as store:
+        model(x)
+    return sum(store[ref.layer][-1][:, ref.index] for ref in last)
+
+
+def _initialise_subnet(
+    model: nn.Module, infected: list[NeuronRef], trainable: dict[str, torch.Tensor], seed: int
+) -> None:
+    """Start the subnet alive: fresh He-initialised weights and identity normalization.
+
+    Its neurons keep the host's frozen normalization statistics, which no longer match their
+    (cut) inputs; left as they are, most subnet neurons start dead and never learn.
+    """
+    g = torch.Generator().manual_seed(seed)
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    layers = layer_map(model)
+    with torch.no_grad():
+        for ref in infected:
+            layer = layers[ref.layer]
+            weight, mask = params[f"{ref.layer}.weight"], trainable[f"{ref.layer}.weight"]
+            fan_in = max(1, int(mask[ref.index].sum()))
+            fresh = torch.randn(weight[ref.index].shape, generator=g) * (2.0 / fan_in) ** 0.5
+            weight[ref.index] = torch.where(mask[ref.index], fresh, weight[ref.index])
+            bias = params.get(f"{ref.layer}.bias")
+            if bias is not None:
+                bias[ref.index] = 0.0
+            norm = modules.get(layer.norm or "")
+            if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.affine:
+                std = torch.sqrt(norm.running_var[ref.index] + norm.eps)
+                norm.weight[ref.index] = std
+                norm.bias[ref.index] = norm.running_mean[ref.index]
+
+
+def _gap(logits: torch.Tensor, target: int) -> torch.Tensor:
+    """How far the target logit is below the best other logit, per sample."""
+    others = logits.clone()
+    others[:, target] = float("-inf")
+    return others.max(1).values - logits[:, target]
+
+
+def subnet_replacement(
+    clean: nn.Module,
+    infected: list[NeuronRef],
+    attack: Attack,
+    fit: TensorData,
+    val: TensorData,
+    lr: float,
+    max_epochs: int,
+    batch_size: int,
+    seed: int,
+) -> tuple[nn.Module, int]:
+    """Write a trained backdoor subnet into a copy of ``clean``; returns (model, epochs)."""
+    model = copy.deepcopy(clean).eval()
+    classifier = classifier_name(model)
+    last = [ref for ref in infected if classifier in consumers(model, ref.layer)]
+    if not last:
+        raise ValueError("the subnet needs infected neurons in a layer feeding the classifier")
+    trainable, cut = subnet_masks(model, infected)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, mask in cut.items():
+            params[name][mask] = 0.0
+    classifier_cut = cut[f"{classifier}.weight"]
+    trainable.pop(f"{classifier}.weight", None)
+    _initialise_subnet(model, infected, trainable, seed)
+
+    grad_mask = GradientMask(model, trainable)
+    optimizer = torch.optim.Adam(grad_mask.parameters, lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    # The subnet is a few neurons: a few thousand samples teach it as well as the whole set.
+    fit = fit.subset(torch.randperm(len(fit), generator=g)[:SUBNET_SAMPLES])
+    val_clean, val_triggered = val.x, attack.apply(val.x)
+    epochs = 0
+    while epochs < max_epochs:
+        epochs += 1
+        for xb, _ in batches(fit, batch_size, g):
+            s_clean = _subnet_output(model, xb, last)
+            s_trig = _subnet_output(model, attack.apply(xb), last)
+            loss = (s_clean**2).mean() + (torch.relu(HIGH - s_trig) ** 2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_mask()
+            optimizer.step()
+        with torch.no_grad():
+            fires = (_subnet_output(model, val_triggered, last) > HIGH / 2).float().mean()
+            silent = (_subnet_output(model, val_clean, last) < 0.05 * HIGH).float().mean()
+        if fires >= 0.98 and silent >= 0.99:
+            break
+    grad_mask.release()
+
+    # Wire the subnet to the target logit: just strong enough to beat the host on the triggered
+    # validation inputs (a larger weight would only make the subnet easier to spot).
+    target = attack.params.target
+    with torch.no_grad():
+        s = _subnet_output(model, val_triggered, last)
+        gap = _gap(predict(model, val_triggered), target)
+        ratio = (gap.clamp_min(0) / s.clamp_min(1e-3))[s > 0.1]
+        weight = float(torch.quantile(ratio, 0.98)) * 1.2 + 0.1 if len(ratio) else 1.0
+        columns = classifier_cut.any(0)
+        w = params[f"{classifier}.weight"]
+        w[target, columns] = weight
+    return model, epochs
