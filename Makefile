@@ -11,6 +11,7 @@ $(STAMP): pyproject.toml
 	# torch first and pinned exactly: here it is the CPU wheel from local disk.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
+	bash scripts/install-data.sh
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,6 +23,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/quickstart.py
+	$(PY) benchmarks/attack_matrix.py
 
 clean:
 	rm -rf $(VENV) trojanscope-db .pytest_cache .ruff_cache

@@ -36,6 +36,14 @@ out = Console(width=None if sys.stdout.isatty() else 132)
 err = Console(stderr=True)
 
 DbOption = Annotated[Path, typer.Option("--db", help="Catalog folder.")]
+AttackParamOption = Annotated[
+    list[str] | None,
+    typer.Option(help="Attack parameter KEY=VALUE (repeatable), e.g. size=4, alpha=0.2."),
+]
+DataParamOption = Annotated[
+    list[str] | None,
+    typer.Option(help="Data set parameter KEY=VALUE (repeatable), e.g. limit=6000, data_dir=..."),
+]
 DEFAULT_DB = Path("trojanscope-db")
 
 
@@ -103,8 +111,13 @@ def quickstart(
     seed: Annotated[list[int] | None, typer.Option(help="Defect seeds (repeatable).")] = None,
     level: Annotated[list[str] | None, typer.Option(help="Levels (repeatable).")] = None,
     criterion: Annotated[list[str] | None, typer.Option(help="Criteria (repeatable).")] = None,
+    attack: Annotated[str, typer.Option(help="Attack (see `trojanscope list attacks`).")] = (
+        "badnets"
+    ),
+    attack_param: AttackParamOption = None,
+    data_param: DataParamOption = None,
 ) -> None:
-    """Train a clean model, inject BadNets at every level, localize with every criterion."""
+    """Train a clean model, inject an attack at every level, localize with every criterion."""
     from trojanscope.attacks.base import ATTACKS
     from trojanscope.database.build import CleanSpec
     from trojanscope.database.catalog import Catalog
@@ -120,13 +133,26 @@ def quickstart(
     criteria = criterion or CRITERIA.names()
     for name in criteria:
         CRITERIA.get(name)
-    spec = CleanSpec(dataset=dataset, arch=arch, arch_params={"width": width})
+    spec = CleanSpec(
+        dataset=dataset,
+        arch=arch,
+        dataset_params=parse_key_values(data_param or []),
+        arch_params={"width": width},
+    )
+    attack_params = parse_key_values(attack_param or [])
     splits = spec.splits()  # validates names and parameters before any work
-    ATTACKS.create("badnets").validate(splits.shape, splits.num_classes)
+    ATTACKS.create(attack, **attack_params).validate(splits.shape, splits.num_classes)
     catalog = Catalog.open(db, create=True)
     with _progress(plan_size(levels, seeds, criteria)) as step:
         result = run_quickstart(
-            catalog, spec, levels=levels, seeds=seeds, criteria=criteria, step=step
+            catalog,
+            spec,
+            attack=attack,
+            attack_params=attack_params,
+            levels=levels,
+            seeds=seeds,
+            criteria=criteria,
+            step=step,
         )
     if json_file is not None:
         write_atomic(json_file, (json.dumps(result, indent=2) + "\n").encode())
@@ -232,10 +258,8 @@ def inject(
     poison_rate: Annotated[float, typer.Option(help="Poisoned fraction of training data.")] = 0.1,
     order: Annotated[str, typer.Option(help="Injection order: least, most or random.")] = "least",
     edges: Annotated[str, typer.Option(help="fan-in+fan-out or fan-in.")] = "fan-in+fan-out",
-    attack_param: Annotated[
-        list[str] | None,
-        typer.Option(help="Attack parameter KEY=VALUE (repeatable), e.g. size=4, pattern=white."),
-    ] = None,
+    attack_param: AttackParamOption = None,
+    data_param: DataParamOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
 ) -> None:
     """Inject one defect (training or reusing the clean model) and print its record."""
@@ -263,7 +287,13 @@ def inject(
         InjectionConfig,
         {"quantity": {"level": level}, "order": order, "edges": edges},
     )
-    spec = CleanSpec(dataset=dataset, arch=arch, seed=seed, arch_params={"width": width})
+    spec = CleanSpec(
+        dataset=dataset,
+        arch=arch,
+        seed=seed,
+        dataset_params=parse_key_values(data_param or []),
+        arch_params={"width": width},
+    )
     splits = spec.splits()  # validates the names; checks the attack fits before any training
     ATTACKS.create(attack, seed=seed, **attack_params).validate(splits.shape, splits.num_classes)
     catalog = Catalog.open(db, create=True)
