@@ -45,7 +45,7 @@ def test_list_kinds(kind, expected, capsys, monkeypatch):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"--dataset": "cifar99"}, "unknown dataset 'cifar99'; valid names: digits, mnist5k"),
+        ({"--dataset": "cifar99"}, "unknown dataset 'cifar99'; valid names: cifar10, digits"),
         ({"--arch": "vgg99"}, "unknown architecture 'vgg99'; valid names: cnn-small"),
         ({"--attack": "nope"}, "unknown attack 'nope'; valid names: badnets"),
         ({"--level": "huge"}, "unknown level 'huge'"),
