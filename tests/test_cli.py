@@ -8,6 +8,18 @@ import pytest
 
 from trojanscope import cli
 
+DEFECT_KEYS = {
+    "id",
+    "attack",
+    "level",
+    "status",
+    "reason",
+    "clean_acc",
+    "asr",
+    "masked_asr",
+    "n_infected",
+}
+
 
 def run(args, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["trojanscope", *map(str, args)])
@@ -121,17 +133,7 @@ def injected(tmp_path_factory):
 
 def test_inject_prints_the_defect_record(injected):
     _, record = injected
-    assert set(record) >= {
-        "id",
-        "attack",
-        "level",
-        "status",
-        "reason",
-        "clean_acc",
-        "asr",
-        "masked_asr",
-        "n_infected",
-    }
+    assert set(record) >= DEFECT_KEYS
     assert record["attack"] == "badnets" and record["level"] == "small"
     assert record["status"] == "accepted" and record["asr"] >= 0.9
 
@@ -203,17 +205,7 @@ def test_quickstart_json_schema(tmp_path, capsys, monkeypatch):
     assert code == 0
     result = json.loads(out_file.read_text())
     assert set(result) == {"clean_model", "defects", "localization"}
-    assert {
-        "id",
-        "attack",
-        "level",
-        "status",
-        "reason",
-        "clean_acc",
-        "asr",
-        "masked_asr",
-        "n_infected",
-    } <= set(result["defects"][0])
+    assert set(result["defects"][0]) >= DEFECT_KEYS
     criteria = {loc["criterion"] for loc in result["localization"]}
     assert criteria == {"clp", "fp", "oracle", "random"}
     for loc in result["localization"]:

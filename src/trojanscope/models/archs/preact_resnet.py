@@ -13,6 +13,7 @@ with the block's second batch norm.
 
 from torch import Tensor, nn
 
+from trojanscope.models.archs.resnet import make_stages
 from trojanscope.models.base import ARCHITECTURES, Architecture, scaled
 
 
@@ -42,14 +43,9 @@ class PreActResNet(nn.Module):
         super().__init__()
         widths = [scaled(c, width) for c in (64, 128, 256, 512)]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
-        stages, cin = [], widths[0]
-        for i, (n, cout) in enumerate(zip(blocks, widths, strict=True)):
-            layers = []
-            for j in range(n):
-                layers.append(PreActBlock(cin, cout, 2 if (i > 0 and j == 0) else 1))
-                cin = cout
-            stages.append(nn.Sequential(*layers))
+        stages = make_stages(PreActBlock, blocks, widths)
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        cin = widths[-1]
         self.final_bn = nn.BatchNorm2d(cin)
         self.relu = nn.ReLU()
         self.gap = nn.AdaptiveAvgPool2d(1)

@@ -1,5 +1,7 @@
 """ResNet-18 with CIFAR-style basic blocks (3x3 stem, no initial max-pool), any input >= 8 px."""
 
+from collections.abc import Callable
+
 from torch import Tensor, nn
 
 from trojanscope.models.base import ARCHITECTURES, Architecture, scaled
@@ -25,6 +27,20 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
+def make_stages(
+    block: Callable[[int, int, int], nn.Module], blocks: list[int], widths: list[int]
+) -> list[nn.Sequential]:
+    """Residual stages: ``blocks[i]`` blocks of width ``widths[i]``, stride 2 from stage 2 on."""
+    stages, cin = [], widths[0]
+    for i, (n, cout) in enumerate(zip(blocks, widths, strict=True)):
+        layers = []
+        for j in range(n):
+            layers.append(block(cin, cout, 2 if (i > 0 and j == 0) else 1))
+            cin = cout
+        stages.append(nn.Sequential(*layers))
+    return stages
+
+
 class ResNet(nn.Module):
     def __init__(self, blocks: list[int], in_channels: int, num_classes: int, width: float) -> None:
         super().__init__()
@@ -32,14 +48,8 @@ class ResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU()
-        stages, cin = [], widths[0]
-        for i, (n, cout) in enumerate(zip(blocks, widths, strict=True)):
-            layers = []
-            for j in range(n):
-                layers.append(BasicBlock(cin, cout, 2 if (i > 0 and j == 0) else 1))
-                cin = cout
-            stages.append(nn.Sequential(*layers))
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.layer1, self.layer2, self.layer3, self.layer4 = make_stages(BasicBlock, blocks, widths)
+        cin = widths[-1]
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
 
