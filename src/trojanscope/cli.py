@@ -90,6 +90,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def _check_output_file(path: Path) -> None:
+    if path.is_dir():
+        raise TrojanscopeError(f"cannot write {path}: it is a folder.")
     if not path.parent.is_dir():
         raise TrojanscopeError(f"cannot write {path}: folder {path.parent} does not exist.")
     if not os.access(path.parent, os.W_OK):
@@ -253,9 +255,13 @@ def inject(
     seed: Annotated[int, typer.Option(help="Seed of the clean model and of the defect.")] = 0,
     db: DbOption = DEFAULT_DB,
     width: Annotated[float, typer.Option(help="Architecture width multiplier.")] = 1.0,
-    target: Annotated[int, typer.Option(help="Target label.")] = 0,
-    target_mode: Annotated[str, typer.Option(help="all-to-one or all-to-all.")] = "all-to-one",
-    poison_rate: Annotated[float, typer.Option(help="Poisoned fraction of training data.")] = 0.1,
+    target: Annotated[int | None, typer.Option(help="Target label (default 0).")] = None,
+    target_mode: Annotated[
+        str | None, typer.Option(help="all-to-one (default) or all-to-all.")
+    ] = None,
+    poison_rate: Annotated[
+        float | None, typer.Option(help="Poisoned fraction (default: the attack's own).")
+    ] = None,
     order: Annotated[str, typer.Option(help="Injection order: least, most or random.")] = "least",
     edges: Annotated[str, typer.Option(help="fan-in+fan-out or fan-in.")] = "fan-in+fan-out",
     attack_param: AttackParamOption = None,
@@ -276,10 +282,10 @@ def inject(
 
     _threads()
     _check_levels([level])
+    given = {"target": target, "target_mode": target_mode, "poison_rate": poison_rate}
+    # Only what the user gave: each attack keeps its own defaults (and catalog identity).
     attack_params = {
-        "target": target,
-        "target_mode": target_mode,
-        "poison_rate": poison_rate,
+        **{k: v for k, v in given.items() if v is not None},
         **parse_key_values(attack_param or []),
     }
     config = validate_params(

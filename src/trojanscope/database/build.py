@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,6 +157,7 @@ def build_defect(
         clean_acc=outcome.clean_acc,
         asr=outcome.asr,
         masked_asr=outcome.masked_asr,
+        masked_clean_acc=outcome.masked_clean_acc,
         asr_before=outcome.asr_before,
         epochs=outcome.epochs,
         weights_sha256=catalog.store.put(outcome.model.state_dict()),
@@ -272,7 +274,10 @@ def localize(
         scores_sha256=scores_sha,
         seconds=result.seconds,
         cost_forward=result.cost_forward,
-        **metrics.as_dict(),
+        **{
+            k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in metrics.as_dict().items()
+        },
     )
     with catalog.transaction() as session:
         session.add(row)
@@ -299,6 +304,7 @@ def defect_summary(row: Defect) -> dict[str, Any]:
         "clean_acc": row.clean_acc,
         "asr": row.asr,
         "masked_asr": row.masked_asr,
+        "masked_clean_acc": row.masked_clean_acc,
         "n_infected": len(row.infected),
     }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,8 +62,6 @@ class Catalog:
                 (path / OBJECTS_DIR).mkdir(exist_ok=True)
             except OSError as exc:
                 raise CatalogError(f"cannot create catalog {path}: {exc.strerror}.") from None
-        if create:
-            _probe_writable(path)
         catalog = cls(path)
         try:
             if create:
@@ -72,6 +71,8 @@ class Catalog:
             raise CatalogError(
                 f"{path / CATALOG_FILE} is not a usable trojanscope catalog ({exc.orig})."
             ) from None
+        if create:
+            _probe_writable(path)
         if missing:
             raise CatalogError(f"{path / CATALOG_FILE} lacks tables {', '.join(sorted(missing))}.")
         return catalog
@@ -94,11 +95,21 @@ class Catalog:
 
 def _probe_writable(path: Path) -> None:
     """Fail now, clearly, rather than after an hour of training (os.access is wrong for root)."""
+    for folder in (path, path / OBJECTS_DIR):
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            raise CatalogError(f"cannot write to catalog {folder}: {exc.strerror}.") from None
     try:
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as exc:
-        raise CatalogError(f"cannot write to catalog {path}: {exc.strerror}.") from None
+        connection = sqlite3.connect(path / CATALOG_FILE, timeout=30)
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.rollback()
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        raise CatalogError(f"cannot write to catalog {path / CATALOG_FILE}: {exc}.") from None
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

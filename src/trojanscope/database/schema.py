@@ -54,6 +54,7 @@ class Defect(Base):
     clean_acc: Mapped[float] = mapped_column(Float)
     asr: Mapped[float] = mapped_column(Float)
     masked_asr: Mapped[float] = mapped_column(Float)
+    masked_clean_acc: Mapped[float | None] = mapped_column(Float)
     asr_before: Mapped[float] = mapped_column(Float)
     epochs: Mapped[int]
     weights_sha256: Mapped[str] = mapped_column(String(64))
@@ -96,8 +97,8 @@ class Localization(Base):
     recall: Mapped[float] = mapped_column(Float)
     f1: Mapped[float] = mapped_column(Float)
     wji: Mapped[float] = mapped_column(Float)
-    auroc: Mapped[float] = mapped_column(Float)
-    ap: Mapped[float] = mapped_column(Float)
+    auroc: Mapped[float | None] = mapped_column(Float)  # undefined when every neuron is infected
+    ap: Mapped[float | None] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float)
     cost_forward: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)

@@ -23,9 +23,18 @@ def write_atomic(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class ArtifactStore:
@@ -41,7 +50,7 @@ class ArtifactStore:
         data = save({k: v.detach().contiguous().clone() for k, v in tensors.items()}, metadata)
         sha = hashlib.sha256(data).hexdigest()
         path = self.path(sha)
-        if not path.exists():
+        if not (path.exists() and _sha256_of(path) == sha):  # also repairs a damaged copy
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, data)
         return sha

@@ -12,9 +12,21 @@ class Acceptance(BaseModel):
         0.03, ge=0.0, le=1.0, description="in accuracy units (0.03 = 3 points)"
     )
     max_masked_asr: float = Field(0.20, ge=0.0, le=1.0)
+    max_masked_acc_drop: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="masking the infected set may cost at most this much clean accuracy: a low "
+        "masked ASR only shows confinement if the masked model still works",
+    )
 
     def verdict(
-        self, clean_acc_before: float, clean_acc: float, asr: float, masked_asr: float
+        self,
+        clean_acc_before: float,
+        clean_acc: float,
+        asr: float,
+        masked_asr: float,
+        masked_clean_acc: float,
     ) -> str | None:
         """None if accepted, else the reason for rejection."""
         reasons = []
@@ -28,5 +40,11 @@ class Acceptance(BaseModel):
         if masked_asr > self.max_masked_asr:
             reasons.append(
                 f"masked ASR {masked_asr:.3f} > {self.max_masked_asr:.2f} (backdoor not confined)"
+            )
+        masked_drop = clean_acc - masked_clean_acc
+        if masked_drop > self.max_masked_acc_drop + 1e-9:
+            reasons.append(
+                f"masking the infected neurons costs {100 * masked_drop:.1f} points of clean "
+                f"accuracy > {100 * self.max_masked_acc_drop:.1f} (the mask breaks the model)"
             )
         return "; ".join(reasons) or None

@@ -34,7 +34,7 @@ class GradientMask:
         for p, m in self._masks.values():
             if p.grad is None:
                 continue
-            p.grad.mul_(m)
+            p.grad.copy_(torch.where(m.bool(), p.grad, torch.zeros_like(p.grad)))  # NaN-safe
             if self.weight_decay:
                 p.grad.add_(p.detach() * m, alpha=self.weight_decay)
 

@@ -2,12 +2,14 @@
 
 Fan-in: the neuron's incoming weights and bias, and its normalization scale and shift.
 Fan-out: the weights that carry its output into the next layer(s), found by following the
-torch.fx graph from the neuron's output through activations, pooling, flattening and residual
-additions to the first Conv2d / Linear consumers (the final classifier's columns included).
+torch.fx graph from the neuron's output through activations, pooling and flattening to the first
+Conv2d / Linear consumers (the final classifier's columns included). The walk stops at residual
+additions and concatenations: beyond them the channel is no longer the neuron's alone.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from typing import Literal
 
@@ -44,10 +46,23 @@ def consumers(model: nn.Module, layer_name: str) -> list[str]:
             if node.target not in found:
                 found.append(str(node.target))
             continue
-        if node.op == "output":
+        if node.op == "output" or _is_merge(node):
             continue
-        frontier.extend(node.users)  # activations, pooling, flatten, add, ...: pass through
+        frontier.extend(node.users)  # activations, pooling, flatten, ...: pass through
     return found
+
+
+_MERGE_FUNCTIONS = {operator.add, operator.iadd, torch.add, torch.cat, torch.stack}
+_MERGE_METHODS = {"add", "add_"}
+
+
+def _is_merge(node: Node) -> bool:
+    """A residual addition or concatenation: past it a channel mixes the neuron's output with
+    other signals, so the weights reading it are not the neuron's own (and training them would
+    let a backdoor ride on the clean shortcut, out of reach of masking)."""
+    if node.op == "call_function":
+        return node.target in _MERGE_FUNCTIONS
+    return node.op == "call_method" and node.target in _MERGE_METHODS
 
 
 def _input_columns(module: nn.Module, width: int, channel: int) -> tuple[slice, slice]:

@@ -50,6 +50,7 @@ class DefectOutcome:
     clean_acc: float
     asr: float
     masked_asr: float
+    masked_clean_acc: float  # clean accuracy with the infected neurons masked
     asr_before: float  # the clean model's rate of target predictions on triggered victims
     epochs: int
     seconds: float
@@ -147,7 +148,10 @@ def inject_defect(
     asr = attack_success_rate(model, test_poison)
     with mask_neurons(model, infected):
         masked_asr = attack_success_rate(model, test_poison)
-    reason = config.acceptance.verdict(clean_acc_before, clean_acc, asr, masked_asr)
+        masked_clean_acc = accuracy(model, splits.test)
+    reason = config.acceptance.verdict(
+        clean_acc_before, clean_acc, asr, masked_asr, masked_clean_acc
+    )
     victims = splits.test.subset(test_poison.indices)
     truth = ground_truth(model, infected, victims, test_poison.poisoned())
     return DefectOutcome(
@@ -159,6 +163,7 @@ def inject_defect(
         clean_acc=clean_acc,
         asr=asr,
         masked_asr=masked_asr,
+        masked_clean_acc=masked_clean_acc,
         asr_before=attack_success_rate(clean, test_poison),
         epochs=epochs,
         seconds=time.perf_counter() - started,

@@ -16,6 +16,7 @@ from torch import nn
 from trojanscope.attacks.base import ATTACKS
 from trojanscope.attacks.methods.badnets import BadNets, BadNetsParams
 from trojanscope.data.base import TensorData
+from trojanscope.errors import ConfigError
 from trojanscope.neurons import NeuronRef, layer_map, recording
 
 
@@ -43,7 +44,11 @@ class TrojanNN(BadNets):
         """Optimise the masked pattern to maximise the infected neurons' activation."""
         targets = [r for r in infected if self.params.layer in (None, r.layer)]
         if not targets:
-            return
+            layers = ", ".join(sorted({r.layer for r in infected}))
+            raise ConfigError(
+                f"TrojanNN layer '{self.params.layer}' has no infected neurons; "
+                f"infected layers: {layers}."
+            )
         layers = layer_map(clean)
         chosen = [layers[name] for name in sorted({r.layer for r in targets})]
         start = self.make_trigger(data.shape)
