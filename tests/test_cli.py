@@ -90,6 +90,14 @@ def test_unknown_criterion_and_kind(tmp_path, capsys, monkeypatch):
     assert_one_sentence(code, err, "unknown kind 'gizmos'")
 
 
+def test_json_output_to_a_folder_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    code, _, err = run(
+        ["quickstart", "--db", tmp_path / "db", "--json", tmp_path], capsys, monkeypatch
+    )
+    assert_one_sentence(code, err, "it is a folder")
+    assert not (tmp_path / "db").exists()
+
+
 def test_missing_catalog(tmp_path, capsys, monkeypatch):
     code, _, err = run(["db", "list", "--db", tmp_path / "none"], capsys, monkeypatch)
     assert_one_sentence(code, err, "no trojanscope catalog at")

@@ -178,3 +178,11 @@ def test_unwritable_catalog_location():
     # /sys refuses new entries even to root, unlike a chmod-ed folder
     with pytest.raises(CatalogError, match="cannot create catalog"):
         Catalog.open("/sys/trojanscope-test-db", create=True)
+
+
+def test_store_repairs_a_damaged_copy(catalog):
+    tensors = {"w": torch.arange(10.0)}
+    sha = catalog.store.put(tensors)
+    catalog.store.path(sha).write_bytes(b"damaged")
+    assert catalog.store.put(tensors) == sha
+    assert torch.equal(catalog.store.get(sha)["w"], tensors["w"])

@@ -1,0 +1,17 @@
+from trojanscope.injection.acceptance import Acceptance
+
+
+def test_accepts_a_real_confined_defect():
+    assert Acceptance().verdict(0.96, 0.95, 0.99, 0.01, 0.90) is None
+
+
+def test_each_rule_gives_its_reason():
+    rule = Acceptance()
+    assert "ASR 0.500 < 0.90" in rule.verdict(0.96, 0.95, 0.5, 0.0, 0.9)
+    assert "dropped 6.0 points" in rule.verdict(0.96, 0.90, 0.99, 0.0, 0.9)
+    assert "not confined" in rule.verdict(0.96, 0.95, 0.99, 0.5, 0.9)
+
+
+def test_a_low_masked_asr_from_a_broken_model_is_not_confinement():
+    reason = Acceptance().verdict(0.96, 0.95, 0.99, 0.0, 0.15)
+    assert reason is not None and "breaks the model" in reason
