@@ -186,3 +186,14 @@ def test_store_repairs_a_damaged_copy(catalog):
     catalog.store.path(sha).write_bytes(b"damaged")
     assert catalog.store.put(tensors) == sha
     assert torch.equal(catalog.store.get(sha)["w"], tensors["w"])
+
+
+def test_changed_data_are_detected(built):
+    catalog, clean, *_, defect, _ = built
+    from trojanscope.database.schema import CleanModel
+
+    with catalog.transaction() as s:
+        row = s.get(CleanModel, clean.id)
+        row.input_shape = {**row.input_shape, "splits_sha256": "0" * 64}
+    with pytest.raises(CatalogError, match="differ from when it was catalogued"):
+        load_defect(catalog, defect.id)

@@ -7,10 +7,12 @@ interrupted resumes where it stopped with nothing half-written.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -45,7 +47,10 @@ class CleanSpec:
         """Validated, defaulted dataset and architecture parameters (the catalog's identity)."""
         ds = DATASETS.create(self.dataset, **(self.dataset_params or {}))
         arch = ARCHITECTURES.create(self.arch, **(self.arch_params or {}))
-        return ds.params.model_dump(mode="json"), arch.params.model_dump(mode="json")
+        ds_params = ds.params.model_dump(mode="json")
+        if ds_params.get("data_dir"):  # one identity for ./x, ~/x and /abs/x
+            ds_params["data_dir"] = str(Path(ds_params["data_dir"]).expanduser().resolve())
+        return ds_params, arch.params.model_dump(mode="json")
 
     def splits(self) -> Splits:
         return load_splits(self.dataset, self.resolved()[0], self.seed)
@@ -103,7 +108,13 @@ def ensure_clean_model(catalog: Catalog, spec: CleanSpec) -> tuple[CleanModel, n
         arch_params=arch_params,
         seed=spec.seed,
         training=training,
-        input_shape={"channels": c, "height": h, "width": w, "num_classes": splits.num_classes},
+        input_shape={
+            "channels": c,
+            "height": h,
+            "width": w,
+            "num_classes": splits.num_classes,
+            "splits_sha256": splits_fingerprint(splits),
+        },
         clean_acc=accuracy(model, splits.test),
         weights_sha256=catalog.store.put(model.state_dict()),
         seconds=time.perf_counter() - started,
@@ -230,10 +241,24 @@ class DefectContext:
         )
 
 
+def splits_fingerprint(splits: Splits) -> str:
+    """sha256 of the split tensors: stored poisoned indices only make sense on the same data."""
+    h = hashlib.sha256()
+    for t in (splits.train.x, splits.train.y, splits.test.x, splits.test.y):
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def load_defect(catalog: Catalog, defect_id: int) -> DefectContext:
     row = get_defect(catalog, defect_id)
     clean = row.clean_model
     splits = load_splits(clean.dataset, clean.dataset_params, clean.seed)
+    expected = clean.input_shape.get("splits_sha256")
+    if expected is not None and splits_fingerprint(splits) != expected:
+        raise CatalogError(
+            f"the data of clean model {clean.id} ({clean.dataset}) differ from when it was "
+            "catalogued (files or library changed): its defects cannot be replayed."
+        )
     stored = catalog.store.get(row.poisoned_test_sha256)
     try:
         view = PoisonedView(splits.test, stored["indices"], stored["x"], stored["y"])
