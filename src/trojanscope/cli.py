@@ -51,8 +51,10 @@ def _threads() -> None:
     """One torch thread per core, at most two: more only makes parallel jobs crawl."""
     import torch
 
-    n = int(os.environ.get("TROJANSCOPE_THREADS", min(2, os.cpu_count() or 1)))
-    torch.set_num_threads(max(1, n))
+    value = os.environ.get("TROJANSCOPE_THREADS", str(min(2, os.cpu_count() or 1)))
+    if not value.isdigit() or int(value) < 1:
+        raise TrojanscopeError(f"TROJANSCOPE_THREADS must be a positive integer, not '{value}'.")
+    torch.set_num_threads(int(value))
 
 
 def _print_json(data: Any) -> None:
@@ -236,6 +238,8 @@ def parse_key_values(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise TrojanscopeError(f"'{item}' is not of the form KEY=VALUE.")
+        if key == "seed":
+            raise TrojanscopeError("give the seed with --seed, not as a KEY=VALUE parameter.")
         try:
             params[key.replace("-", "_")] = json.loads(value)
         except json.JSONDecodeError:

@@ -197,3 +197,24 @@ def test_changed_data_are_detected(built):
         row.input_shape = {**row.input_shape, "splits_sha256": "0" * 64}
     with pytest.raises(CatalogError, match="differ from when it was catalogued"):
         load_defect(catalog, defect.id)
+
+
+def test_a_racing_builder_reuses_the_first_entry(built):
+    """Two processes that build the same defect: the second keeps the first's entry."""
+    catalog, clean, model, splits, defect, config = built
+    from trojanscope.database import build
+
+    real = build.get_defect_by_key
+    calls = []
+
+    def missing_once(cat, key):  # the second builder checked before the first committed
+        calls.append(key)
+        return None if len(calls) == 1 else real(cat, key)
+
+    build.get_defect_by_key = missing_once
+    try:
+        row, created = build.build_defect(catalog, clean, model, splits, "badnets", {}, config, 0)
+    finally:
+        build.get_defect_by_key = real
+    assert not created and row.id == defect.id
+    assert len(list_defects(catalog)) == 1

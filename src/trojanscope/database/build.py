@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from torch import nn
 
 from trojanscope.attacks.base import ATTACKS, Attack
@@ -119,9 +120,21 @@ def ensure_clean_model(catalog: Catalog, spec: CleanSpec) -> tuple[CleanModel, n
         weights_sha256=catalog.store.put(model.state_dict()),
         seconds=time.perf_counter() - started,
     )
-    with catalog.transaction() as session:
-        session.add(row)
+    if not _insert(catalog, row):  # another builder got there first: use its entry
+        with catalog.session() as session:
+            row = session.scalar(select(CleanModel).where(CleanModel.key == key))
     return row, model, splits
+
+
+def _insert(catalog: Catalog, row: CleanModel | Defect | Localization) -> bool:
+    """Add ``row`` in one transaction; False if an entry with its key already exists (two
+    builders raced for the same entry: both results are equivalent, the first one stays)."""
+    try:
+        with catalog.transaction() as session:
+            session.add(row)
+    except IntegrityError:
+        return False
+    return True
 
 
 def defect_key(clean: CleanModel, attack: Attack, config: InjectionConfig, seed: int) -> str:
@@ -186,8 +199,8 @@ def build_defect(
         )
         for n in outcome.infected
     ]
-    with catalog.transaction() as session:
-        session.add(row)
+    if not _insert(catalog, row):
+        return get_defect_by_key(catalog, key), False
     return get_defect(catalog, row.id), True
 
 
@@ -304,8 +317,9 @@ def localize(
             for k, v in metrics.as_dict().items()
         },
     )
-    with catalog.transaction() as session:
-        session.add(row)
+    if not _insert(catalog, row):
+        with catalog.session() as session:
+            return session.scalar(select(Localization).where(Localization.key == key)), False
     return row, True
 
 
