@@ -16,6 +16,7 @@ from torch import nn
 
 from trojanscope.attacks.base import Attack
 from trojanscope.data.base import TensorData
+from trojanscope.errors import ConfigError
 from trojanscope.injection.injector import GradientMask
 from trojanscope.injection.ownership import consumers, subnet_masks
 from trojanscope.models.training import batches, predict
@@ -87,7 +88,11 @@ def subnet_replacement(
     classifier = classifier_name(model)
     last = [ref for ref in infected if classifier in consumers(model, ref.layer)]
     if not last:
-        raise ValueError("the subnet needs infected neurons in a layer feeding the classifier")
+        raise ConfigError(
+            f"SRA needs infected neurons in a layer that feeds the classifier directly; "
+            f"{type(clean).__name__} reaches it only through a residual addition, where a "
+            "subnet cannot be cut off from the host."
+        )
     trainable, cut = subnet_masks(model, infected)
     params = dict(model.named_parameters())
     with torch.no_grad():
