@@ -53,3 +53,13 @@ def test_sra_subnet_leaves_clean_predictions_unchanged(clean_mnist_model, mnist)
     assert (sra == clean).float().mean() >= 0.95
     for key, value in clean_mnist_model.state_dict().items():
         assert torch.equal(value, clean_state[key])
+
+
+def test_sra_refuses_a_classifier_fed_only_by_a_residual_stream():
+    from trojanscope.data.base import DATASETS
+
+    splits = DATASETS.create("synthetic", n=120, size=8).load(0)
+    model = ARCHITECTURES.create("resnet18", width=0.25).build(1, 4, 8).eval()
+    config = InjectionConfig(quantity=Quantity(level="narrow"), max_epochs=1)
+    with pytest.raises(ConfigError, match="residual addition"):
+        inject_defect(model, splits, ATTACKS.create("sra", size=2), config, 0)
