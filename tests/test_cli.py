@@ -8,6 +8,7 @@ import pytest
 
 from trojanscope import cli
 
+DIGITS_BADNETS = ["--dataset", "digits", "--arch", "cnn-small", "--attack", "badnets"]
 DEFECT_KEYS = {
     "id",
     "attack",
@@ -112,12 +113,7 @@ def injected(tmp_path_factory):
         "inject",
         "--db",
         str(db),
-        "--dataset",
-        "digits",
-        "--arch",
-        "cnn-small",
-        "--attack",
-        "badnets",
+        *DIGITS_BADNETS,
         "--level",
         "small",
         "--seed",
@@ -172,19 +168,7 @@ def test_corrupt_weights_file(injected, tmp_path, capsys, monkeypatch):
     path = Catalog.open(db).store.path(sha)
     path.write_bytes(path.read_bytes()[:100])
     code, _, err = run(
-        [
-            "inject",
-            "--db",
-            db,
-            "--dataset",
-            "digits",
-            "--arch",
-            "cnn-small",
-            "--attack",
-            "badnets",
-            "--level",
-            "narrow",
-        ],
+        ["inject", "--db", db, *DIGITS_BADNETS, "--level", "narrow"],
         capsys,
         monkeypatch,
     )

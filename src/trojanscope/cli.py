@@ -83,6 +83,10 @@ def _progress(total: int) -> Iterator[Any]:
         progress.update(task, completed=total, description="done")
 
 
+#: The localization figures `db show` prints, in column order.
+SHOW_METRICS = ("precision", "recall", "f1", "wji", "auroc", "ap", "seconds", "cost_forward")
+
+
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
@@ -488,22 +492,7 @@ def db_show(
         for col in ("criterion", "P", "R", "F1", "WJI", "AUROC", "AP", "s", "cost"):
             table.add_column(col)
         for loc in locs:
-            table.add_row(
-                loc["criterion"],
-                *(
-                    _fmt(loc[m], 2)
-                    for m in (
-                        "precision",
-                        "recall",
-                        "f1",
-                        "wji",
-                        "auroc",
-                        "ap",
-                        "seconds",
-                        "cost_forward",
-                    )
-                ),
-            )
+            table.add_row(loc["criterion"], *(_fmt(loc[m], 2) for m in SHOW_METRICS))
         out.print(table)
 
 
