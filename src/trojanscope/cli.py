@@ -118,27 +118,32 @@ def quickstart(
     width: float = 1.0,
     seed: Annotated[list[int] | None, typer.Option(help="Defect seeds (repeatable).")] = None,
     level: Annotated[list[str] | None, typer.Option(help="Levels (repeatable).")] = None,
-    criterion: Annotated[list[str] | None, typer.Option(help="Criteria (repeatable).")] = None,
+    criterion: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Criteria (repeatable; default: all but the expensive anp, nc, mutation)."
+        ),
+    ] = None,
     attack: Annotated[str, typer.Option(help="Attack (see `trojanscope list attacks`).")] = (
         "badnets"
     ),
     attack_param: AttackParamOption = None,
     data_param: DataParamOption = None,
 ) -> None:
-    """Train a clean model, inject an attack at every level, localize with every criterion."""
+    """Train a clean model, inject an attack at every level, localize with the criteria."""
     from trojanscope.attacks.base import ATTACKS
     from trojanscope.database.build import CleanSpec
     from trojanscope.database.catalog import Catalog
     from trojanscope.database.quickstart import LEVELS, plan_size, run_quickstart
     from trojanscope.database.store import write_atomic
-    from trojanscope.localization.base import CRITERIA
+    from trojanscope.localization.base import CRITERIA, quick_criteria
 
     _threads()
     if json_file is not None:
         _check_output_file(json_file)
     levels = _check_levels(level or list(LEVELS))
     seeds = seed or [0, 1]
-    criteria = criterion or CRITERIA.names()
+    criteria = criterion or quick_criteria()
     for name in criteria:
         CRITERIA.get(name)
     spec = CleanSpec(
@@ -349,6 +354,7 @@ KINDS = {
     "architectures": ("trojanscope.models.base", "ARCHITECTURES"),
     "attacks": ("trojanscope.attacks.base", "ATTACKS"),
     "criteria": ("trojanscope.localization.base", "CRITERIA"),
+    "repairs": ("trojanscope.repair.base", "REPAIRS"),
 }
 ALIASES = {
     "dataset": "datasets",
@@ -357,12 +363,15 @@ ALIASES = {
     "arch": "architectures",
     "attack": "attacks",
     "criterion": "criteria",
+    "repair": "repairs",
 }
 
 
 @app.command("list")
 def list_kind(
-    kind: Annotated[str, typer.Argument(help="datasets, architectures, attacks or criteria.")],
+    kind: Annotated[
+        str, typer.Argument(help="datasets, architectures, attacks, criteria or repairs.")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
 ) -> None:
     """The registered names of one plug-in kind."""
@@ -494,6 +503,10 @@ def db_show(
         for loc in locs:
             table.add_row(loc["criterion"], *(_fmt(loc[m], 2) for m in SHOW_METRICS))
         out.print(table)
+
+
+# The study commands (localize, repair, bench) live in their own module.
+from trojanscope import cli_study  # noqa: E402, F401
 
 
 def main() -> None:

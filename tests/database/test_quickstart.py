@@ -6,7 +6,7 @@ from trojanscope.database.build import CleanSpec, load_defect
 from trojanscope.database.catalog import Catalog
 from trojanscope.database.quickstart import LEVELS, run_quickstart
 from trojanscope.injection.pipeline import attack_success_rate
-from trojanscope.localization.base import CRITERIA
+from trojanscope.localization.base import quick_criteria
 
 
 @pytest.mark.slow
@@ -24,7 +24,7 @@ def test_default_quickstart_builds_accepted_defects_at_every_level(tmp_path):
     for d in accepted:
         ctx = load_defect(catalog, d["id"])
         assert attack_success_rate(ctx.model, ctx.poisoned_test) >= 0.9
-    assert len(result["localization"]) == len(accepted) * len(CRITERIA.names())
+    assert len(result["localization"]) == len(accepted) * len(quick_criteria())
     # resuming reuses every entry
     again = run_quickstart(catalog, CleanSpec("mnist5k", "cnn-small"))
     assert [d["id"] for d in again["defects"]] == [d["id"] for d in defects]

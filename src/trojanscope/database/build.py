@@ -27,7 +27,7 @@ from trojanscope.database.schema import CleanModel, Defect, InfectedNeuronRow, L
 from trojanscope.errors import CatalogError, CorruptArtifactError
 from trojanscope.injection.pipeline import InjectionConfig, inject_defect
 from trojanscope.localization.base import CRITERIA, EvidenceData
-from trojanscope.localization.metrics import score
+from trojanscope.localization.metrics import layer_hit_rate, score
 from trojanscope.models.base import ARCHITECTURES
 from trojanscope.models.training import CleanTraining, accuracy, train_clean
 from trojanscope.neurons import NeuronRef
@@ -286,23 +286,41 @@ def load_defect(catalog: Catalog, defect_id: int) -> DefectContext:
     )
 
 
-def localize(
-    catalog: Catalog, defect_id: int, criterion: str, params: dict[str, Any] | None = None
-) -> tuple[Localization, bool]:
-    """Run ``criterion`` on a stored defect; record its scores and metrics (reused if present)."""
-    crit = CRITERIA.create(criterion, **(params or {}))
-    key = content_key("localization", defect_id, criterion, crit.params.model_dump(mode="json"))
+def localization_key(defect_id: int, criterion: str, params: dict[str, Any]) -> str:
+    return content_key("localization", defect_id, criterion, params)
+
+
+def find_localization(catalog: Catalog, key: str) -> Localization | None:
     with catalog.session() as session:
-        existing = session.scalar(select(Localization).where(Localization.key == key))
+        return session.scalar(select(Localization).where(Localization.key == key))
+
+
+def localize(
+    catalog: Catalog,
+    defect_id: int,
+    criterion: str,
+    params: dict[str, Any] | None = None,
+    context: DefectContext | None = None,
+) -> tuple[Localization, bool]:
+    """Run ``criterion`` on a stored defect; record its scores and metrics (reused if present).
+
+    ``context``: the defect already loaded (saves reloading it for every criterion)."""
+    crit = CRITERIA.create(criterion, **(params or {}))
+    key = localization_key(defect_id, criterion, crit.params.model_dump(mode="json"))
+    existing = find_localization(catalog, key)
     if existing is not None:
         return existing, False
-    ctx = load_defect(catalog, defect_id)
+    ctx = context if context is not None else load_defect(catalog, defect_id)
     result = crit.run(ctx.model, ctx.evidence())
     metrics = score(result.neurons, result.scores.numpy(), ctx.truth)
     scores_sha = catalog.store.put(
         {"scores": result.scores},
         {"neurons": json.dumps([str(n) for n in result.neurons]), "criterion": criterion},
     )
+    extra = dict(result.extra)
+    extra["layer_hit_rate"] = layer_hit_rate(result.neurons, result.scores.numpy(), ctx.truth)
+    if result.artifacts:
+        extra["artifacts_sha256"] = catalog.store.put(result.artifacts)
     row = Localization(
         key=key,
         defect_id=defect_id,
@@ -312,15 +330,25 @@ def localize(
         scores_sha256=scores_sha,
         seconds=result.seconds,
         cost_forward=result.cost_forward,
+        extra=extra,
         **{
             k: (None if isinstance(v, float) and math.isnan(v) else v)
             for k, v in metrics.as_dict().items()
         },
     )
     if not _insert(catalog, row):
-        with catalog.session() as session:
-            return session.scalar(select(Localization).where(Localization.key == key)), False
+        return find_localization(catalog, key), False
     return row, True
+
+
+def load_scores(catalog: Catalog, row: Localization) -> tuple[list[NeuronRef], list[float]]:
+    """The stored ranking of a localization: neurons and their scores."""
+    stored = catalog.store.get(row.scores_sha256)
+    names = json.loads(catalog.store.metadata(row.scores_sha256).get("neurons", "[]"))
+    scores = stored.get("scores")
+    if scores is None or len(names) != len(scores):
+        raise CorruptArtifactError(f"scores of localization {row.id} are malformed.")
+    return [NeuronRef.parse(n) for n in names], scores.tolist()
 
 
 def list_localizations(catalog: Catalog, defect_id: int | None = None) -> list[Localization]:
@@ -360,4 +388,5 @@ def localization_summary(row: Localization) -> dict[str, Any]:
         "ap": row.ap,
         "seconds": row.seconds,
         "cost_forward": row.cost_forward,
+        "extra": row.extra or {},
     }

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -66,6 +66,7 @@ class Catalog:
         try:
             if create:
                 Base.metadata.create_all(catalog.engine)
+            _upgrade(catalog.engine)
             missing = set(Base.metadata.tables) - set(inspect(catalog.engine).get_table_names())
         except (DatabaseError, OperationalError) as exc:
             raise CatalogError(
@@ -91,6 +92,29 @@ class Catalog:
     def session(self) -> Session:
         """A session for reading."""
         return self._sessions()
+
+
+def _upgrade(engine: Engine) -> None:
+    """Bring a catalog made by an earlier version up to date: tables added since are created
+    and nullable columns added since are appended (SQLite's ALTER TABLE ADD COLUMN). A file
+    without trojanscope's first table is left alone (the caller reports it)."""
+    inspector = inspect(engine)
+    tables = set(inspector.get_table_names())
+    if "clean_models" not in tables:
+        return
+    if set(Base.metadata.tables) - tables:
+        Base.metadata.create_all(engine)
+    with engine.begin() as connection:
+        for name, table in Base.metadata.tables.items():
+            if name not in tables:
+                continue
+            present = {c["name"] for c in inspector.get_columns(name)}
+            for column in table.columns:
+                if column.name not in present and column.nullable:
+                    kind = column.type.compile(dialect=engine.dialect)
+                    connection.execute(
+                        text(f'ALTER TABLE "{name}" ADD COLUMN "{column.name}" {kind}')
+                    )
 
 
 def _probe_writable(path: Path) -> None:

@@ -16,7 +16,7 @@ from trojanscope.database.build import (
 from trojanscope.database.catalog import Catalog
 from trojanscope.injection.pipeline import InjectionConfig
 from trojanscope.injection.quantity import Quantity
-from trojanscope.localization.base import CRITERIA
+from trojanscope.localization.base import CRITERIA, quick_criteria
 
 LEVELS = ("narrow", "small", "middle", "large")
 
@@ -38,7 +38,7 @@ def run_quickstart(
     step: Callable[[str], None] = lambda _msg: None,
 ) -> dict[str, Any]:
     """Build (or resume) the quickstart catalog entries and return the quickstart JSON."""
-    criteria = list(criteria) if criteria is not None else CRITERIA.names()
+    criteria = list(criteria) if criteria is not None else quick_criteria()
     for name in criteria:
         CRITERIA.get(name)  # fail early on an unknown name
     configs = {level: InjectionConfig(quantity=Quantity(level=level)) for level in levels}

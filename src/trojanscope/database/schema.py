@@ -1,4 +1,4 @@
-"""Catalog tables: clean models, defects, their infected neurons, localization results."""
+"""Catalog tables: clean models, defects, their infected neurons, localizations, repairs."""
 
 from __future__ import annotations
 
@@ -69,6 +69,9 @@ class Defect(Base):
     localizations: Mapped[list[Localization]] = relationship(
         back_populates="defect", cascade="all, delete-orphan"
     )
+    repairs: Mapped[list[RepairRow]] = relationship(
+        back_populates="defect", cascade="all, delete-orphan"
+    )
 
 
 class InfectedNeuronRow(Base):
@@ -101,5 +104,29 @@ class Localization(Base):
     ap: Mapped[float | None] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float)
     cost_forward: Mapped[float] = mapped_column(Float)
+    # Findings beyond the scores (NC's detected label, per-layer hit rate, artifact hashes).
+    extra: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     defect: Mapped[Defect] = relationship(back_populates="localizations")
+
+
+class RepairRow(Base):
+    __tablename__ = "repairs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    defect_id: Mapped[int] = mapped_column(ForeignKey("defects.id"), index=True)
+    method: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict[str, Any]]
+    criterion: Mapped[str | None] = mapped_column(String(64))  # None: the repair ignores it
+    criterion_params: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    k: Mapped[int]
+    neurons: Mapped[dict[str, Any]]  # {"names": [...]}: what was pruned / fine-tuned
+    clean_acc_before: Mapped[float] = mapped_column(Float)
+    clean_acc_after: Mapped[float] = mapped_column(Float)
+    asr_before: Mapped[float] = mapped_column(Float)
+    asr_after: Mapped[float] = mapped_column(Float)
+    der: Mapped[float] = mapped_column(Float)
+    weights_sha256: Mapped[str] = mapped_column(String(64))  # the repaired model
+    seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    defect: Mapped[Defect] = relationship(back_populates="repairs")

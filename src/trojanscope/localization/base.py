@@ -17,6 +17,7 @@ from torch import nn
 from trojanscope.attacks.base import Attack
 from trojanscope.data.base import TensorData
 from trojanscope.errors import TrojanscopeError
+from trojanscope.models.training import predict
 from trojanscope.neurons import NeuronRef, all_neurons, eligible_layers
 from trojanscope.registry import Plugin, Registry
 
@@ -33,6 +34,21 @@ class EvidenceData:
     triggered: TensorData | None = None
     attack: Attack | None = None
 
+    def outcomes(
+        self, model: nn.Module, limit: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(passing, failing) inputs, as fault localization names them: clean inputs the model
+        classifies correctly, and triggered inputs whose decision differs from the clean label
+        (the backdoor fired). At most ``limit`` of each, in data order."""
+        if self.clean is None or self.triggered is None or self.clean_victims is None:
+            raise TrojanscopeError("passing and failing inputs need clean and triggered data.")
+        passing = self.clean.x[predict(model, self.clean.x).argmax(1) == self.clean.y]
+        fired = predict(model, self.triggered.x).argmax(1) != self.clean_victims.y
+        failing = self.triggered.x[fired]
+        if len(failing) == 0:
+            raise TrojanscopeError("no triggered input changes the model's decision: no failures.")
+        return passing[:limit], failing[:limit]
+
 
 @dataclass
 class LocalizationResult:
@@ -43,7 +59,8 @@ class LocalizationResult:
     scores: torch.Tensor  # float64, aligned with ``neurons``
     seconds: float
     cost_forward: float  # forward-pass equivalents over the evaluation set
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # JSON-ready findings
+    artifacts: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. a reversed trigger
 
     def score_of(self) -> dict[NeuronRef, float]:
         return dict(zip(self.neurons, self.scores.tolist(), strict=True))
@@ -73,6 +90,9 @@ class Criterion(Plugin):
 
     kind = "criterion"
     evidence: ClassVar[Evidence] = "none"
+    #: Optimises or mutates per neuron or label (minutes, not seconds): left out of the
+    #: quickstart's default set, always in the study (`bench localize`).
+    expensive: ClassVar[bool] = False
 
     def layer_scores(
         self, model: nn.Module, data: EvidenceData
@@ -114,8 +134,14 @@ class Criterion(Plugin):
             scores=scores,
             seconds=seconds,
             cost_forward=counter.samples / self.eval_size(data),
-            extra=extra,
+            extra={k: v for k, v in extra.items() if not isinstance(v, torch.Tensor)},
+            artifacts={k: v for k, v in extra.items() if isinstance(v, torch.Tensor)},
         )
 
 
 CRITERIA: Registry[Criterion] = Registry("criterion", ["trojanscope.localization.criteria"])
+
+
+def quick_criteria() -> list[str]:
+    """The criteria that are not ``expensive`` (the quickstart's default)."""
+    return [name for name in CRITERIA.names() if not CRITERIA.get(name).expensive]

@@ -63,3 +63,19 @@ def score(
     return LocalizationMetrics(
         k, precision, recall, f1, weighted_jaccard(truth, selected), auroc, ap
     )
+
+
+def layer_hit_rate(
+    neurons: list[NeuronRef], scores: np.ndarray | list[float], truth: dict[NeuronRef, float]
+) -> dict[str, float]:
+    """For each layer holding infected neurons: the fraction of them among that layer's top-n
+    neurons, n = the layer's number of infected neurons (does the criterion find the defect
+    inside each layer, whatever its scale across layers?)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    rates: dict[str, float] = {}
+    for layer in sorted({ref.layer for ref in truth}):
+        positions = [i for i, ref in enumerate(neurons) if ref.layer == layer]
+        infected = {ref for ref in truth if ref.layer == layer}
+        chosen = top_k([neurons[i] for i in positions], scores[positions], len(infected))
+        rates[layer] = len(infected & set(chosen)) / len(infected)
+    return rates

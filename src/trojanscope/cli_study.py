@@ -1,0 +1,258 @@
+"""Commands of the localization and repair study: `localize`, `repair`, `bench localize`,
+`bench repair`. Registered on the main app by ``trojanscope.cli``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.table import Table
+
+from trojanscope.cli import (
+    DEFAULT_DB,
+    DbOption,
+    _fmt,
+    _print_json,
+    _progress,
+    _threads,
+    app,
+    out,
+    parse_key_values,
+)
+from trojanscope.errors import TrojanscopeError
+
+bench_app = typer.Typer(no_args_is_help=True, help="Run the study over the catalog.")
+app.add_typer(bench_app, name="bench")
+
+ParamOption = Annotated[
+    list[str] | None,
+    typer.Option("--param", help="Criterion parameter KEY=VALUE (repeatable), e.g. steps=50."),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+WhereOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Defects to include, e.g. 'attack=badnets,level=narrow|small' (fields: id, attack,"
+        " level, seed, status, target_mode, target, dataset, arch; default status=accepted)."
+    ),
+]
+
+#: Localization figures of the study tables: (column, key).
+LOC_COLUMNS = (("WJI", "wji"), ("F1", "f1"), ("AUROC", "auroc"), ("s", "seconds"))
+REPAIR_COLUMNS = (
+    ("acc after", "clean_acc_after"),
+    ("ASR after", "asr_after"),
+    ("ASR drop", "asr_drop"),
+    ("DER", "der"),
+    ("s", "seconds"),
+)
+
+
+def _names(value: str, registry: Any) -> list[str]:
+    """'all' or a comma-separated list of registered names (checked)."""
+    if value.strip() == "all":
+        return registry.names()
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    for name in names:
+        registry.get(name)
+    if not names:
+        raise TrojanscopeError("give at least one name, or 'all'.")
+    return names
+
+
+def _mean_std(entry: dict[str, Any], key: str) -> str:
+    mean, std = entry.get(key), entry.get(f"{key}_std")
+    if mean is None:
+        return "-"
+    return f"{mean:.2f}" if not std else f"{mean:.2f}±{std:.2f}"
+
+
+@app.command("localize")
+def localize_cmd(
+    defect_id: Annotated[int, typer.Argument(help="Defect id (see `trojanscope db list`).")],
+    criterion: Annotated[str, typer.Option(help="Criterion (see `trojanscope list criteria`).")],
+    param: ParamOption = None,
+    db: DbOption = DEFAULT_DB,
+    as_json: JsonFlag = False,
+) -> None:
+    """Localize a stored defect with one criterion and score it against the ground truth."""
+    from trojanscope.database.build import load_scores, localization_summary, localize
+    from trojanscope.database.catalog import Catalog
+    from trojanscope.localization.metrics import top_k
+
+    _threads()
+    catalog = Catalog.open(db)
+    row, created = localize(catalog, defect_id, criterion, parse_key_values(param or []))
+    neurons, scores = load_scores(catalog, row)
+    top = top_k(neurons, scores, row.k)
+    score_of = dict(zip(neurons, scores, strict=True))
+    result = {
+        **localization_summary(row),
+        "k": row.k,
+        "evidence": row.evidence,
+        "params": row.params,
+        "reused": not created,
+        "top": [{"neuron": str(n), "score": score_of[n]} for n in top],
+    }
+    if as_json:
+        _print_json(result)
+        return
+    out.print(
+        f"defect {defect_id}, criterion {criterion} (evidence: {row.evidence})"
+        + (" [stored result]" if not created else "")
+    )
+    table = Table(box=box.SIMPLE_HEAD)
+    for col in ("k", "P", "R", "F1", "WJI", "AUROC", "AP", "s", "cost (fwd)"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        str(row.k),
+        *(
+            _fmt(result[m], 3)
+            for m in ("precision", "recall", "f1", "wji", "auroc", "ap", "seconds", "cost_forward")
+        ),
+    )
+    out.print(table)
+    extra = result["extra"]
+    if "candidate_label" in extra:
+        detected = extra.get("detected_label")
+        out.print(
+            f"reversed-trigger anomaly index {extra['anomaly_index']:.2f} for label "
+            f"{extra['candidate_label']}: "
+            + (f"target {detected} detected" if detected is not None else "no target detected")
+        )
+    out.print("top-k: " + ", ".join(f"{t['neuron']} ({t['score']:.2f})" for t in result["top"]))
+
+
+@app.command("repair")
+def repair_cmd(
+    defect_id: Annotated[int, typer.Argument(help="Defect id (see `trojanscope db list`).")],
+    method: Annotated[str, typer.Option(help="Repair (see `trojanscope list repairs`).")],
+    criterion: Annotated[
+        str | None, typer.Option(help="Criterion choosing the neurons (not for finetune-all).")
+    ] = None,
+    k: Annotated[
+        int | None, typer.Option(help="Neurons to repair (default: ground-truth size).")
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", help="Repair parameter KEY=VALUE (repeatable), e.g. epochs=5."),
+    ] = None,
+    db: DbOption = DEFAULT_DB,
+    as_json: JsonFlag = False,
+) -> None:
+    """Repair a stored defect on a criterion's top-k neurons; the stored model is unchanged."""
+    from trojanscope.database.catalog import Catalog
+    from trojanscope.database.study import repair_defect, repair_summary
+
+    _threads()
+    catalog = Catalog.open(db)
+    row, created = repair_defect(
+        catalog, defect_id, method, criterion, k, parse_key_values(param or [])
+    )
+    result = {**repair_summary(row), "reused": not created}
+    if as_json:
+        _print_json(result)
+        return
+    out.print(
+        f"defect {defect_id}: {method}"
+        + (f" on the top {row.k} neurons of {criterion}" if row.criterion else "")
+        + (" [stored result]" if not created else "")
+    )
+    out.print(
+        f"clean accuracy {row.clean_acc_before:.3f} -> {row.clean_acc_after:.3f}, "
+        f"ASR {row.asr_before:.3f} -> {row.asr_after:.3f}, DER {row.der:.3f} "
+        f"({row.seconds:.1f} s); repaired weights {row.weights_sha256[:12]}"
+    )
+
+
+def _study_table(
+    title: str, table_rows: list[dict[str, Any]], keys: list[str], columns: tuple
+) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for key in (*keys, "n"):
+        table.add_column(key, justify="left" if key != "n" else "right")
+    for col, _ in columns:
+        table.add_column(col, justify="right")
+    for entry in table_rows:
+        table.add_row(
+            *(str(entry[k]) if entry[k] is not None else "-" for k in keys),
+            str(entry["n"]),
+            *(_mean_std(entry, key) for _, key in columns),
+        )
+    return table
+
+
+@bench_app.command("localize")
+def bench_localize_cmd(
+    criteria: Annotated[str, typer.Option(help="'all' or a comma-separated list.")] = "all",
+    where: WhereOption = None,
+    db: DbOption = DEFAULT_DB,
+    plots: Annotated[
+        Path | None, typer.Option(help="Folder for the PNG plots (default: DB/plots).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Every criterion on every selected defect (stored results reused); aggregate and plot."""
+    from trojanscope.database.catalog import Catalog
+    from trojanscope.database.study import aggregate, bench_localize, select_defects
+    from trojanscope.localization.base import CRITERIA
+    from trojanscope.report.plots import wji_by_level
+
+    _threads()
+    catalog = Catalog.open(db)
+    names = _names(criteria, CRITERIA)
+    defects = select_defects(catalog, where)
+    if not defects:
+        raise TrojanscopeError(f"no defect in {db} matches the selection.")
+    with _progress(len(defects) * len(names)) as step:
+        rows = bench_localize(catalog, defects, names, step)
+    keys = ["criterion", "level", "attack"]
+    metrics = ["wji", "f1", "auroc", "ap", "seconds", "cost_forward"]
+    table = sorted(
+        aggregate(rows, keys, metrics), key=lambda e: (e["criterion"], e["attack"], e["level"])
+    )
+    written = wji_by_level(rows, plots or db / "plots")
+    if as_json:
+        _print_json({"rows": rows, "table": table, "plots": [str(p) for p in written]})
+        return
+    columns = (*LOC_COLUMNS, ("cost (fwd)", "cost_forward"))
+    out.print(_study_table("localization study (mean±std)", table, keys, columns))
+    out.print(f"plots: {', '.join(str(p) for p in written)}")
+
+
+@bench_app.command("repair")
+def bench_repair_cmd(
+    methods: Annotated[str, typer.Option(help="'all' or a comma-separated list.")] = "all",
+    criteria: Annotated[str, typer.Option(help="'all' or a comma-separated list.")] = "all",
+    k: Annotated[int | None, typer.Option(help="Neurons per repair (default: truth size).")] = None,
+    where: WhereOption = None,
+    db: DbOption = DEFAULT_DB,
+    as_json: JsonFlag = False,
+) -> None:
+    """Every repair with every criterion on every selected defect; aggregate."""
+    from trojanscope.database.catalog import Catalog
+    from trojanscope.database.study import aggregate, bench_repair, plan_pairs, select_defects
+    from trojanscope.localization.base import CRITERIA
+    from trojanscope.repair.base import REPAIRS
+
+    _threads()
+    catalog = Catalog.open(db)
+    method_names = _names(methods, REPAIRS)
+    criterion_names = _names(criteria, CRITERIA)
+    defects = select_defects(catalog, where)
+    if not defects:
+        raise TrojanscopeError(f"no defect in {db} matches the selection.")
+    with _progress(len(defects) * plan_pairs(method_names, criterion_names)) as step:
+        rows = bench_repair(catalog, defects, method_names, criterion_names, k, step)
+    keys = ["method", "criterion", "level", "attack"]
+    metrics = ["clean_acc_after", "asr_after", "asr_drop", "acc_drop", "der", "seconds"]
+    table = sorted(
+        aggregate(rows, keys, metrics),
+        key=lambda e: (e["method"], e["criterion"] or "", e["attack"], e["level"]),
+    )
+    if as_json:
+        _print_json({"rows": rows, "table": table})
+        return
+    out.print(_study_table("repair study (mean±std)", table, keys, REPAIR_COLUMNS))

@@ -1,0 +1,242 @@
+"""The localization and repair study over the catalog: select defects, run every criterion and
+repair on them (each result stored once, reused afterwards), aggregate the figures."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import select
+
+from trojanscope.database.build import (
+    DefectContext,
+    _insert,
+    get_defect,
+    list_defects,
+    load_defect,
+    load_scores,
+    localization_summary,
+    localize,
+)
+from trojanscope.database.catalog import Catalog, content_key
+from trojanscope.database.schema import Defect, RepairRow
+from trojanscope.errors import ConfigError
+from trojanscope.localization.base import CRITERIA
+from trojanscope.localization.metrics import top_k
+from trojanscope.repair.base import REPAIRS, run_repair
+
+#: Fields a --where query may name, and how to read them off a defect.
+WHERE_FIELDS: dict[str, Callable[[Defect], Any]] = {
+    "id": lambda d: d.id,
+    "attack": lambda d: d.attack,
+    "level": lambda d: d.level,
+    "seed": lambda d: d.seed,
+    "status": lambda d: d.status,
+    "target_mode": lambda d: d.target_mode,
+    "target": lambda d: d.target,
+    "dataset": lambda d: d.clean_model.dataset,
+    "arch": lambda d: d.clean_model.arch,
+}
+
+
+def parse_where(query: str | None) -> dict[str, set[str]]:
+    """``"attack=badnets,level=narrow|small"`` -> {field: accepted values}. Without a
+    ``status`` condition only accepted defects are selected."""
+    conditions: dict[str, set[str]] = {}
+    for part in filter(None, (p.strip() for p in (query or "").split(","))):
+        key, sep, values = part.partition("=")
+        key = key.strip()
+        if not sep or not values.strip():
+            raise ConfigError(f"--where condition '{part}' is not of the form field=value.")
+        if key not in WHERE_FIELDS:
+            raise ConfigError(
+                f"--where cannot filter on '{key}'; fields: {', '.join(WHERE_FIELDS)}."
+            )
+        conditions.setdefault(key, set()).update(v.strip() for v in values.split("|"))
+    conditions.setdefault("status", {"accepted"})
+    return conditions
+
+
+def select_defects(catalog: Catalog, query: str | None = None) -> list[Defect]:
+    conditions = parse_where(query)
+    return [
+        d
+        for d in list_defects(catalog)
+        if all(str(WHERE_FIELDS[k](d)) in values for k, values in conditions.items())
+    ]
+
+
+def defect_labels(row: Defect) -> dict[str, Any]:
+    """The grouping fields of a defect in study tables."""
+    return {
+        "defect_id": row.id,
+        "dataset": row.clean_model.dataset,
+        "arch": row.clean_model.arch,
+        "attack": row.attack,
+        "level": row.level,
+        "seed": row.seed,
+        "n_infected": len(row.infected),
+    }
+
+
+# -- repair ----------------------------------------------------------------------------------
+
+
+def repair_defect(
+    catalog: Catalog,
+    defect_id: int,
+    method: str,
+    criterion: str | None,
+    k: int | None = None,
+    method_params: dict[str, Any] | None = None,
+    criterion_params: dict[str, Any] | None = None,
+    context: DefectContext | None = None,
+) -> tuple[RepairRow, bool]:
+    """Repair a stored defect with ``method`` on the top-``k`` neurons of ``criterion`` (k
+    defaults to the ground-truth size, as the localization metrics do); record it. The stored
+    defect is never modified: the repaired weights are a new artifact."""
+    repair = REPAIRS.create(method, **(method_params or {}))
+    defect = context.defect if context is not None else get_defect(catalog, defect_id)
+    if not repair.uses_neurons:
+        criterion, criterion_params, k = None, None, 0
+    elif criterion is None:
+        raise ConfigError(f"repair '{method}' needs a criterion to choose its neurons.")
+    else:
+        criterion_params = CRITERIA.create(criterion, **(criterion_params or {})).params
+        criterion_params = criterion_params.model_dump(mode="json")
+        k = len(defect.infected) if k is None else k
+        if k < 1:
+            raise ConfigError(f"--k must be at least 1, not {k}.")
+    params = repair.params.model_dump(mode="json")
+    key = content_key("repair", defect_id, method, params, criterion, criterion_params, k)
+    existing = _find_repair(catalog, key)
+    if existing is not None:
+        return existing, False
+    ctx = context if context is not None else load_defect(catalog, defect_id)
+    selected = []
+    if criterion is not None:
+        loc, _ = localize(catalog, defect_id, criterion, criterion_params, ctx)
+        neurons, scores = load_scores(catalog, loc)
+        selected = top_k(neurons, scores, k)
+    outcome = run_repair(
+        repair,
+        ctx.model,
+        selected,
+        ctx.splits.train,
+        ctx.splits.test,
+        ctx.poisoned_test.poisoned(),
+    )
+    row = RepairRow(
+        key=key,
+        defect_id=defect_id,
+        method=method,
+        params=params,
+        criterion=criterion,
+        criterion_params=criterion_params,
+        k=k,
+        neurons={"names": [str(n) for n in outcome.neurons]},
+        clean_acc_before=outcome.clean_acc_before,
+        clean_acc_after=outcome.clean_acc_after,
+        asr_before=outcome.asr_before,
+        asr_after=outcome.asr_after,
+        der=outcome.der,
+        weights_sha256=catalog.store.put(outcome.model.state_dict()),
+        seconds=outcome.seconds,
+    )
+    if not _insert(catalog, row):
+        return _find_repair(catalog, key), False
+    return row, True
+
+
+def _find_repair(catalog: Catalog, key: str) -> RepairRow | None:
+    with catalog.session() as session:
+        return session.scalar(select(RepairRow).where(RepairRow.key == key))
+
+
+def repair_summary(row: RepairRow) -> dict[str, Any]:
+    """The stable JSON form of a repair (`trojanscope repair --json`)."""
+    return {
+        "defect_id": row.defect_id,
+        "method": row.method,
+        "criterion": row.criterion,
+        "k": row.k,
+        "clean_acc_before": row.clean_acc_before,
+        "clean_acc_after": row.clean_acc_after,
+        "asr_before": row.asr_before,
+        "asr_after": row.asr_after,
+        "asr_drop": row.asr_before - row.asr_after,
+        "acc_drop": row.clean_acc_before - row.clean_acc_after,
+        "der": row.der,
+        "seconds": row.seconds,
+        "weights_sha256": row.weights_sha256,
+    }
+
+
+# -- bench -----------------------------------------------------------------------------------
+
+
+def bench_localize(
+    catalog: Catalog,
+    defects: Sequence[Defect],
+    criteria: Sequence[str],
+    step: Callable[[str], None] = lambda _m: None,
+) -> list[dict[str, Any]]:
+    """Every criterion on every defect (stored results reused); one row per pair."""
+    rows = []
+    for defect in defects:
+        context: DefectContext | None = None
+        for criterion in criteria:
+            step(f"localize defect {defect.id} with {criterion}")
+            if context is None:
+                context = load_defect(catalog, defect.id)
+            loc, _ = localize(catalog, defect.id, criterion, context=context)
+            rows.append({**defect_labels(defect), **localization_summary(loc)})
+    return rows
+
+
+def bench_repair(
+    catalog: Catalog,
+    defects: Sequence[Defect],
+    methods: Sequence[str],
+    criteria: Sequence[str],
+    k: int | None = None,
+    step: Callable[[str], None] = lambda _m: None,
+) -> list[dict[str, Any]]:
+    """Every repair method with every criterion (once for methods that ignore neurons)."""
+    rows = []
+    for defect in defects:
+        context: DefectContext | None = None
+        for method in methods:
+            pairs = criteria if REPAIRS.get(method).uses_neurons else [None]
+            for criterion in pairs:
+                step(f"repair defect {defect.id}: {method} / {criterion or '-'}")
+                if context is None:
+                    context = load_defect(catalog, defect.id)
+                row, _ = repair_defect(catalog, defect.id, method, criterion, k, context=context)
+                rows.append({**defect_labels(defect), **repair_summary(row)})
+    return rows
+
+
+def plan_pairs(methods: Iterable[str], criteria: Sequence[str]) -> int:
+    """Repairs per defect in a repair bench."""
+    return sum(len(criteria) if REPAIRS.get(m).uses_neurons else 1 for m in methods)
+
+
+def aggregate(
+    rows: Sequence[dict[str, Any]], by: Sequence[str], metrics: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Mean and standard deviation of ``metrics`` per group of ``by`` values (None skipped)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row.get(b) for b in by), []).append(row)
+    table = []
+    for values, members in groups.items():
+        entry: dict[str, Any] = dict(zip(by, values, strict=True))
+        entry["n"] = len(members)
+        for metric in metrics:
+            xs = [m[metric] for m in members if m.get(metric) is not None]
+            entry[metric] = statistics.fmean(xs) if xs else None
+            entry[f"{metric}_std"] = statistics.pstdev(xs) if len(xs) > 1 else 0.0 if xs else None
+        table.append(entry)
+    return table

@@ -1,0 +1,113 @@
+"""ANP, Adversarial Neuron Pruning (Wu & Wang, NeurIPS 2021).
+
+Backdoor neurons are the ones whose small multiplicative perturbation most easily breaks the
+model. Every neuron gets a mask m in [0, 1] and perturbations delta, xi in [-eps, eps] of its
+scale and shift: its output becomes (y - b)(m + delta) + b(1 + xi), with b the bias of the module
+whose output holds it (the normalization shift, else the layer bias). Each iteration takes one
+signed ascent step on (delta, xi) to maximise the clean loss, then one descent step on m for
+trade_off * loss(m) + (1 - trade_off) * loss(m, delta, xi). Score = 1 - m: neurons the clean
+task can do without under perturbation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+from torch import nn
+
+from trojanscope.localization.base import CRITERIA, Criterion, EvidenceData
+from trojanscope.neurons import eligible_layers
+
+
+class ANPParams(BaseModel):
+    model_config = {"extra": "forbid"}
+    eps: float = Field(0.4, ge=0, description="Bound of the neuron perturbations.")
+    trade_off: float = Field(0.2, ge=0, le=1, description="Weight of the natural loss.")
+    iterations: int = Field(300, ge=1, description="Mask updates (bounded budget).")
+    samples: int = Field(500, ge=1, description="Clean inputs used.")
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.2, gt=0, description="Mask learning rate (SGD, momentum 0.9).")
+    seed: int = 0
+
+
+class _Perturbation:
+    """Forward hooks applying mask and perturbation to every eligible layer's output."""
+
+    def __init__(self, model: nn.Module) -> None:
+        modules = dict(model.named_modules())
+        self.layers = eligible_layers(model)
+        self.mask = {la.name: torch.ones(la.width, requires_grad=True) for la in self.layers}
+        self.delta = {la.name: torch.zeros(la.width, requires_grad=True) for la in self.layers}
+        self.xi = {la.name: torch.zeros(la.width, requires_grad=True) for la in self.layers}
+        self.noisy = False
+        self.handles = []
+        for layer in self.layers:
+            module = modules[layer.output]
+            bias = getattr(module, "bias", None)
+            bias = bias.detach() if bias is not None else torch.zeros(layer.width)
+            self.handles.append(module.register_forward_hook(self._hook(layer.name, bias)))
+
+    def _hook(self, name: str, bias: torch.Tensor):
+        def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
+            shape = (1, -1) + (1,) * (out.dim() - 2)
+            scale, shift = self.mask[name], torch.ones_like(self.mask[name])
+            if self.noisy:
+                scale, shift = scale + self.delta[name], shift + self.xi[name]
+            b = bias.view(shape)
+            return (out - b) * scale.view(shape) + b * shift.view(shape)
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+@CRITERIA.register("anp")
+class AdversarialNeuronPruning(Criterion):
+    evidence = "clean"
+    expensive = True
+    Params = ANPParams
+
+    def layer_scores(self, model: nn.Module, data: EvidenceData):
+        p = self.params
+        x, y = data.clean.x[: p.samples], data.clean.y[: p.samples]
+        generator = torch.Generator().manual_seed(p.seed)
+        frozen = [q for q in model.parameters() if q.requires_grad]
+        for q in frozen:  # only masks and perturbations are optimised
+            q.requires_grad_(False)
+        hooks = _Perturbation(model)
+        noise = [*hooks.delta.values(), *hooks.xi.values()]
+        masks = list(hooks.mask.values())
+        mask_opt = torch.optim.SGD(masks, lr=p.lr, momentum=0.9)
+        try:
+            for _ in range(p.iterations):
+                idx = torch.randint(len(x), (min(p.batch_size, len(x)),), generator=generator)
+                xb, yb = x[idx], y[idx]
+                if p.eps > 0:  # one signed ascent step from a random start (the paper's setting)
+                    with torch.no_grad():
+                        for t in noise:
+                            t.uniform_(-p.eps, p.eps, generator=generator)
+                    hooks.noisy = True
+                    grads = torch.autograd.grad(F.cross_entropy(model(xb), yb), noise)
+                    with torch.no_grad():
+                        for t, g in zip(noise, grads, strict=True):
+                            t.add_(p.eps * g.sign()).clamp_(-p.eps, p.eps)
+                    robust = F.cross_entropy(model(xb), yb)
+                else:
+                    robust = torch.zeros(())
+                hooks.noisy = False
+                natural = F.cross_entropy(model(xb), yb)
+                mask_opt.zero_grad()
+                (p.trade_off * natural + (1 - p.trade_off) * robust).backward()
+                mask_opt.step()
+                with torch.no_grad():
+                    for m in masks:
+                        m.clamp_(0, 1)
+        finally:
+            hooks.remove()
+            for q in frozen:
+                q.requires_grad_(True)
+        scores = {name: (1 - m.detach()).double() for name, m in hooks.mask.items()}
+        return scores, {}

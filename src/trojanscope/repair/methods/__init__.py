@@ -1,0 +1,1 @@
+"""Repair methods, one module each (auto-registered)."""
