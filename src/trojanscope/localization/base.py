@@ -100,6 +100,11 @@ class Criterion(Plugin):
         """Per-layer (width,) suspiciousness, plus any extra findings to report."""
         raise NotImplementedError
 
+    def add_cost(self, samples: float) -> None:
+        """Count work done outside the model's own forward (e.g. a partial re-run), in samples
+        through a full forward pass."""
+        self._extra_samples = getattr(self, "_extra_samples", 0.0) + samples
+
     def _check_evidence(self, data: EvidenceData) -> None:
         if self.evidence == "clean" and data.clean is None:
             raise TrojanscopeError(f"criterion '{self.name}' needs clean data.")
@@ -115,6 +120,7 @@ class Criterion(Plugin):
         was_training = model.training
         model.eval()
         counter = _SampleCounter(model)
+        self._extra_samples = 0.0
         started = time.perf_counter()
         try:
             per_layer, extra = self.layer_scores(model, data)
@@ -133,7 +139,7 @@ class Criterion(Plugin):
             neurons=neurons,
             scores=scores,
             seconds=seconds,
-            cost_forward=counter.samples / self.eval_size(data),
+            cost_forward=(counter.samples + self._extra_samples) / self.eval_size(data),
             extra={k: v for k, v in extra.items() if not isinstance(v, torch.Tensor)},
             artifacts={k: v for k, v in extra.items() if isinstance(v, torch.Tensor)},
         )

@@ -2,13 +2,15 @@
 DeepMutation's neuron operators: Ma et al., ISSRE 2018).
 
 Each neuron is mutated in turn (its activation zeroed, negated or scaled) and the decisions of a
-few failing and passing inputs are compared with the unmutated ones. Score = mean over operators
-of (flip rate on failing inputs - flip rate on passing inputs): a neuron whose mutation undoes
-the backdoor's decisions but leaves clean decisions alone is suspicious.
+few failing and passing inputs are compared with the unmutated ones. As in MUSE, a mutant that
+fixes failing inputs points at the fault and one that breaks passing inputs points away from it;
+a mutant that turns a passing input into one of the failing decisions' labels reproduces the
+failure and counts for the neuron (amplifying a backdoor neuron does exactly that). Score = mean
+over operators of (fix rate on failing + reproduce rate on passing - break rate on passing).
 
-Batched: ``neurons_per_pass`` mutants of one layer run in one forward pass, each on its own copy
-of the inputs, so the cost is (neurons x operators x 2 x samples) samples in
-(neurons x operators / neurons_per_pass) passes.
+Batched and incremental: the mutants of one layer run together, each on its own copy of the
+inputs, and only the part of the network downstream of the mutated layer is re-run (``suffix``),
+so the cost is neurons x operators x 2 x samples sample-passes of each layer's suffix.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from trojanscope.localization.base import CRITERIA, Criterion, EvidenceData, standardize
+from trojanscope.localization.suffix import SuffixRunner
 from trojanscope.neurons import EligibleLayer, eligible_layers
 
 Operator = Literal["zero", "negate", "scale"]
@@ -27,7 +30,7 @@ Operator = Literal["zero", "negate", "scale"]
 
 class MutationParams(BaseModel):
     model_config = {"extra": "forbid"}
-    samples: int = Field(32, ge=1, description="Failing and passing inputs used (each).")
+    samples: int = Field(16, ge=1, description="Failing and passing inputs used (each).")
     operators: list[Operator] = Field(
         default_factory=lambda: ["zero", "negate", "scale"], min_length=1
     )
@@ -38,35 +41,26 @@ class MutationParams(BaseModel):
 _FACTOR = {"zero": 0.0, "negate": -1.0}
 
 
-@torch.no_grad()
-def _flip_rates(
-    model: nn.Module, layer: EligibleLayer, x: torch.Tensor, factor: float, max_batch: int
-) -> torch.Tensor:
-    """(width,) fraction of ``x`` whose decision changes when each neuron is multiplied by
-    ``factor`` at its output."""
-    base = model(x).argmax(1)
-    n = len(x)
+def _mutant_decisions(
+    runner: SuffixRunner, layer: EligibleLayer, factor: float, max_batch: int
+) -> tuple[torch.Tensor, float]:
+    """(width, n) decisions on the runner's n inputs with each neuron multiplied by ``factor``
+    at its output, and the cost in forward-pass equivalents (samples)."""
+    n = runner.n
     per_pass = max(1, max_batch // n)
-    module = dict(model.named_modules())[layer.output]
-    rates = torch.zeros(layer.width, dtype=torch.float64)
+    decisions = torch.empty(layer.width, n, dtype=torch.long)
     for first in range(0, layer.width, per_pass):
         chunk = torch.arange(first, min(first + per_pass, layer.width))
 
-        def hook(_m: nn.Module, _i: object, out: torch.Tensor, chunk=chunk) -> torch.Tensor:
-            out = out.clone()
+        def mutate(out: torch.Tensor, chunk=chunk) -> torch.Tensor:
             grouped = out.view(len(chunk), n, *out.shape[1:])
             groups = torch.arange(len(chunk))
             grouped[groups, :, chunk] = grouped[groups, :, chunk] * factor
             return out
 
-        handle = module.register_forward_hook(hook)
-        try:
-            decisions = model(x.repeat(len(chunk), *([1] * (x.dim() - 1)))).argmax(1)
-        finally:
-            handle.remove()
-        flips = (decisions.view(len(chunk), n) != base).double().mean(1)
-        rates[chunk] = flips
-    return rates
+        logits = runner.rerun(layer.output, len(chunk), mutate)
+        decisions[chunk] = logits.argmax(1).view(len(chunk), n)
+    return decisions, layer.width * n * runner.fraction(layer.output)
 
 
 @CRITERIA.register("mutation")
@@ -78,17 +72,22 @@ class NeuronMutation(Criterion):
     def layer_scores(self, model: nn.Module, data: EvidenceData):
         p = self.params
         passing, failing = data.outcomes(model, p.samples)
+        runners = [SuffixRunner(model, x) for x in (failing, passing) if len(x)]
+        self.add_cost(sum(r.n for r in runners))
+        failure_labels = runners[0].logits.argmax(1).unique()
         scores = {}
         for layer in eligible_layers(model):
             total = torch.zeros(layer.width, dtype=torch.float64)
             for op in p.operators:
                 factor = _FACTOR.get(op, p.scale)
-                on_fail = _flip_rates(model, layer, failing, factor, p.max_batch)
-                on_pass = (
-                    _flip_rates(model, layer, passing, factor, p.max_batch)
-                    if len(passing)
-                    else torch.zeros_like(on_fail)
-                )
-                total += on_fail - on_pass
+                for role, runner in zip(("failing", "passing"), runners, strict=False):
+                    decisions, cost = _mutant_decisions(runner, layer, factor, p.max_batch)
+                    self.add_cost(cost)
+                    changed = decisions != runner.logits.argmax(1)
+                    if role == "failing":  # the mutant fixes a failure
+                        total += changed.double().mean(1)
+                    else:  # reproduces a failure (+) or breaks a clean decision (-)
+                        to_failure = changed & torch.isin(decisions, failure_labels)
+                        total += (to_failure.double() - (changed & ~to_failure).double()).mean(1)
             scores[layer.name] = standardize(total / len(p.operators))
         return scores, {"passing": len(passing), "failing": len(failing)}

@@ -1,0 +1,81 @@
+"""Re-running only the part of a network downstream of one layer (torch.fx).
+
+Mutating one neuron changes nothing upstream of its layer, so after one full pass that caches
+every intermediate value, each mutant needs only the downstream nodes: on ResNet-18 that is a
+third of a forward pass on average (half the neurons sit in the last stage). Written here because
+torch.fx offers the interpreter (``initial_env``) but not the partial re-execution around it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.fx import Interpreter, Node
+
+from trojanscope.neurons import trace
+
+
+class _Recorder(Interpreter):
+    """Runs the graph once and keeps every node's value."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__(module, garbage_collect_values=False)
+
+
+class SuffixRunner:
+    """Caches one input batch's intermediate values; re-runs from a module's output onward."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
+        self.gm = trace(model)
+        self.n = len(x)
+        recorder = _Recorder(self.gm)
+        with torch.no_grad():
+            self.logits = recorder.run(x)
+        self.cache: dict[Node, object] = dict(recorder.env)
+        self.nodes = list(self.gm.graph.nodes)
+
+    def _node_of(self, module_path: str) -> Node:
+        return next(n for n in self.nodes if n.op == "call_module" and n.target == module_path)
+
+    def downstream(self, start: Node) -> set[Node]:
+        found: set[Node] = set()
+        frontier = list(start.users)
+        while frontier:
+            node = frontier.pop()
+            if node not in found:
+                found.add(node)
+                frontier.extend(node.users)
+        return found
+
+    def fraction(self, module_path: str) -> float:
+        """Share of the graph's module calls a re-run from ``module_path`` executes (its cost in
+        forward-pass equivalents, counted by module calls)."""
+        modules = [n for n in self.nodes if n.op == "call_module"]
+        start = self._node_of(module_path)
+        after = [n for n in self.downstream(start) if n.op == "call_module"]
+        return len(after) / max(len(modules), 1)
+
+    @torch.no_grad()
+    def rerun(
+        self, module_path: str, copies: int, mutate: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """Logits of ``copies`` stacked copies of the batch, with ``module_path``'s output
+        replaced by ``mutate(its output repeated copies times)``."""
+        start = self._node_of(module_path)
+        later = self.downstream(start)
+
+        def expand(value: object) -> object:
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and len(value) == self.n:
+                return value.repeat(copies, *([1] * (value.dim() - 1)))
+            return value
+
+        needed = {a for node in later for a in node.all_input_nodes if a not in later}
+        env: dict[Node, object] = {
+            node: (expand(value) if node in needed else value)
+            for node, value in self.cache.items()
+            if node not in later
+        }
+        env[start] = mutate(expand(self.cache[start]))
+        return Interpreter(self.gm).run(torch.empty(0), initial_env=env)
