@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -13,6 +15,9 @@ from trojanscope.models.base import ARCHITECTURES
 from trojanscope.models.training import CleanTraining, train_clean
 
 torch.set_num_threads(1)
+# CLI commands run in-process set their own thread count from this: keep them at one too, so
+# the suite never oversubscribes the cores (OpenMP barriers crawl when threads wait for a core).
+os.environ.setdefault("TROJANSCOPE_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

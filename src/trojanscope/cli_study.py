@@ -101,7 +101,7 @@ def localize_cmd(
         return
     out.print(
         f"defect {defect_id}, criterion {criterion} (evidence: {row.evidence})"
-        + (" [stored result]" if not created else "")
+        + (" (stored result)" if not created else "")
     )
     table = Table(box=box.SIMPLE_HEAD)
     for col in ("k", "P", "R", "F1", "WJI", "AUROC", "AP", "s", "cost (fwd)"):
@@ -158,7 +158,7 @@ def repair_cmd(
     out.print(
         f"defect {defect_id}: {method}"
         + (f" on the top {row.k} neurons of {criterion}" if row.criterion else "")
-        + (" [stored result]" if not created else "")
+        + (" (stored result)" if not created else "")
     )
     out.print(
         f"clean accuracy {row.clean_acc_before:.3f} -> {row.clean_acc_after:.3f}, "

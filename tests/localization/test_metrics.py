@@ -48,3 +48,13 @@ def test_weighted_jaccard_identity():
     selected = list(TRUTH)
     uniform = {n: 1 / 3 for n in selected}
     assert weighted_jaccard(uniform, selected) == pytest.approx(1.0)
+
+
+def test_layer_hit_rate_ranks_within_each_infected_layer():
+    from trojanscope.localization.metrics import layer_hit_rate
+
+    neurons = [NeuronRef("a", i) for i in range(4)] + [NeuronRef("b", i) for i in range(4)]
+    truth = {NeuronRef("a", 0): 0.5, NeuronRef("b", 1): 0.25, NeuronRef("b", 2): 0.25}
+    # layer a: neuron 0 is a's best; layer b: 1 is in b's top 2, 2 is not
+    scores = [9.0, 1.0, 0.0, 0.0, 0.0, 0.5, 0.1, 0.9]
+    assert layer_hit_rate(neurons, scores, truth) == {"a": 1.0, "b": 0.5}

@@ -24,7 +24,7 @@ from trojanscope.neurons import capture_activations
 class NCParams(BaseModel):
     model_config = {"extra": "forbid"}
     samples: int = Field(512, ge=1, description="Clean inputs used.")
-    steps: int = Field(150, ge=1, description="Optimisation steps per label.")
+    steps: int = Field(300, ge=1, description="Optimisation steps per label.")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(0.1, gt=0)
     init_cost: float = Field(1e-3, ge=0, description="Initial weight of the mask's L1 norm.")

@@ -1,0 +1,123 @@
+import sqlite3
+
+import pytest
+import torch
+from sqlalchemy import func, select
+
+from trojanscope.database.build import get_defect, load_defect, load_scores, load_weights, localize
+from trojanscope.database.catalog import Catalog
+from trojanscope.database.schema import RepairRow
+from trojanscope.database.study import (
+    aggregate,
+    bench_localize,
+    bench_repair,
+    parse_where,
+    repair_defect,
+    select_defects,
+)
+from trojanscope.errors import ConfigError
+from trojanscope.neurons import all_neurons
+from trojanscope.report.plots import wji_by_level
+
+
+def test_repair_is_stored_reused_and_leaves_the_defect_alone(built):
+    catalog, clean, _, _, defect, _ = built
+    row, created = repair_defect(catalog, defect.id, "prune", "oracle")
+    assert created and row.k == len(defect.infected) and row.criterion == "oracle"
+    assert row.asr_after <= 0.2 < row.asr_before
+    assert row.der == pytest.approx(
+        (
+            max(0, row.asr_before - row.asr_after)
+            - max(0, row.clean_acc_before - row.clean_acc_after)
+            + 1
+        )
+        / 2
+    )
+    # the repaired weights are a new artifact; the defect's own are untouched
+    assert row.weights_sha256 != defect.weights_sha256
+    assert get_defect(catalog, defect.id).weights_sha256 == defect.weights_sha256
+    catalog.store.get(defect.weights_sha256)  # hash-verified
+    repaired = load_weights(catalog, clean, row.weights_sha256)
+    zeroed = [int(i) for i in torch.nonzero(repaired.conv1.weight.flatten(1).abs().sum(1) == 0)]
+    assert any(n.startswith("conv1:") for n in row.neurons["names"]) == bool(zeroed)
+    again, created = repair_defect(catalog, defect.id, "prune", "oracle")
+    assert not created and again.id == row.id
+    with catalog.session() as session:
+        assert session.scalar(select(func.count()).select_from(RepairRow)) == 1
+
+
+def test_finetune_all_records_no_criterion(built):
+    catalog, _, _, _, defect, _ = built
+    row, _ = repair_defect(catalog, defect.id, "finetune-all", "clp", method_params={"epochs": 1})
+    assert row.criterion is None and row.k == 0 and row.neurons == {"names": []}
+
+
+def test_a_neuron_repair_without_criterion_is_refused(built):
+    catalog, _, _, _, defect, _ = built
+    with pytest.raises(ConfigError, match="needs a criterion"):
+        repair_defect(catalog, defect.id, "finetune", None)
+    with pytest.raises(ConfigError, match="--k"):
+        repair_defect(catalog, defect.id, "prune", "clp", k=0)
+
+
+def test_localization_records_findings_and_artifacts(built):
+    catalog, _, _, _, defect, _ = built
+    ctx = load_defect(catalog, defect.id)
+    row, _ = localize(catalog, defect.id, "nc", {"steps": 30}, ctx)
+    assert set(row.extra["layer_hit_rate"]) == {n.layer for n in defect.infected}
+    assert "candidate_label" in row.extra and len(row.extra["mask_norms"]) == 10
+    trigger = catalog.store.get(row.extra["artifacts_sha256"])
+    assert trigger["reversed_mask"].shape == (1, 8, 8)
+    neurons, scores = load_scores(catalog, row)
+    assert neurons == all_neurons(ctx.model) and len(scores) == len(neurons)
+
+
+def test_where_queries():
+    assert parse_where("attack=badnets, level=narrow|small") == {
+        "attack": {"badnets"},
+        "level": {"narrow", "small"},
+        "status": {"accepted"},
+    }
+    assert parse_where("status=rejected")["status"] == {"rejected"}
+    with pytest.raises(ConfigError, match="cannot filter on 'colour'"):
+        parse_where("colour=red")
+    with pytest.raises(ConfigError, match="field=value"):
+        parse_where("level")
+
+
+def test_select_bench_and_aggregate(built, tmp_path):
+    catalog, _, _, _, defect, _ = built
+    assert [d.id for d in select_defects(catalog, "level=narrow")] == [defect.id]
+    assert select_defects(catalog, "level=small") == []
+    assert select_defects(catalog, "arch=cnn-small,dataset=digits")[0].id == defect.id
+    rows = bench_localize(catalog, [defect], ["clp", "random"])
+    assert {r["criterion"] for r in rows} == {"clp", "random"}
+    assert all(r["attack"] == "badnets" and r["level"] == "narrow" for r in rows)
+    again = bench_localize(catalog, [defect], ["clp", "random"])
+    assert [r["seconds"] for r in again] == [r["seconds"] for r in rows]  # stored, not rerun
+    table = aggregate(rows, ["criterion"], ["wji", "auroc"])
+    assert {e["criterion"]: e["n"] for e in table} == {"clp": 1, "random": 1}
+    written = wji_by_level(rows, tmp_path / "plots")
+    assert sorted(p.name for p in written) == ["wji-clp.png", "wji-random.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+    repairs = bench_repair(catalog, [defect], ["prune", "finetune-all"], ["clp", "oracle"])
+    assert [(r["method"], r["criterion"]) for r in repairs] == [
+        ("prune", "clp"),
+        ("prune", "oracle"),
+        ("finetune-all", None),
+    ]
+
+
+def test_a_catalog_from_before_repairs_is_upgraded(built):
+    catalog, _, _, _, defect, _ = built
+    localize(catalog, defect.id, "clp")
+    catalog.engine.dispose()
+    path = catalog.root / "catalog.sqlite"
+    with sqlite3.connect(path) as connection:  # the layout of the previous release
+        connection.execute("DROP TABLE repairs")
+        connection.execute("ALTER TABLE localizations DROP COLUMN extra")
+    upgraded = Catalog.open(catalog.root)
+    row, created = localize(upgraded, defect.id, "clp")
+    assert not created and row.extra is None  # old entries keep working
+    repaired, _ = repair_defect(upgraded, defect.id, "prune", "clp")
+    assert repaired.id == 1

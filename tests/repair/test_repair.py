@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from trojanscope.injection.ownership import trainable_masks
+from trojanscope.localization.base import CRITERIA, EvidenceData
+from trojanscope.localization.metrics import top_k
+from trojanscope.models.training import predict
+from trojanscope.neurons import mask_neurons
+from trojanscope.repair.base import REPAIRS, der, run_repair
+
+
+def evidence(outcome, splits):
+    view = outcome.poisoned_test
+    return EvidenceData(splits.test, splits.test.subset(view.indices), view.poisoned())
+
+
+def repair(name, outcome, splits, neurons, **params):
+    return run_repair(
+        REPAIRS.create(name, **params),
+        outcome.model,
+        neurons,
+        splits.train,
+        splits.test,
+        outcome.poisoned_test.poisoned(),
+    )
+
+
+def test_der_formula():
+    assert der(1.0, 0.0, 0.9, 0.9) == 1.0  # backdoor gone at no cost
+    assert der(1.0, 1.0, 0.9, 0.9) == 0.5  # nothing changed
+    assert der(1.0, 0.0, 0.9, 0.5) == pytest.approx(0.8)  # 0.4 accuracy lost
+    assert der(0.5, 0.8, 0.9, 0.95) == 0.5  # gains never count
+
+
+def test_pruning_the_oracles_top_k_removes_an_accepted_backdoor(narrow_defect, digits):
+    result = CRITERIA.create("oracle").run(narrow_defect.model, evidence(narrow_defect, digits))
+    chosen = top_k(result.neurons, result.scores.numpy(), len(narrow_defect.infected))
+    outcome = repair("prune", narrow_defect, digits, chosen)
+    assert narrow_defect.asr >= 0.9 and outcome.asr_after <= 0.20
+    assert outcome.der > 0.8
+
+
+def test_pruning_is_masking_made_permanent(small_defect, digits):
+    neurons = [n.ref for n in small_defect.infected]
+    pruned = repair("prune", small_defect, digits, neurons).model
+    x = digits.test.x[:64]
+    with mask_neurons(small_defect.model, neurons):
+        masked = predict(small_defect.model, x)
+    assert torch.allclose(predict(pruned, x), masked, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["prune", "finetune", "finetune-all"])
+def test_repairs_never_change_the_original_model(method, small_defect, digits):
+    before = {k: v.clone() for k, v in small_defect.model.state_dict().items()}
+    neurons = [n.ref for n in small_defect.infected]
+    outcome = repair(
+        method, small_defect, digits, neurons, **({} if method == "prune" else {"epochs": 2})
+    )
+    after = small_defect.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    changed = outcome.model.state_dict()
+    assert any(not torch.equal(before[k], changed[k]) for k in before)
+
+
+def test_neuron_finetuning_moves_only_the_neurons_own_entries(small_defect, digits):
+    neurons = [n.ref for n in small_defect.infected[:3]]
+    outcome = repair("finetune", small_defect, digits, neurons, epochs=2)
+    masks = trainable_masks(small_defect.model, neurons)
+    original = dict(small_defect.model.named_parameters())
+    for name, p in outcome.model.named_parameters():
+        outside = ~masks[name] if name in masks else torch.ones_like(p, dtype=torch.bool)
+        assert torch.equal(p.detach()[outside], original[name].detach()[outside]), name
+    assert outcome.neurons == neurons
+
+
+def test_whole_model_finetuning_ignores_the_neurons(small_defect, digits):
+    outcome = repair("finetune-all", small_defect, digits, [n.ref for n in small_defect.infected])
+    assert outcome.neurons == []
+    assert 0 <= outcome.asr_after <= 1 and outcome.clean_acc_after > 0.8
+
+
+def test_bad_repair_parameter_is_a_clear_error():
+    from trojanscope.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'epochs'"):
+        REPAIRS.create("finetune", epochs=0)

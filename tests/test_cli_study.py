@@ -1,0 +1,143 @@
+"""The study commands: localize, repair, bench localize, bench repair."""
+
+import json
+import shutil
+
+import pytest
+
+from tests.test_cli import assert_one_sentence, injected, run  # noqa: F401 (fixture)
+
+REPAIR_KEYS = {
+    "defect_id",
+    "method",
+    "criterion",
+    "k",
+    "clean_acc_before",
+    "clean_acc_after",
+    "asr_before",
+    "asr_after",
+    "der",
+    "seconds",
+}
+
+
+@pytest.fixture
+def db(injected, tmp_path):  # noqa: F811
+    copy = tmp_path / "db"
+    shutil.copytree(injected[0], copy)
+    return copy, injected[1]["id"]
+
+
+def test_localize_json_and_table(db, capsys, monkeypatch):
+    path, defect_id = db
+    args = ["localize", defect_id, "--criterion", "slicing", "--db", path]
+    code, out, _ = run([*args, "--json"], capsys, monkeypatch)
+    result = json.loads(out)
+    assert code == 0 and result["defect_id"] == defect_id and result["criterion"] == "slicing"
+    assert {"precision", "recall", "f1", "wji", "auroc", "ap", "seconds", "cost_forward"} <= set(
+        result
+    )
+    assert len(result["top"]) == result["k"] and not result["reused"]
+    assert "layer_hit_rate" in result["extra"]
+    code, out, _ = run(args, capsys, monkeypatch)
+    assert code == 0 and "(stored result)" in out and "top-k:" in out
+
+
+def test_localize_with_nc_reports_the_detected_label(db, capsys, monkeypatch):
+    path, defect_id = db
+    code, out, _ = run(
+        ["localize", defect_id, "--criterion", "nc", "--param", "steps=300", "--db", path],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 0 and "target 0 detected" in out
+
+
+def test_repair_json_schema(db, capsys, monkeypatch):
+    path, defect_id = db
+    code, out, _ = run(
+        ["repair", defect_id, "--method", "prune", "--criterion", "oracle", "--db", path, "--json"],
+        capsys,
+        monkeypatch,
+    )
+    result = json.loads(out)
+    assert code == 0 and set(result) >= REPAIR_KEYS
+    assert result["method"] == "prune" and result["criterion"] == "oracle"
+    assert result["asr_after"] < result["asr_before"]
+    code, out, _ = run(
+        [
+            "repair",
+            defect_id,
+            "--method",
+            "finetune",
+            "--criterion",
+            "clp",
+            "--k",
+            "3",
+            "--param",
+            "epochs=1",
+            "--db",
+            path,
+        ],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 0 and "top 3 neurons of clp" in out and "DER" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["localize", "999", "--criterion", "clp"], "no defect with id 999"),
+        (["localize", "{id}", "--criterion", "magic"], "unknown criterion 'magic'"),
+        (["localize", "{id}", "--criterion", "nc", "--param", "steps=0"], "'steps'"),
+        (["repair", "{id}", "--method", "finetune"], "needs a criterion"),
+        (["repair", "{id}", "--method", "burn", "--criterion", "clp"], "unknown repair 'burn'"),
+        (["bench", "localize", "--where", "colour=red"], "cannot filter on 'colour'"),
+        (["bench", "localize", "--where", "level=large"], "no defect"),
+        (["bench", "repair", "--methods", "prune,burn"], "unknown repair 'burn'"),
+    ],
+)
+def test_bad_study_input(args, message, db, capsys, monkeypatch):
+    path, defect_id = db
+    args = [a.replace("{id}", str(defect_id)) for a in args]
+    code, _, err = run([*args, "--db", path], capsys, monkeypatch)
+    assert_one_sentence(code, err, message)
+
+
+def test_bench_localize_and_repair(db, tmp_path, capsys, monkeypatch):
+    path, defect_id = db
+    plots = tmp_path / "plots"
+    code, out, _ = run(
+        [
+            "bench",
+            "localize",
+            "--criteria",
+            "clp,fp,random",
+            "--db",
+            path,
+            "--plots",
+            plots,
+            "--json",
+        ],
+        capsys,
+        monkeypatch,
+    )
+    result = json.loads(out)
+    assert code == 0 and {r["criterion"] for r in result["rows"]} == {"clp", "fp", "random"}
+    assert {(e["criterion"], e["level"], e["attack"]) for e in result["table"]} == {
+        ("clp", "small", "badnets"),
+        ("fp", "small", "badnets"),
+        ("random", "small", "badnets"),
+    }
+    assert sorted(p.name for p in plots.iterdir()) == [
+        "wji-clp.png",
+        "wji-fp.png",
+        "wji-random.png",
+    ]
+    code, out, _ = run(
+        ["bench", "repair", "--methods", "prune", "--criteria", "clp,random", "--db", path],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 0 and "repair study" in out and "DER" in out
