@@ -24,6 +24,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/quickstart.py
 	$(PY) benchmarks/attack_matrix.py
+	$(PY) benchmarks/localization.py
 
 clean:
 	rm -rf $(VENV) trojanscope-db .pytest_cache .ruff_cache
