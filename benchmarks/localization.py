@@ -57,6 +57,7 @@ def _timed(fn) -> float:
 def resnet_costs() -> dict[str, Any]:
     """Criterion costs on an (untrained) ResNet-18 at width 1.0: timing does not depend on the
     weights. Expensive criteria are timed on a slice of their budget and projected."""
+    torch.manual_seed(0)
     model = ARCHITECTURES.create("resnet18").build(1, 10, 28).eval()
     splits = DATASETS.create("mnist5k").load(0)
     clean = splits.test.subset(torch.arange(1000))

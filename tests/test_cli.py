@@ -87,7 +87,7 @@ def test_unknown_criterion_and_kind(tmp_path, capsys, monkeypatch):
     code, _, err = run(
         ["quickstart", "--db", tmp_path / "db", "--criterion", "magic"], capsys, monkeypatch
     )
-    assert_one_sentence(code, err, "unknown criterion 'magic'; valid names: clp, fp, oracle")
+    assert_one_sentence(code, err, "unknown criterion 'magic'; valid names: anp, clp, dstar")
     code, _, err = run(["list", "gizmos"], capsys, monkeypatch)
     assert_one_sentence(code, err, "unknown kind 'gizmos'")
 

@@ -184,6 +184,19 @@ def _study_table(
     return table
 
 
+def _selection(db: Path, where: str | None) -> tuple[Any, list[Any]]:
+    """The catalog and its defects matching ``where`` (an error if none does)."""
+    from trojanscope.database.catalog import Catalog
+    from trojanscope.database.study import select_defects
+
+    _threads()
+    catalog = Catalog.open(db)
+    defects = select_defects(catalog, where)
+    if not defects:
+        raise TrojanscopeError(f"no defect in {db} matches the selection.")
+    return catalog, defects
+
+
 @bench_app.command("localize")
 def bench_localize_cmd(
     criteria: Annotated[str, typer.Option(help="'all' or a comma-separated list.")] = "all",
@@ -195,17 +208,12 @@ def bench_localize_cmd(
     as_json: JsonFlag = False,
 ) -> None:
     """Every criterion on every selected defect (stored results reused); aggregate and plot."""
-    from trojanscope.database.catalog import Catalog
-    from trojanscope.database.study import aggregate, bench_localize, select_defects
+    from trojanscope.database.study import aggregate, bench_localize
     from trojanscope.localization.base import CRITERIA
     from trojanscope.report.plots import wji_by_level
 
-    _threads()
-    catalog = Catalog.open(db)
     names = _names(criteria, CRITERIA)
-    defects = select_defects(catalog, where)
-    if not defects:
-        raise TrojanscopeError(f"no defect in {db} matches the selection.")
+    catalog, defects = _selection(db, where)
     with _progress(len(defects) * len(names)) as step:
         rows = bench_localize(catalog, defects, names, step)
     keys = ["criterion", "level", "attack"]
@@ -232,18 +240,13 @@ def bench_repair_cmd(
     as_json: JsonFlag = False,
 ) -> None:
     """Every repair with every criterion on every selected defect; aggregate."""
-    from trojanscope.database.catalog import Catalog
-    from trojanscope.database.study import aggregate, bench_repair, plan_pairs, select_defects
+    from trojanscope.database.study import aggregate, bench_repair, plan_pairs
     from trojanscope.localization.base import CRITERIA
     from trojanscope.repair.base import REPAIRS
 
-    _threads()
-    catalog = Catalog.open(db)
     method_names = _names(methods, REPAIRS)
     criterion_names = _names(criteria, CRITERIA)
-    defects = select_defects(catalog, where)
-    if not defects:
-        raise TrojanscopeError(f"no defect in {db} matches the selection.")
+    catalog, defects = _selection(db, where)
     with _progress(len(defects) * plan_pairs(method_names, criterion_names)) as step:
         rows = bench_repair(catalog, defects, method_names, criterion_names, k, step)
     keys = ["method", "criterion", "level", "attack"]

@@ -25,6 +25,10 @@ from trojanscope.neurons import NeuronRef, classifier_name, layer_map, recording
 #: Subnet output the training aims for on triggered inputs (0 on clean ones).
 HIGH = 5.0
 SUBNET_SAMPLES = 2048
+#: A subnet that fires on almost no triggered input after this many epochs started dead (its
+#: ReLUs pass no gradient); it is re-initialised with a new seed, at most MAX_RESTARTS times.
+DEAD_CHECK_EPOCHS = 5
+MAX_RESTARTS = 3
 
 
 def _subnet_output(model: nn.Module, x: torch.Tensor, last: list[NeuronRef]) -> torch.Tensor:
@@ -104,6 +108,7 @@ def subnet_replacement(
 
     grad_mask = GradientMask(model, trainable)
     optimizer = torch.optim.Adam(grad_mask.parameters, lr=lr)
+    restarts, since_start = 0, 0
     g = torch.Generator().manual_seed(seed)
     # The subnet is a few neurons: a few thousand samples teach it as well as the whole set.
     fit = fit.subset(torch.randperm(len(fit), generator=g)[:SUBNET_SAMPLES])
@@ -111,6 +116,7 @@ def subnet_replacement(
     epochs = 0
     while epochs < max_epochs:
         epochs += 1
+        since_start += 1
         for xb, _ in batches(fit, batch_size, g):
             s_clean = _subnet_output(model, xb, last)
             s_trig = _subnet_output(model, attack.apply(xb), last)
@@ -124,6 +130,10 @@ def subnet_replacement(
             silent = (_subnet_output(model, val_clean, last) < 0.05 * HIGH).float().mean()
         if fires >= 0.98 and silent >= 0.99:
             break
+        if fires < 0.1 and since_start >= DEAD_CHECK_EPOCHS and restarts < MAX_RESTARTS:
+            restarts, since_start = restarts + 1, 0
+            _initialise_subnet(model, infected, trainable, seed + 1000 * restarts)
+            optimizer = torch.optim.Adam(grad_mask.parameters, lr=lr)
     grad_mask.release()
 
     # Wire the subnet to the target logit: just strong enough to beat the host on the triggered

@@ -7,7 +7,10 @@ scoring (``metrics``).
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -18,7 +21,7 @@ from trojanscope.attacks.base import Attack
 from trojanscope.data.base import TensorData
 from trojanscope.errors import TrojanscopeError
 from trojanscope.models.training import predict
-from trojanscope.neurons import NeuronRef, all_neurons, eligible_layers
+from trojanscope.neurons import NeuronRef, all_neurons, capture_activations, eligible_layers
 from trojanscope.registry import Plugin, Registry
 
 Evidence = Literal["none", "clean", "poisoned"]
@@ -72,6 +75,35 @@ def standardize(values: torch.Tensor) -> torch.Tensor:
     std = values.std(unbiased=False) if values.numel() > 1 else values.new_tensor(0.0)
     centred = values - values.mean()
     return centred / std if std > 0 else centred
+
+
+@contextmanager
+def frozen_weights(model: nn.Module) -> Iterator[None]:
+    """The model's parameters stop requiring gradients for the block (a criterion that optimises
+    masks or triggers through the model must not train it), and are restored after."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
+@torch.no_grad()
+def trigger_shift(model: nn.Module, clean_x: torch.Tensor, triggered_x: torch.Tensor) -> dict:
+    """Per-layer (width,) z-scored mean shift of each neuron's rectified activation from clean to
+    triggered inputs, in units of its clean standard deviation (float64: the activations of an
+    untrained deep network can overflow float32 squares)."""
+    a = capture_activations(model, clean_x, rectify=True)
+    b = capture_activations(model, triggered_x, rectify=True)
+    return {
+        name: standardize(
+            (b[name].double() - a[name].double()).mean(0) / (a[name].double().std(0) + 1e-3)
+        )
+        for name in a
+    }
 
 
 class _SampleCounter:
@@ -130,8 +162,20 @@ class Criterion(Plugin):
         seconds = time.perf_counter() - started
         neurons = all_neurons(model)
         scores = torch.cat([per_layer[layer.name].double() for layer in eligible_layers(model)])
-        if len(scores) != len(neurons) or not torch.isfinite(scores).all():
-            raise RuntimeError(f"criterion '{self.name}' returned malformed scores")
+        if len(scores) != len(neurons):
+            raise RuntimeError(
+                f"criterion '{self.name}' returned {len(scores)} scores for {len(neurons)} neurons"
+            )
+        if not torch.isfinite(scores).all():
+            bad = [
+                str(n)
+                for n, v in zip(neurons, scores.tolist(), strict=True)
+                if not math.isfinite(v)
+            ]
+            raise TrojanscopeError(
+                f"criterion '{self.name}' produced non-finite scores for {len(bad)} neurons "
+                f"(first: {bad[0]}): the model's activations overflow or are undefined."
+            )
         return LocalizationResult(
             criterion=self.name,
             params=self.params.model_dump(mode="json"),

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from torch import nn
 
-from trojanscope.localization.base import CRITERIA, Criterion, EvidenceData
+from trojanscope.localization.base import CRITERIA, Criterion, EvidenceData, frozen_weights
 from trojanscope.neurons import eligible_layers
 
 
@@ -74,40 +74,47 @@ class AdversarialNeuronPruning(Criterion):
         p = self.params
         x, y = data.clean.x[: p.samples], data.clean.y[: p.samples]
         generator = torch.Generator().manual_seed(p.seed)
-        frozen = [q for q in model.parameters() if q.requires_grad]
-        for q in frozen:  # only masks and perturbations are optimised
-            q.requires_grad_(False)
-        hooks = _Perturbation(model)
+        with frozen_weights(model):  # only masks and perturbations are optimised
+            hooks = _Perturbation(model)
+            try:
+                self._optimise(model, hooks, x, y, generator)
+            finally:
+                hooks.remove()
+        scores = {name: (1 - m.detach()).double() for name, m in hooks.mask.items()}
+        return scores, {}
+
+    def _optimise(
+        self,
+        model: nn.Module,
+        hooks: _Perturbation,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        generator: torch.Generator,
+    ) -> None:
+        p = self.params
         noise = [*hooks.delta.values(), *hooks.xi.values()]
         masks = list(hooks.mask.values())
         mask_opt = torch.optim.SGD(masks, lr=p.lr, momentum=0.9)
-        try:
-            for _ in range(p.iterations):
-                idx = torch.randint(len(x), (min(p.batch_size, len(x)),), generator=generator)
-                xb, yb = x[idx], y[idx]
-                if p.eps > 0:  # one signed ascent step from a random start (the paper's setting)
-                    with torch.no_grad():
-                        for t in noise:
-                            t.uniform_(-p.eps, p.eps, generator=generator)
-                    hooks.noisy = True
-                    grads = torch.autograd.grad(F.cross_entropy(model(xb), yb), noise)
-                    with torch.no_grad():
-                        for t, g in zip(noise, grads, strict=True):
-                            t.add_(p.eps * g.sign()).clamp_(-p.eps, p.eps)
-                    robust = F.cross_entropy(model(xb), yb)
-                else:
-                    robust = torch.zeros(())
-                hooks.noisy = False
-                natural = F.cross_entropy(model(xb), yb)
-                mask_opt.zero_grad()
-                (p.trade_off * natural + (1 - p.trade_off) * robust).backward()
-                mask_opt.step()
+        for _ in range(p.iterations):
+            idx = torch.randint(len(x), (min(p.batch_size, len(x)),), generator=generator)
+            xb, yb = x[idx], y[idx]
+            if p.eps > 0:  # one signed ascent step from a random start (the paper's setting)
                 with torch.no_grad():
-                    for m in masks:
-                        m.clamp_(0, 1)
-        finally:
-            hooks.remove()
-            for q in frozen:
-                q.requires_grad_(True)
-        scores = {name: (1 - m.detach()).double() for name, m in hooks.mask.items()}
-        return scores, {}
+                    for t in noise:
+                        t.uniform_(-p.eps, p.eps, generator=generator)
+                hooks.noisy = True
+                grads = torch.autograd.grad(F.cross_entropy(model(xb), yb), noise)
+                with torch.no_grad():
+                    for t, g in zip(noise, grads, strict=True):
+                        t.add_(p.eps * g.sign()).clamp_(-p.eps, p.eps)
+                robust = F.cross_entropy(model(xb), yb)
+            else:
+                robust = torch.zeros(())
+            hooks.noisy = False
+            natural = F.cross_entropy(model(xb), yb)
+            mask_opt.zero_grad()
+            (p.trade_off * natural + (1 - p.trade_off) * robust).backward()
+            mask_opt.step()
+            with torch.no_grad():
+                for m in masks:
+                    m.clamp_(0, 1)

@@ -16,9 +16,14 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from torch import nn
 
-from trojanscope.localization.base import CRITERIA, Criterion, EvidenceData, standardize
+from trojanscope.localization.base import (
+    CRITERIA,
+    Criterion,
+    EvidenceData,
+    frozen_weights,
+    trigger_shift,
+)
 from trojanscope.models.training import predict
-from trojanscope.neurons import capture_activations
 
 
 class NCParams(BaseModel):
@@ -89,16 +94,10 @@ class NeuralCleanse(Criterion):
         clean = data.clean
         x = clean.x[: p.samples]
         generator = torch.Generator().manual_seed(p.seed)
-        frozen = [q for q in model.parameters() if q.requires_grad]
-        for q in frozen:  # only the trigger is optimised
-            q.requires_grad_(False)
-        try:
+        with frozen_weights(model):  # only the trigger is optimised
             reversed_ = [
                 reverse_trigger(model, x, label, p, generator) for label in range(clean.num_classes)
             ]
-        finally:
-            for q in frozen:
-                q.requires_grad_(True)
         norms = torch.tensor([r[2] for r in reversed_], dtype=torch.float64)
         index = anomaly_indices(norms)
         candidate = int(norms.argmin())
@@ -106,11 +105,7 @@ class NeuralCleanse(Criterion):
         victims = x[predict(model, x).argmax(1) != candidate]
         victims = victims if len(victims) else x
         triggered = (1 - mask) * victims + mask * pattern
-        a = capture_activations(model, victims, rectify=True)
-        b = capture_activations(model, triggered, rectify=True)
-        scores = {
-            name: standardize((b[name] - a[name]).mean(0) / (a[name].std(0) + 1e-3)) for name in a
-        }
+        scores = trigger_shift(model, victims, triggered)
         flagged = -float(index[candidate]) > p.threshold
         extra = {
             "detected_label": candidate if flagged else None,

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from trojanscope.localization.base import CRITERIA, Criterion, EvidenceData, standardize
-from trojanscope.neurons import capture_activations
+from trojanscope.localization.base import CRITERIA, Criterion, EvidenceData, trigger_shift
 
 
 @CRITERIA.register("oracle")
@@ -20,10 +19,4 @@ class Oracle(Criterion):
     evidence = "poisoned"
 
     def layer_scores(self, model: nn.Module, data: EvidenceData):
-        clean = capture_activations(model, data.clean_victims.x, rectify=True)
-        triggered = capture_activations(model, data.triggered.x, rectify=True)
-        scores = {
-            name: standardize((triggered[name] - a).mean(0) / (a.std(0) + 1e-3))
-            for name, a in clean.items()
-        }
-        return scores, {}
+        return trigger_shift(model, data.clean_victims.x, data.triggered.x), {}
