@@ -506,7 +506,7 @@ def db_show(
 
 
 # The study commands (localize, repair, bench) live in their own module.
-from trojanscope import cli_study  # noqa: E402, F401
+from trojanscope import cli_scan, cli_study  # noqa: E402, F401
 
 
 def main() -> None:
