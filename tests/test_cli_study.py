@@ -141,3 +141,14 @@ def test_bench_localize_and_repair(db, tmp_path, capsys, monkeypatch):
         monkeypatch,
     )
     assert code == 0 and "repair study" in out and "DER" in out
+
+
+def test_db_export_writes_the_stored_weights(db, tmp_path, capsys, monkeypatch):
+    from safetensors.torch import load_file
+
+    path, defect_id = db
+    out_file = tmp_path / "defect.safetensors"
+    code, _, _ = run(
+        ["db", "export", defect_id, "--out", out_file, "--db", path], capsys, monkeypatch
+    )
+    assert code == 0 and "conv1.weight" in load_file(out_file)

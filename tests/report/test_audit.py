@@ -1,0 +1,101 @@
+"""Auditing model files: a catalogued defect is flagged with its target, its clean model is not;
+dangerous files are never loaded."""
+
+import json
+import shutil
+import sys
+
+import pytest
+
+from trojanscope.database.build import CleanSpec, build_defect, ensure_clean_model
+from trojanscope.database.catalog import Catalog
+from trojanscope.injection.pipeline import InjectionConfig
+from trojanscope.injection.quantity import Quantity
+from trojanscope.report.audit import audit_model
+from trojanscope.report.html import render_audit
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """The clean digits model and a narrow BadNets defect, exported from a catalog."""
+    root = tmp_path_factory.mktemp("audit")
+    catalog = Catalog.open(root / "db", create=True)
+    clean, model, splits = ensure_clean_model(catalog, CleanSpec("digits", "cnn-small"))
+    config = InjectionConfig(quantity=Quantity(level="narrow", layers=["conv1", "conv2"]))
+    defect, _ = build_defect(catalog, clean, model, splits, "badnets", {}, config, 0)
+    assert defect.status == "accepted", defect.reason
+    shutil.copy(catalog.store.path(clean.weights_sha256), root / "clean.safetensors")
+    shutil.copy(catalog.store.path(defect.weights_sha256), root / "defect.safetensors")
+    return root, defect.target
+
+
+def test_a_catalogued_defect_is_flagged_with_its_target(weights):
+    root, target = weights
+    result = audit_model(root / "defect.safetensors", "cnn-small", "digits")
+    assert result.verdict == "backdoor-suspected" and result.exit_code == 1
+    assert result.nc["detected_label"] == target and result.nc["anomaly_index"] > 2
+    assert result.scan_verdict == "clean" and result.arch_params == {"width": 1.0}
+    html = render_audit(result)
+    assert f"target label\n{target}" in html and html.count("data:image/png;base64,") == 3
+
+
+def test_its_clean_model_is_not_flagged(weights):
+    root, _ = weights
+    result = audit_model(root / "clean.safetensors", "cnn-small", "digits")
+    assert result.verdict == "no-backdoor-found" and result.exit_code == 0
+    assert result.nc["detected_label"] is None
+
+
+def test_without_data_only_clp_screening_runs(weights):
+    root, _ = weights
+    result = audit_model(root / "defect.safetensors", "cnn-small")
+    assert result.nc is None and len(result.layer_scores) == 4
+    assert any("CLP" in note for note in result.notes)
+
+
+def _cli(args, capsys, monkeypatch):
+    from trojanscope import cli
+
+    monkeypatch.setattr(sys, "argv", ["trojanscope", *map(str, args)])
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_a_dangerous_file_is_never_loaded(tmp_path, capsys, monkeypatch):
+    canary = tmp_path / "CANARY"
+    evil = tmp_path / "model.pt"  # protocol 2: GLOBAL posix.system, REDUCE
+    evil.write_bytes(
+        b"\x80\x02cposix\nsystem\n(X"
+        + len(f"touch {canary}").to_bytes(4, "little")
+        + f"touch {canary}".encode()
+        + b"tR."
+    )
+    report = tmp_path / "r.html"
+    code, out, _ = _cli(
+        ["audit", evil, "--arch", "cnn-small", "--report", report, "--json"], capsys, monkeypatch
+    )
+    result = json.loads(out)
+    assert code == 1 and result["verdict"] == "dangerous-file" and result["arch"] is None
+    assert "posix.system" in report.read_text() and not canary.exists()
+
+
+def test_weights_of_another_architecture_are_one_sentence(weights, tmp_path, capsys, monkeypatch):
+    root, _ = weights
+    code, _, err = _cli(
+        [
+            "audit",
+            root / "clean.safetensors",
+            "--arch",
+            "resnet18",
+            "--report",
+            tmp_path / "r.html",
+        ],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 2 and "do not fit architecture 'resnet18'" in err and "Traceback" not in err
