@@ -170,3 +170,20 @@ def test_scan_cli_exit_codes_json_and_sarif(corpus, tmp_path, capsys, monkeypatc
     assert code == 3 and "inconclusive" in out
     code, _, err = _cli(["scan", tmp_path / "missing.pt"], capsys, monkeypatch)
     assert code == 2 and "does not exist" in err
+
+
+def test_manifest_cli(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "release"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "sub" / "config.json").write_text("{}")
+    code, out, _ = _cli(["manifest", "create", folder], capsys, monkeypatch)
+    assert code == 0 and "manifest written" in out
+    code, out, _ = _cli(["manifest", "verify", folder, "--json"], capsys, monkeypatch)
+    assert code == 0 and json.loads(out)["ok"]
+    (folder / "model.safetensors").write_bytes(b"tampered")
+    (folder / "extra.bin").write_bytes(b"x")
+    code, out, _ = _cli(["manifest", "verify", folder], capsys, monkeypatch)
+    assert code == 1 and "edited" in out and "extra" in out
+    code, _, err = _cli(["manifest", "verify", tmp_path / "nowhere"], capsys, monkeypatch)
+    assert code == 2 and "is not a folder" in err
