@@ -3,10 +3,10 @@ dangerous files are never loaded."""
 
 import json
 import shutil
-import sys
 
 import pytest
 
+from tests.test_cli import run
 from trojanscope.database.build import CleanSpec, build_defect, ensure_clean_model
 from trojanscope.database.catalog import Catalog
 from trojanscope.injection.pipeline import InjectionConfig
@@ -53,19 +53,6 @@ def test_without_data_only_clp_screening_runs(weights):
     assert any("CLP" in note for note in result.notes)
 
 
-def _cli(args, capsys, monkeypatch):
-    from trojanscope import cli
-
-    monkeypatch.setattr(sys, "argv", ["trojanscope", *map(str, args)])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_a_dangerous_file_is_never_loaded(tmp_path, capsys, monkeypatch):
     canary = tmp_path / "CANARY"
     evil = tmp_path / "model.pt"  # protocol 2: GLOBAL posix.system, REDUCE
@@ -76,7 +63,7 @@ def test_a_dangerous_file_is_never_loaded(tmp_path, capsys, monkeypatch):
         + b"tR."
     )
     report = tmp_path / "r.html"
-    code, out, _ = _cli(
+    code, out, _ = run(
         ["audit", evil, "--arch", "cnn-small", "--report", report, "--json"], capsys, monkeypatch
     )
     result = json.loads(out)
@@ -86,7 +73,7 @@ def test_a_dangerous_file_is_never_loaded(tmp_path, capsys, monkeypatch):
 
 def test_weights_of_another_architecture_are_one_sentence(weights, tmp_path, capsys, monkeypatch):
     root, _ = weights
-    code, _, err = _cli(
+    code, _, err = run(
         [
             "audit",
             root / "clean.safetensors",

@@ -2,12 +2,12 @@
 created, every benign checkpoint clean; SARIF and the CLI's exit codes."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.scan.corpus import build_corpus, build_large_benign
+from tests.test_cli import run
 from trojanscope.scan.findings import overall_verdict
 from trojanscope.scan.sarif import to_sarif
 from trojanscope.scan.scanner import Scanner, detect
@@ -135,26 +135,13 @@ def test_sarif_report(corpus):
     assert "!" in result["locations"][0]["logicalLocations"][0]["fullyQualifiedName"]
 
 
-def _cli(args, capsys, monkeypatch):
-    from trojanscope import cli
-
-    monkeypatch.setattr(sys, "argv", ["trojanscope", *map(str, args)])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_scan_cli_exit_codes_json_and_sarif(corpus, tmp_path, capsys, monkeypatch):
     samples, _ = corpus
     by_name = {s.name: s for s in samples}
-    code, out, _ = _cli(["scan", by_name["benign-safetensors"].path], capsys, monkeypatch)
+    code, out, _ = run(["scan", by_name["benign-safetensors"].path], capsys, monkeypatch)
     assert code == 0 and "clean" in out
     sarif = tmp_path / "out.sarif"
-    code, out, _ = _cli(
+    code, out, _ = run(
         ["scan", by_name["pickle-p2-os-system"].path, "--json", "--sarif", sarif],
         capsys,
         monkeypatch,
@@ -162,28 +149,28 @@ def test_scan_cli_exit_codes_json_and_sarif(corpus, tmp_path, capsys, monkeypatc
     result = json.loads(out)
     assert code == 1 and result["verdict"] == "dangerous" and result["exit_code"] == 1
     assert json.loads(sarif.read_text())["runs"][0]["results"]
-    code, _, _ = _cli(["scan", by_name["pickle-no-stop"].path], capsys, monkeypatch)
+    code, _, _ = run(["scan", by_name["pickle-no-stop"].path], capsys, monkeypatch)
     assert code == 1  # it still names os.system before breaking off
     broken = tmp_path / "broken.pkl"
     broken.write_bytes(b"\x80\x02]q\x00(K\x01K\x02")
-    code, out, _ = _cli(["scan", broken], capsys, monkeypatch)
+    code, out, _ = run(["scan", broken], capsys, monkeypatch)
     assert code == 3 and "inconclusive" in out
-    code, _, err = _cli(["scan", tmp_path / "missing.pt"], capsys, monkeypatch)
+    code, _, err = run(["scan", tmp_path / "missing.pt"], capsys, monkeypatch)
     assert code == 2 and "does not exist" in err
 
 
-def test_manifest_cli(tmp_path, capsys, monkeypatch):
+def test_manifestrun(tmp_path, capsys, monkeypatch):
     folder = tmp_path / "release"
     (folder / "sub").mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(b"weights")
     (folder / "sub" / "config.json").write_text("{}")
-    code, out, _ = _cli(["manifest", "create", folder], capsys, monkeypatch)
+    code, out, _ = run(["manifest", "create", folder], capsys, monkeypatch)
     assert code == 0 and "manifest written" in out
-    code, out, _ = _cli(["manifest", "verify", folder, "--json"], capsys, monkeypatch)
+    code, out, _ = run(["manifest", "verify", folder, "--json"], capsys, monkeypatch)
     assert code == 0 and json.loads(out)["ok"]
     (folder / "model.safetensors").write_bytes(b"tampered")
     (folder / "extra.bin").write_bytes(b"x")
-    code, out, _ = _cli(["manifest", "verify", folder], capsys, monkeypatch)
+    code, out, _ = run(["manifest", "verify", folder], capsys, monkeypatch)
     assert code == 1 and "edited" in out and "extra" in out
-    code, _, err = _cli(["manifest", "verify", tmp_path / "nowhere"], capsys, monkeypatch)
+    code, _, err = run(["manifest", "verify", tmp_path / "nowhere"], capsys, monkeypatch)
     assert code == 2 and "is not a folder" in err
