@@ -40,6 +40,9 @@ def scan(
     sarif: Annotated[
         Path | None, typer.Option(help="Also write a SARIF 2.1.0 report to this file.")
     ] = None,
+    hashes: Annotated[
+        bool, typer.Option("--hash", help="Also report the sha256 of every file and member.")
+    ] = False,
 ) -> None:
     """Scan model files without running them. Exit code: 0 clean, 1 findings, 2 error,
     3 inconclusive (a limit or a parse error stopped the scan: never reported as clean)."""
@@ -52,7 +55,7 @@ def scan(
             raise TrojanscopeError(f"{path} does not exist.")
     if sarif is not None:
         _check_output_file(sarif)
-    reports = Scanner().scan_paths(paths)
+    reports = Scanner(hashes=hashes).scan_paths(paths)
     verdict = overall_verdict(reports)
     if sarif is not None:
         from trojanscope.database.store import write_atomic

@@ -25,7 +25,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from trojanscope.scan.findings import FileReport, LimitExceeded
-from trojanscope.scan.onnx_check import check_onnx, looks_like_onnx
 from trojanscope.scan.pickle_scan import Limits, looks_like_pickle, scan_pickle_stream
 from trojanscope.scan.safetensors_check import check_safetensors
 
@@ -66,6 +65,8 @@ def detect(data: bytes | memoryview) -> str:
         return "pickle"
     if len(head) >= 2 and head[0] == 0x78 and (head[0] * 256 + head[1]) % 31 == 0:
         return "zlib"
+    from trojanscope.scan.onnx_check import looks_like_onnx  # onnx is slow to import
+
     if looks_like_onnx(bytes(data[: 1 << 16])):
         return "onnx"
     stripped = head.lstrip()
@@ -97,8 +98,9 @@ def _read_bounded(
 class Scanner:
     """Scans paths into FileReports (one per file and per archive member)."""
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, hashes: bool = False) -> None:
         self.limits = limits or Limits()
+        self.hashes = hashes  # sha256 of every file and member (costs a full read)
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -135,7 +137,8 @@ class Scanner:
         try:
             with _mapped(path) as data:
                 report = FileReport(str(path), "?", size=len(data))
-                report.sha256 = hashlib.sha256(data).hexdigest()
+                if self.hashes:
+                    report.sha256 = hashlib.sha256(data).hexdigest()
                 self._scan(data, report, reports, 0, _Budget(self.limits), path.parent)
         except OSError as exc:
             report = FileReport(str(path), "unreadable")
@@ -170,8 +173,10 @@ class Scanner:
             elif fmt == "npy":
                 self._npy(data, report, out, depth, budget)
             elif fmt == "safetensors":
-                check_safetensors(bytes(data), report)
+                check_safetensors(data, report)  # reads only the header and sizes
             elif fmt == "onnx":
+                from trojanscope.scan.onnx_check import check_onnx
+
                 check_onnx(bytes(data), report, model_dir)
             elif fmt == "json":
                 _json(data, report)
@@ -191,12 +196,13 @@ class Scanner:
         if budget.members > self.limits.max_members:
             raise LimitExceeded(f"more than {self.limits.max_members} archive members")
         report = FileReport(f"{parent.location}!{name}", "?", size=len(data))
-        report.sha256 = hashlib.sha256(data).hexdigest()
+        if self.hashes:
+            report.sha256 = hashlib.sha256(data).hexdigest()
         self._scan(data, report, out, depth + 1, budget, None)
 
     def _zip(self, data, report, out, depth, budget) -> None:
         try:
-            archive = zipfile.ZipFile(io.BytesIO(bytes(data)))
+            archive = zipfile.ZipFile(_as_file(data))
         except (zipfile.BadZipFile, ValueError) as exc:
             report.add("archive.malformed", "medium", f"unreadable zip archive ({exc})")
             report.incomplete = "unreadable zip archive"
@@ -242,7 +248,7 @@ class Scanner:
 
     def _tar(self, data, report, out, depth, budget) -> None:
         try:
-            archive = tarfile.open(fileobj=io.BytesIO(bytes(data)), mode="r:")  # noqa: SIM115
+            archive = tarfile.open(fileobj=_as_file(data), mode="r:")  # noqa: SIM115
         except tarfile.TarError as exc:
             report.add("archive.malformed", "medium", f"unreadable tar archive ({exc})")
             report.incomplete = "unreadable tar archive"
@@ -275,7 +281,7 @@ class Scanner:
                 report.incomplete = "truncated tar archive"
 
     def _compressed(self, fmt, data, report, out, depth, budget) -> None:
-        raw = io.BytesIO(bytes(data))
+        raw = _as_file(data)
         openers = {
             "gzip": lambda: gzip.GzipFile(fileobj=raw),  # noqa: SIM115
             "bz2": lambda: bz2.BZ2File(raw),  # noqa: SIM115
@@ -311,6 +317,41 @@ class Scanner:
                 "object array: its elements are a pickle, run only with allow_pickle=True",
             )
             self._member("<object pickle>", bytes(data[offset:]), report, out, depth, budget)
+
+
+class _ViewFile(io.RawIOBase):
+    """A read-only, seekable file over a memoryview: archives inside a memory-mapped file are
+    read in place instead of being copied (io.BytesIO would copy the whole file)."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view, self._pos = view, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        chunk = self._view[self._pos : self._pos + len(buffer)]
+        buffer[: len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
+
+
+def _as_file(data: bytes | memoryview) -> io.IOBase:
+    """A seekable file over ``data`` without copying it."""
+    if isinstance(data, memoryview):
+        return io.BufferedReader(_ViewFile(data), buffer_size=_CHUNK)
+    return io.BytesIO(data)
 
 
 def _inflate(data: bytes, limits: Limits, budget: _Budget) -> bytes:
