@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/quickstart.py
 	$(PY) benchmarks/attack_matrix.py
 	$(PY) benchmarks/localization.py
+	$(PY) benchmarks/scan.py
 
 clean:
 	rm -rf $(VENV) trojanscope-db .pytest_cache .ruff_cache
