@@ -174,3 +174,15 @@ def test_manifestrun(tmp_path, capsys, monkeypatch):
     assert code == 1 and "edited" in out and "extra" in out
     code, _, err = run(["manifest", "verify", tmp_path / "nowhere"], capsys, monkeypatch)
     assert code == 2 and "is not a folder" in err
+
+
+def test_directory_links(tmp_path):
+    folder = tmp_path / "model"
+    (folder / "a").mkdir(parents=True)
+    (folder / "a" / "up").symlink_to(folder)  # a loop inside the folder
+    (folder / "secret").symlink_to("/etc/hostname")
+    reports = Scanner().scan_paths([folder])
+    by_name = {Path(r.location).name: r for r in reports}
+    assert "up" not in by_name
+    assert by_name["secret"].findings[0].rule == "file.symlink-escape"
+    assert overall_verdict(reports) == "dangerous"

@@ -128,6 +128,8 @@ class Scanner:
                     )
                     reports.append(report)
                     continue
+                if Path(target).is_dir():
+                    continue  # a folder inside the model folder: its files are scanned anyway
             reports.extend(self.scan_file(path))
         reports.extend(_custom_code(root, files))
         return reports
