@@ -60,6 +60,21 @@ def model(tmp_path: Path) -> Path:
     return _tree(root)
 
 
+def _verify_spying(monkeypatch, root, manifest):
+    """verify_manifest with every os.open recorded (refused entries must never be opened)."""
+    opened: list[str] = []
+    real_open = os.open
+
+    def spy(path: object, *args: object, **kwargs: object) -> int:
+        opened.append(os.fspath(path))  # type: ignore[arg-type]
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(manifest_mod.os, "open", spy)
+    result = verify_manifest(root, manifest)
+    monkeypatch.undo()
+    return result, opened
+
+
 def test_round_trip_nested_tree_is_ok(model: Path) -> None:
     out = create_manifest(model)
     assert out == model.resolve() / MANIFEST_NAME
@@ -159,16 +174,7 @@ def test_hostile_entries_are_refused_and_never_opened(
     manifest = _write_manifest(
         tmp_path / "m.json", [{"path": bad_path, "size": len(secret), "sha256": _sha(secret)}]
     )
-    opened: list[str] = []
-    real_open = os.open
-
-    def spy(path: object, *args: object, **kwargs: object) -> int:
-        opened.append(os.fspath(path))  # type: ignore[arg-type]
-        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(manifest_mod.os, "open", spy)
-    result = verify_manifest(root, manifest)
-    monkeypatch.undo()
+    result, opened = _verify_spying(monkeypatch, root, manifest)
 
     assert opened == []
     assert result.verified == [] and result.edited == [] and result.missing == []
@@ -227,16 +233,7 @@ def test_entry_through_symlinked_folder_is_refused(
     manifest = _write_manifest(
         tmp_path / "m.json", [{"path": "linked/w.bin", "size": 1, "sha256": _sha(b"w")}]
     )
-    opened: list[str] = []
-    real_open = os.open
-
-    def spy(path: object, *args: object, **kwargs: object) -> int:
-        opened.append(os.fspath(path))  # type: ignore[arg-type]
-        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(manifest_mod.os, "open", spy)
-    result = verify_manifest(model, manifest)
-    monkeypatch.undo()
+    result, opened = _verify_spying(monkeypatch, model, manifest)
 
     assert opened == []
     assert result.verified == []
