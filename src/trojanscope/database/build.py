@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -31,6 +31,8 @@ from trojanscope.localization.metrics import layer_hit_rate, score
 from trojanscope.models.base import ARCHITECTURES
 from trojanscope.models.training import CleanTraining, accuracy, train_clean
 from trojanscope.neurons import NeuronRef
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,7 @@ def ensure_clean_model(catalog: Catalog, spec: CleanSpec) -> tuple[CleanModel, n
     training = spec.training.model_dump(mode="json")
     key = content_key("clean", spec.dataset, ds_params, spec.arch, arch_params, spec.seed, training)
     splits = load_splits(spec.dataset, ds_params, spec.seed)
-    with catalog.session() as session:
-        row = session.scalar(select(CleanModel).where(CleanModel.key == key))
+    row = find_by_key(catalog, CleanModel, key)
     if row is not None:
         return row, load_weights(catalog, row, row.weights_sha256), splits
     started = time.perf_counter()
@@ -121,9 +122,14 @@ def ensure_clean_model(catalog: Catalog, spec: CleanSpec) -> tuple[CleanModel, n
         seconds=time.perf_counter() - started,
     )
     if not _insert(catalog, row):  # another builder got there first: use its entry
-        with catalog.session() as session:
-            row = session.scalar(select(CleanModel).where(CleanModel.key == key))
+        row = find_by_key(catalog, CleanModel, key)
     return row, model, splits
+
+
+def find_by_key(catalog: Catalog, table: type[T], key: str) -> T | None:
+    """The entry of ``table`` (a clean model, localization, repair, ...) with key ``key``."""
+    with catalog.session() as session:
+        return session.scalar(select(table).where(table.key == key))
 
 
 def _insert(catalog: Catalog, row: CleanModel | Defect | Localization) -> bool:
@@ -290,11 +296,6 @@ def localization_key(defect_id: int, criterion: str, params: dict[str, Any]) -> 
     return content_key("localization", defect_id, criterion, params)
 
 
-def find_localization(catalog: Catalog, key: str) -> Localization | None:
-    with catalog.session() as session:
-        return session.scalar(select(Localization).where(Localization.key == key))
-
-
 def localize(
     catalog: Catalog,
     defect_id: int,
@@ -307,7 +308,7 @@ def localize(
     ``context``: the defect already loaded (saves reloading it for every criterion)."""
     crit = CRITERIA.create(criterion, **(params or {}))
     key = localization_key(defect_id, criterion, crit.params.model_dump(mode="json"))
-    existing = find_localization(catalog, key)
+    existing = find_by_key(catalog, Localization, key)
     if existing is not None:
         return existing, False
     ctx = context if context is not None else load_defect(catalog, defect_id)
@@ -337,7 +338,7 @@ def localize(
         },
     )
     if not _insert(catalog, row):
-        return find_localization(catalog, key), False
+        return find_by_key(catalog, Localization, key), False
     return row, True
 
 

@@ -7,11 +7,10 @@ import statistics
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import select
-
 from trojanscope.database.build import (
     DefectContext,
     _insert,
+    find_by_key,
     get_defect,
     list_defects,
     load_defect,
@@ -110,7 +109,7 @@ def repair_defect(
             raise ConfigError(f"--k must be at least 1, not {k}.")
     params = repair.params.model_dump(mode="json")
     key = content_key("repair", defect_id, method, params, criterion, criterion_params, k)
-    existing = _find_repair(catalog, key)
+    existing = find_by_key(catalog, RepairRow, key)
     if existing is not None:
         return existing, False
     ctx = context if context is not None else load_defect(catalog, defect_id)
@@ -145,13 +144,8 @@ def repair_defect(
         seconds=outcome.seconds,
     )
     if not _insert(catalog, row):
-        return _find_repair(catalog, key), False
+        return find_by_key(catalog, RepairRow, key), False
     return row, True
-
-
-def _find_repair(catalog: Catalog, key: str) -> RepairRow | None:
-    with catalog.session() as session:
-        return session.scalar(select(RepairRow).where(RepairRow.key == key))
 
 
 def repair_summary(row: RepairRow) -> dict[str, Any]:
