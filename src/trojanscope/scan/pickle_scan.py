@@ -8,30 +8,30 @@ INST, OBJ, NEWOBJ, NEWOBJ_EX, BUILD through ``__setstate__``) is seen with its c
 Written by hand, not on ``pickletools.genops``: genops decodes every argument (a 50 MB array
 of floats becomes millions of Python floats) and cannot say how far it got in a broken file.
 This reader skips arguments it does not need and reports what it saw before any error.
+
+Bounded: the work is linear in the bytes read (each opcode costs O(1) plus the items it moves),
+the stack, MARK depth and memo are capped, and containers carry their size as a tree so that
+"billion laughs" structures (a few opcodes that expand to billions of nodes when a consumer
+walks the result) are reported without ever being expanded.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from trojanscope.scan.findings import FileReport, LimitExceeded
+from trojanscope.scan.limits import Limits
 from trojanscope.scan.policy import classify
 
+__all__ = ["Global", "Limits", "PickleMachine", "looks_like_pickle", "scan_pickle_stream"]
 
-@dataclass(frozen=True)
-class Limits:
-    """Safety bounds; reaching one makes the verdict inconclusive, never clean."""
-
-    max_opcodes: int = 200_000_000
-    max_stack: int = 5_000_000
-    max_marks: int = 100_000
-    max_memo: int = 20_000_000
-    max_pickles: int = 64  # consecutive pickles in one stream (the legacy torch format has 5)
-    max_member_bytes: int = 4 * 2**30  # per decompressed archive member
-    max_total_bytes: int = 16 * 2**30  # decompressed bytes per top-level file
-    max_depth: int = 8  # archive nesting
-    max_members: int = 100_000
+#: Tree sizes saturate here (sizes of bombs grow exponentially; Python ints would too).
+_CAP = 1 << 62
+#: Growth checks (stack over every MARK level, memo, opcode budget) run every this many opcodes.
+_CHECK_EVERY = 0x3FFF
+_MAX_NESTED_ARRAYS = 8  # joblib object arrays nest pickles inside pickles
 
 
 @dataclass(frozen=True)
@@ -43,12 +43,23 @@ class Global:
         return f"{self.module}.{self.name}"
 
 
-@dataclass(frozen=True, eq=False)
 class Called:
-    """The result of a call the load would make (``args`` kept only in value-tracking mode)."""
+    """The result of a call the load would make (``args`` kept only in value-tracking mode);
+    ``n`` is its size as a tree (1 + its arguments')."""
 
-    func: object
-    args: object = None
+    __slots__ = ("func", "args", "n")
+
+    def __init__(self, func: object, args: object = None, n: int = 1) -> None:
+        self.func, self.args, self.n = func, args, n
+
+
+class _Box:
+    """A container the pickle builds: only its size as a tree is kept (expansion bombs)."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
 
 
 class _Unknown:
@@ -59,7 +70,6 @@ class _Unknown:
 
 
 UNKNOWN = _Unknown()
-MARK = object()
 SHORT_TEXT = 512  # longer strings are never decoded (no import name is that long)
 
 
@@ -75,55 +85,26 @@ class PickleResult:
     imports: list[Global] = field(default_factory=list)
 
 
+def _size(value: object) -> int:
+    return getattr(value, "n", 1)
+
+
+def _sizes(items: list[object]) -> int:
+    n = len(items)
+    for v in items:
+        if type(v) is _Box or type(v) is Called:
+            n += v.n - 1  # type: ignore[attr-defined]
+    return n
+
+
 # Argument kinds: fixed-size, length-prefixed (size of the length field), newline-terminated.
 _FIXED = {
-    "(": 0,
-    ".": 0,
-    "0": 0,
-    "1": 0,
-    "2": 0,
-    "N": 0,
-    "R": 0,
-    "a": 0,
-    "b": 0,
-    "d": 0,
-    "e": 0,
-    "l": 0,
-    "o": 0,
-    "s": 0,
-    "t": 0,
-    "u": 0,
-    "}": 0,
-    "]": 0,
-    ")": 0,
-    "\x85": 0,
-    "\x86": 0,
-    "\x87": 0,
-    "\x88": 0,
-    "\x89": 0,
-    "\x81": 0,
-    "\x92": 0,
-    "\x93": 0,
-    "\x94": 0,
-    "\x8f": 0,
-    "\x90": 0,
-    "\x91": 0,
-    "\x97": 0,
-    "\x98": 0,
-    "Q": 0,
-    "K": 1,
-    "q": 1,
-    "h": 1,
-    "\x80": 1,
-    "\x82": 1,
-    "M": 2,
-    "\x83": 2,
-    "J": 4,
-    "r": 4,
-    "j": 4,
-    "\x84": 4,
-    "G": 8,
-    "\x95": 8,
+    **dict.fromkeys("(.012NRabdelostu})]\x85\x86\x87\x88\x89\x81\x92\x93\x94\x8f\x90\x91", 0),
+    **dict.fromkeys("\x97\x98Q", 0),
+    **dict.fromkeys("Kqh\x80\x82", 1),
+    **dict.fromkeys("M\x83", 2),
+    **dict.fromkeys("Jrj\x84", 4),
+    **dict.fromkeys("G\x95", 8),
 }
 _SIZED = {  # opcode: (bytes of the length field, signed, kind of payload)
     "U": (1, False, "bytes"),
@@ -138,17 +119,14 @@ _SIZED = {  # opcode: (bytes of the length field, signed, kind of payload)
     "\x8e": (8, False, "bytes"),
     "\x96": (8, False, "bytes"),
 }
-#: One-byte opcodes pushing one value with a fixed-size argument: {opcode: argument size}.
+#: One-byte opcodes pushing one scalar with a fixed-size argument: {opcode: argument size}.
 _PUSH_FIXED = {
     ord(op): size
     for op, size in {
         "N": 0,
-        "}": 0,
-        "]": 0,
         ")": 0,
         "\x88": 0,
         "\x89": 0,
-        "\x8f": 0,
         "\x97": 0,
         "K": 1,
         "M": 2,
@@ -156,42 +134,74 @@ _PUSH_FIXED = {
         "G": 8,
     }.items()
 }
+_EMPTY_MUTABLE = {ord(op) for op in "}]\x8f"}  # EMPTY_DICT, EMPTY_LIST, EMPTY_SET
 #: Opcodes that pop everything since the last MARK (and the MARK).
 _TO_MARK = {ord(op) for op in "eult\x90\x91d"}
 _TO_MARK_PUSH = {ord(op) for op in "ltd\x91"}  # ... and push the container they built
 _STRINGS = {ord(op) for op in "UC\x8cTBX\x8d\x8e"}
 _SIZED_INT = {ord(op): (w, signed, kind == "text") for op, (w, signed, kind) in _SIZED.items()}
+_LINES = {"I": 1, "L": 1, "F": 1, "S": 1, "V": 1, "P": 1, "g": 1, "p": 1, "c": 2, "i": 2}
+
+#: Bytes per element of the storage classes the legacy torch format names.
+_STORAGE_BYTES = {
+    "DoubleStorage": 8,
+    "FloatStorage": 4,
+    "HalfStorage": 2,
+    "BFloat16Storage": 2,
+    "LongStorage": 8,
+    "IntStorage": 4,
+    "ShortStorage": 2,
+    "CharStorage": 1,
+    "ByteStorage": 1,
+    "BoolStorage": 1,
+    "ComplexFloatStorage": 8,
+    "ComplexDoubleStorage": 16,
+    "QUInt8Storage": 1,
+    "QInt8Storage": 1,
+    "QInt32Storage": 4,
+    "QUInt4x2Storage": 1,
+    "QUInt2x4Storage": 1,
+    "UntypedStorage": 1,
+}
 
 
 def _is_joblib_array(value: object) -> bool:
     return (
         isinstance(value, Called)
         and isinstance(value.func, Global)
-        and (value.func.module, value.func.name) in (("joblib.numpy_pickle", "NumpyArrayWrapper"),)
+        and (value.func.module, value.func.name) == ("joblib.numpy_pickle", "NumpyArrayWrapper")
     )
 
 
 # An undecoded string argument is pushed as a plain tuple (start, end, is_text): no other stack
-# value is a tuple, and tuples are the cheapest object Python makes.
-
-
-_LINES = {"I": 1, "L": 1, "F": 1, "S": 1, "V": 1, "P": 1, "g": 1, "p": 1, "c": 2, "i": 2}
-_STRING_PUSH = {"U", "C", "\x8c", "T", "B", "X", "\x8d", "\x8e", "S", "V"}
+# value is a tuple in the fast mode, and tuples are the cheapest object Python makes.
 
 
 class PickleMachine:
-    """Runs one pickle symbolically, reporting into ``report``."""
+    """Runs pickles symbolically, reporting into ``report``. ``allow`` admits extra imports
+    that are legitimate in the container the pickle sits in (TorchScript's ``__torch__``)."""
 
-    def __init__(self, data: bytes | memoryview, report: FileReport, limits: Limits) -> None:
+    def __init__(
+        self,
+        data: bytes | memoryview,
+        report: FileReport,
+        limits: Limits,
+        allow: Callable[[str, str], bool] | None = None,
+    ) -> None:
         self.data = memoryview(data)
         self.report = report
         self.limits = limits
+        self.allow = allow
         self.seen: dict[str, Global] = {}
         self.called: set[str] = set()
         self.opcodes = 0
-        #: Value-tracking mode (joblib): real values for scalars and containers, so that the
-        #: raw array bytes joblib writes after each NumpyArrayWrapper can be skipped exactly.
+        self.work = 0  # opcodes plus items moved by container opcodes (linear in the input)
+        #: Value-tracking mode (joblib, legacy torch): real values for scalars and containers,
+        #: so that the raw bytes written after the pickles can be skipped exactly.
         self.track = False
+        self.persistent_ids: list[tuple[object, ...]] = []
+        self.first_array: int | None = None  # offset of the first joblib array skipped
+        self._nested = 0
 
     # -- reporting ----------------------------------------------------------------------------
 
@@ -201,6 +211,8 @@ class PickleMachine:
             return
         self.seen[key] = g
         self.report.imports.append(key)
+        if self.allow is not None and self.allow(g.module, g.name):
+            return
         kind = classify(g.module, g.name)
         if kind == "dangerous":
             self.report.add(
@@ -241,10 +253,23 @@ class PickleMachine:
     # -- reading -------------------------------------------------------------------------------
 
     def _line(self, pos: int) -> tuple[bytes, int]:
-        end = bytes(self.data[pos : pos + 4096]).find(b"\n")
-        if end < 0:
-            raise ValueError("unterminated text argument")
-        return bytes(self.data[pos : pos + end]), pos + end + 1
+        """A newline-terminated argument; short lines cost a short copy (no import name, number
+        or protocol-0 string the scanner needs is longer than 4096 bytes)."""
+        for width in (80, 4096):
+            chunk = bytes(self.data[pos : pos + width])
+            end = chunk.find(b"\n")
+            if end >= 0:
+                return chunk[:end], pos + end + 1
+            if len(chunk) < width:
+                break
+        raise ValueError("unterminated text argument")
+
+    def _check_growth(self, stack: list[object], marks: list[list[object]], memo: dict) -> None:
+        lim = self.limits
+        if len(stack) + sum(map(len, marks)) > lim.max_stack:
+            raise LimitExceeded(f"more than {lim.max_stack} values on the stack")
+        if len(memo) > lim.max_memo:
+            raise LimitExceeded(f"more than {lim.max_memo} memo entries")
 
     def run(self, start: int) -> PickleResult:
         """Scan from ``start`` to STOP; errors are findings, limits raise LimitExceeded."""
@@ -255,17 +280,22 @@ class PickleMachine:
         result = PickleResult(start, False)
         pos = op_pos = start
         budget = lim.max_opcodes - self.opcodes
-        push_fixed, sized = _PUSH_FIXED, _SIZED_INT
+        first = budget
+        push_fixed, sized, empty_mutable = _PUSH_FIXED, _SIZED_INT, _EMPTY_MUTABLE
+        check_every, box, sizes = _CHECK_EVERY, _Box, _sizes
+        moved = 0  # items moved by MARK-delimited opcodes (the work beyond one per opcode)
         append = stack.append
         try:
             while True:
                 budget -= 1
+                if not budget & check_every:
+                    if budget <= 0:
+                        raise LimitExceeded(f"more than {lim.max_opcodes} opcodes")
+                    self._check_growth(stack, marks, memo)
                 op_pos = pos
                 code = data[pos]  # IndexError past the end: reported as a missing STOP
                 pos += 1
                 if self.track:
-                    if budget < 0:
-                        raise LimitExceeded(f"more than {lim.max_opcodes} opcodes")
                     stack, pos = self._tracked(code, op_pos, pos, stack, marks, memo, result)
                     append = stack.append
                     if result.complete:
@@ -291,12 +321,25 @@ class PickleMachine:
                     append((pos, pos + length, is_text) if code in _STRINGS else UNKNOWN)
                     pos += length
                     continue
+                if code in empty_mutable:
+                    append(box(1))
+                    continue
                 if 0x85 <= code <= 0x87:  # TUPLE1/2/3
                     size = code - 0x84
                     if len(stack) < size:
                         raise IndexError
-                    del stack[len(stack) - size :]
-                    append(UNKNOWN)
+                    items = stack[-size:]
+                    del stack[-size:]
+                    append(box(min(_CAP, 1 + sizes(items))))
+                    continue
+                if code == 0x73:  # SETITEM
+                    if len(stack) < 3:
+                        raise IndexError
+                    grown = sizes(stack[-2:])
+                    del stack[-2:]
+                    target = stack[-1]  # IndexError: no dict below the pair
+                    if type(target) is box or type(target) is Called:
+                        target.n = min(_CAP, target.n + grown)
                     continue
                 if code == 0x68:  # BINGET
                     key = data[pos]
@@ -318,35 +361,62 @@ class PickleMachine:
                     append = stack.append
                     continue
                 if code in _TO_MARK:  # APPENDS, SETITEMS, ADDITEMS, LIST, TUPLE, DICT, ...
+                    items = stack
                     stack = marks.pop()
                     append = stack.append
+                    moved += len(items)
+                    grown = sizes(items)
                     if code in _TO_MARK_PUSH:
-                        append(UNKNOWN)
+                        append(box(min(_CAP, 1 + grown)))
+                    else:
+                        target = stack[-1]  # IndexError: nothing to add to
+                        if type(target) is box or type(target) is Called:
+                            target.n = min(_CAP, target.n + grown)
                     continue
-                if budget < 0:
-                    raise LimitExceeded(f"more than {lim.max_opcodes} opcodes")
                 stack, pos = self._step(code, op_pos, pos, stack, marks, memo, result)
                 append = stack.append
                 if result.complete:
                     break
-                if len(stack) > lim.max_stack:
-                    raise LimitExceeded(f"more than {lim.max_stack} values on the stack")
         except IndexError:
             if op_pos >= n:
-                self._broken(result, op_pos, "the pickle ends without STOP")
+                self._broken(result, op_pos, start, "the pickle ends without STOP")
             else:
-                self._broken(result, op_pos, "pops from an empty stack or an unbalanced MARK")
-        except (ValueError, struct.error, UnicodeDecodeError) as exc:
-            self._broken(result, op_pos, str(exc))
+                self._broken(
+                    result, op_pos, start, "pops from an empty stack or an unbalanced MARK"
+                )
+        except (ValueError, struct.error, UnicodeDecodeError, OverflowError) as exc:
+            self._broken(result, op_pos, start, str(exc))
+        except RecursionError:
+            self._broken(result, op_pos, start, "nesting too deep")
         finally:
             self.opcodes = lim.max_opcodes - budget
+            self.work += first - budget + moved
+        if result.complete and not self.track:
+            self._check_expansion(result, first - budget)
         result.imports = list(self.seen.values())
         return result
 
+    def _check_expansion(self, result: PickleResult, opcodes: int) -> None:
+        tree = _size(result.value)
+        lim = self.limits
+        if tree > max(lim.min_expansion, lim.max_expansion_ratio * opcodes):
+            self.report.add(
+                "pickle.expansion-bomb",
+                "medium",
+                f"the loaded object expands to {tree if tree < _CAP else 'over 4e18'} nodes "
+                f"from {opcodes} opcodes: shared references nested to blow up whoever walks it "
+                "(a 'billion laughs' structure)",
+                result.end - 1,
+                nodes=tree,
+                opcodes=opcodes,
+            )
+
     def _text(self, value: object) -> str | None:
         """The string a stack value holds, if it is a (short) string."""
-        if type(value) is tuple and value[1] - value[0] <= SHORT_TEXT:
+        if type(value) is tuple and len(value) == 3 and type(value[0]) is int:
             start, end, is_text = value
+            if end - start > SHORT_TEXT:
+                return None
             raw = bytes(self.data[start:end])
             return raw.decode("utf-8", "surrogatepass") if is_text else raw.decode("latin-1")
         if isinstance(value, str):  # Str, or a decoded string in value-tracking mode
@@ -363,11 +433,12 @@ class PickleMachine:
         memo: dict[int, object],
         result: PickleResult,
     ) -> tuple[list[object], int]:
-        """One opcode with real values for scalars, strings and containers (joblib mode)."""
-        data, n = self.data, len(self.data)
+        """One opcode with real values for scalars, strings and containers. Values are kept
+        shallow: dict keys are scalars only (hashing file-built tuples would recurse)."""
+        data, n, lim = self.data, len(self.data), self.limits
         op = chr(code)
-        if code in _PUSH_FIXED:
-            size = _PUSH_FIXED[code]
+        if code in _PUSH_FIXED or code in _EMPTY_MUTABLE:
+            size = _PUSH_FIXED.get(code, 0)
             raw = bytes(data[pos : pos + size])
             if len(raw) < size:
                 raise ValueError("argument runs past the end of the data")
@@ -387,10 +458,17 @@ class PickleMachine:
             pos += width
             if length < 0 or pos + length > n:
                 raise ValueError(f"declared length {length} runs past the end of the data")
-            text = self._text((pos, pos + length, is_text)) if code in _STRINGS else None
-            stack.append(text if text is not None else UNKNOWN)
+            if code in _STRINGS:
+                text = self._text((pos, pos + length, is_text))
+                stack.append(text if text is not None else UNKNOWN)
+            elif op == "\x8a" and length <= 16:  # LONG1: storage sizes above 2**31
+                stack.append(int.from_bytes(data[pos : pos + length], "little", signed=True))
+            else:
+                stack.append(UNKNOWN)
             pos += length
         elif code == 0x94:  # MEMOIZE
+            if len(memo) >= lim.max_memo:
+                raise LimitExceeded(f"more than {lim.max_memo} memo entries")
             memo[len(memo)] = stack[-1]
         elif code == 0x68:  # BINGET
             key = data[pos]
@@ -399,10 +477,13 @@ class PickleMachine:
                 raise ValueError(f"memo key {key} read before it is written")
             stack.append(memo[key])
         elif code == 0x28:  # MARK
+            if len(marks) >= lim.max_marks:
+                raise LimitExceeded(f"more than {lim.max_marks} nested MARKs")
             marks.append(stack)
             stack = []
         elif code in _TO_MARK:
             items, stack = stack, marks.pop()
+            self.work += len(items)
             if op == "l":
                 stack.append(items)
             elif op == "t":
@@ -411,33 +492,53 @@ class PickleMachine:
                 target = {} if op == "d" else stack[-1]
                 if isinstance(target, dict):
                     for key, value in zip(items[::2], items[1::2], strict=False):
-                        if isinstance(key, str | int | float | bool | tuple):
+                        if type(key) in (str, Str, int, float, bool):
                             target[key] = value
                 if op == "d":
                     stack.append(target)
-            elif op == "e" and isinstance(stack[-1], list):
-                stack[-1].extend(items)
+            elif op == "e":
+                if isinstance(stack[-1], list):
+                    stack[-1].extend(items)
             elif op == "\x91":
                 stack.append(UNKNOWN)
+            else:
+                stack[-1]  # noqa: B018 (ADDITEMS needs a set below the MARK)
         elif 0x85 <= code <= 0x87:
             size = code - 0x84
             if len(stack) < size:
                 raise IndexError
-            items = stack[len(stack) - size :]
-            del stack[len(stack) - size :]
+            items = stack[-size:]
+            del stack[-size:]
             stack.append(tuple(items))
+        elif op == "a" and len(stack) >= 2 and isinstance(stack[-2], list):  # APPEND
+            item = stack.pop()
+            stack[-1].append(item)  # type: ignore[attr-defined]
+        elif op == "s" and len(stack) >= 3 and isinstance(stack[-3], dict):  # SETITEM
+            value, key = stack.pop(), stack.pop()
+            if type(key) in (str, Str, int, float, bool):
+                stack[-1][key] = value  # type: ignore[index]
         elif op == "R" and len(stack) >= 2:  # REDUCE keeping the arguments
             args, func = stack.pop(), stack.pop()
             self._call(func, op_pos, "REDUCE")
             stack.append(Called(func, args))
         elif op == "b" and len(stack) >= 2 and _is_joblib_array(stack[-2]):
             state = stack.pop()
-            pos = self._skip_joblib_array(state, pos, result)
+            if self.first_array is None:
+                self.first_array = op_pos
+            pos = self._skip_joblib_array(state, pos)
+        elif op == "Q":  # BINPERSID: the legacy torch format names its storages here
+            pid = stack.pop()
+            if type(pid) is tuple:
+                self.persistent_ids.append(pid)
+            stack.append(UNKNOWN)
+            self.report.metadata["persistent_ids"] = (
+                self.report.metadata.get("persistent_ids", 0) + 1
+            )
         else:
             return self._step(code, op_pos, pos, stack, marks, memo, result)
         return stack, pos
 
-    def _skip_joblib_array(self, state: object, pos: int, result: PickleResult) -> int:
+    def _skip_joblib_array(self, state: object, pos: int) -> int:
         """Past the array bytes joblib writes right after a NumpyArrayWrapper's BUILD."""
         if not isinstance(state, dict):
             raise ValueError("NumpyArrayWrapper state is not a dict")
@@ -449,22 +550,62 @@ class PickleMachine:
             raise ValueError("NumpyArrayWrapper state without a readable dtype and shape")
         import numpy as np  # only parses a dtype string such as "f8" or "<i4"
 
-        kind = np.dtype(descr)
+        try:
+            kind = np.dtype(descr)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"NumpyArrayWrapper dtype {descr[:40]!r} is not a dtype") from exc
         if kind.hasobject:  # object arrays are a nested pickle
-            nested = self.run(pos)
+            if self._nested >= _MAX_NESTED_ARRAYS:
+                raise LimitExceeded(f"object arrays nested deeper than {_MAX_NESTED_ARRAYS}")
+            self._nested += 1
+            try:
+                nested = self.run(pos)
+            finally:
+                self._nested -= 1
             if not nested.complete:
                 raise ValueError("nested object-array pickle breaks off")
             return nested.end
         if state.get("numpy_array_alignment_bytes"):
             pos += 1 + self.data[pos]
-        count = 1
+        count, left = 1, len(self.data) - pos
         for dim in shape:
-            if not isinstance(dim, int) or dim < 0:
+            if type(dim) is not int or dim < 0:
                 raise ValueError("NumpyArrayWrapper shape is not a tuple of sizes")
             count *= dim
-        pos += count * kind.itemsize
-        if pos > len(self.data):
-            raise ValueError("joblib array data runs past the end of the file")
+            if count * kind.itemsize > left:
+                raise ValueError("joblib array data runs past the end of the file")
+        return pos + count * kind.itemsize
+
+    def skip_legacy_storages(self, keys: object, pos: int) -> int:
+        """Past the raw storages of a legacy torch checkpoint, by the sizes they declare: each
+        key of the storage-key list (the fifth pickle) has an 8-byte element count followed by
+        that many elements of the storage type its persistent id names."""
+        data, n = self.data, len(self.data)
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ValueError("the legacy checkpoint's storage key list is unreadable")
+        declared: dict[str, tuple[int | None, object]] = {}
+        for pid in self.persistent_ids:
+            if len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[2], str):
+                kind = pid[1]
+                name = kind.name if isinstance(kind, Global) else None
+                declared[pid[2]] = (_STORAGE_BYTES.get(name or ""), pid[4])
+        for key in keys:
+            if key not in declared:
+                raise ValueError(f"storage {key[:40]!r} is listed but no persistent id names it")
+            element, numel = declared[key]
+            if element is None:
+                raise ValueError(f"storage {key[:40]!r} has an unknown element type")
+            if pos + 8 > n:
+                raise ValueError("the legacy storage records are truncated")
+            count = int.from_bytes(data[pos : pos + 8], "little", signed=True)
+            if count < 0 or (isinstance(numel, int) and count != numel):
+                raise ValueError(
+                    f"storage {key[:40]!r} declares {count} elements where its persistent id "
+                    f"says {numel}"
+                )
+            pos += 8 + count * element
+            if pos > n:
+                raise ValueError(f"storage {key[:40]!r} runs past the end of the file")
         return pos
 
     def _step(
@@ -532,31 +673,35 @@ class PickleMachine:
             g = Global(*arg)  # type: ignore[misc]
             self._import(g, op_pos)
             self._call(g, op_pos, "INST")
+            items = stack
             stack = marks.pop()
-            stack.append(Called(g))
+            stack.append(Called(g, None, min(_CAP, 1 + _sizes(items))))
         elif op == "o":  # OBJ: the first item since MARK is the class
             items = stack
             stack = marks.pop()
             if not items:
                 raise ValueError("OBJ without a class")
             self._call(items[0], op_pos, "OBJ")
-            stack.append(Called(items[0]))
+            stack.append(Called(items[0], None, min(_CAP, _sizes(items))))
         elif op == "R":  # REDUCE
-            _args, func = stack.pop(), stack.pop()
+            args, func = stack.pop(), stack.pop()
             self._call(func, op_pos, "REDUCE")
-            stack.append(Called(func))
+            stack.append(Called(func, None, min(_CAP, 1 + _size(args))))
         elif op == "\x81":  # NEWOBJ
-            _args, cls = stack.pop(), stack.pop()
+            args, cls = stack.pop(), stack.pop()
             self._call(cls, op_pos, "NEWOBJ")
-            stack.append(Called(cls))
+            stack.append(Called(cls, None, min(_CAP, 1 + _size(args))))
         elif op == "\x92":  # NEWOBJ_EX
-            _kwargs, _args, cls = stack.pop(), stack.pop(), stack.pop()
+            kwargs, args, cls = stack.pop(), stack.pop(), stack.pop()
             self._call(cls, op_pos, "NEWOBJ_EX")
-            stack.append(Called(cls))
+            stack.append(Called(cls, None, min(_CAP, 1 + _size(args) + _size(kwargs))))
         elif op == "b":  # BUILD: obj.__setstate__(state) or a dict update
-            stack.pop()
-            if isinstance(stack[-1], Global):
-                self._call(stack[-1], op_pos, "BUILD")
+            state = stack.pop()
+            target = stack[-1]
+            if isinstance(target, Global):
+                self._call(target, op_pos, "BUILD")
+            elif type(target) is _Box or type(target) is Called:
+                target.n = min(_CAP, target.n + _size(state))
         elif op in "\x82\x83\x84":  # EXT1/2/4: a global named only by a registry code
             self.report.add(
                 "pickle.extension-code",
@@ -593,57 +738,71 @@ class PickleMachine:
         elif op == "2":  # DUP
             stack.append(stack[-1])
         elif op == "a":  # APPEND
-            stack.pop()
+            item = stack.pop()
+            target = stack[-1]
+            if type(target) is _Box or type(target) is Called:
+                target.n = min(_CAP, target.n + _size(item))
         elif op == "s":  # SETITEM
-            stack.pop()
-            stack.pop()
+            value, key = stack.pop(), stack.pop()
+            target = stack[-1]
+            if type(target) is _Box or type(target) is Called:
+                target.n = min(_CAP, target.n + _size(key) + _size(value))
         elif op in "\x85\x86\x87":  # TUPLE1/2/3
             size = code - 0x84
             if len(stack) < size:
                 raise IndexError
-            del stack[len(stack) - size :]
-            stack.append(UNKNOWN)
+            items = stack[-size:]
+            del stack[-size:]
+            stack.append(_Box(min(_CAP, 1 + _sizes(items))))
         elif op in "SV":
             stack.append(arg)
         elif op in "\x80\x95":  # PROTO, FRAME: no stack effect
-            pass
+            if op == "\x80" and not 0 <= int(arg) <= 5:  # type: ignore[arg-type]
+                raise ValueError(f"unsupported pickle protocol {arg}")
         elif op == "\x98":  # READONLY_BUFFER needs a value
             stack[-1]  # noqa: B018
+        elif op in "}]\x8f":  # EMPTY_DICT, EMPTY_LIST, EMPTY_SET (reached in value-tracking)
+            stack.append(_Box(1))
         else:  # a value from a text argument (INT, LONG, FLOAT) or NEXT_BUFFER
             stack.append(UNKNOWN)
         return stack, pos
 
-    def _memo_put(self, memo: dict[int, object], key: int, stack: list[object]) -> None:
-        if len(memo) >= self.limits.max_memo:
-            raise LimitExceeded(f"more than {self.limits.max_memo} memo entries")
-        memo[key] = stack[-1]
-
-    def _broken(self, result: PickleResult, offset: int, why: str) -> None:
+    def _broken(self, result: PickleResult, offset: int, start: int, why: str) -> None:
         result.end = offset
+        where = f"the pickle starting at byte {start}" if start else "the pickle"
         self.report.add(
             "pickle.malformed",
             "medium",
-            f"the pickle is malformed at byte {offset} ({why}); what precedes it was analysed",
+            f"{where} is malformed at byte {offset} ({why}); what precedes it was analysed",
             offset,
         )
         self.report.incomplete = f"malformed pickle at byte {offset}"
 
 
-TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_TORCH_MAGIC_PICKLE = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
+#: A legacy torch checkpoint's first pickle: the magic number 0x1950a86a20f9469cfc6c.
+_TORCH_MAGIC = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
+
+
+def is_torch_legacy(data: bytes | memoryview) -> bool:
+    """A stream that starts with the legacy torch magic-number pickle (any protocol)."""
+    head = bytes(data[:32])
+    return head[:1] == b"\x80" and _TORCH_MAGIC in head
 
 
 def looks_like_pickle(head: bytes) -> bool:
-    """A protocol 2-5 header, or a protocol 0/1 stream whose first opcodes parse."""
+    """A cheap sniff for format labels: a protocol 2-5 header, or a stream whose first opcodes
+    parse (whatever the first byte). The scanner itself tries every file as a pickle."""
     if len(head) >= 2 and head[0] == 0x80:
         return 2 <= head[1] <= 5
-    if not head or chr(head[0]) not in "(]}cIiLFSVNKJMGXTU\x8c":
+    if not head:
         return False
     probe = FileReport("probe", "pickle")
     machine = PickleMachine(head, probe, Limits(max_opcodes=64))
     try:
-        machine.run(0)
+        result = machine.run(0)
     except LimitExceeded:
+        return True
+    if result.complete or probe.imports:
         return True
     return not any(
         f.rule == "pickle.malformed" and (f.offset or 0) < min(len(head), 16)
@@ -651,51 +810,79 @@ def looks_like_pickle(head: bytes) -> bool:
     )
 
 
-def scan_pickle_stream(data: bytes | memoryview, report: FileReport, limits: Limits) -> None:
-    """Scan one or more consecutive pickles (the legacy torch format writes five, then raw
-    storage bytes, which are not parsed)."""
+def scan_pickle_stream(
+    data: bytes | memoryview,
+    report: FileReport,
+    limits: Limits,
+    allow: Callable[[str, str], bool] | None = None,
+) -> None:
+    """Scan every pickle of a stream, from its first byte to its last: consecutive pickles are
+    followed whatever byte comes next, the legacy torch format's storages are skipped by their
+    declared sizes and joblib's arrays by their dtype and shape. Any byte no pickle accounts
+    for makes the report incomplete."""
     if len(data) == 0:
         report.add("pickle.malformed", "medium", "empty pickle stream", 0)
         report.incomplete = "empty pickle stream"
         return
-    if _scan_stream(data, report, limits, track=False):
+    legacy = is_torch_legacy(data)
+    machine = _scan_stream(data, report, limits, track=legacy, allow=allow)
+    joblib = "joblib.numpy_pickle.NumpyArrayWrapper" in report.imports
+    if legacy or not (joblib and report.incomplete):
         return
     # A joblib file breaks a plain reading at its first raw array: read it again with values.
-    report.findings.clear()
-    report.imports.clear()
-    report.metadata.clear()
-    report.incomplete = None
-    report.metadata["format_detail"] = "joblib"
-    _scan_stream(data, report, limits, track=True)
+    # Both readings agree up to that array (past it the first one reads array bytes as
+    # opcodes); anything the first saw before it that the second did not is kept.
+    second = FileReport(report.location, report.format, size=report.size)
+    again = _scan_stream(data, second, limits, track=True, allow=allow)
+    before = again.first_array if again.first_array is not None else len(data)
+    seen = {(f.rule, f.offset) for f in second.findings}
+    second.findings += [
+        f
+        for f in report.findings
+        if (f.rule, f.offset) not in seen and f.offset is not None and f.offset < before
+    ]
+    second.metadata["format_detail"] = "joblib"
+    second.metadata["opcodes"] = machine.opcodes + again.opcodes
+    second.metadata["work"] = machine.work + again.work
+    report.findings, report.imports, report.metadata = (
+        second.findings,
+        second.imports,
+        second.metadata,
+    )
+    report.incomplete = second.incomplete
 
 
-def _scan_stream(data: bytes | memoryview, report: FileReport, limits: Limits, track: bool) -> bool:
-    """One pass; False when it should be redone in value-tracking mode (a joblib file)."""
-    machine = PickleMachine(data, report, limits)
+def _scan_stream(
+    data: bytes | memoryview,
+    report: FileReport,
+    limits: Limits,
+    track: bool,
+    allow: Callable[[str, str], bool] | None,
+) -> PickleMachine:
+    """One pass over the stream."""
+    machine = PickleMachine(data, report, limits, allow)
     machine.track = track
-    pos, count = 0, 0
-    legacy = bytes(memoryview(data)[: len(_TORCH_MAGIC_PICKLE)]) == _TORCH_MAGIC_PICKLE
+    pos, count, n = 0, 0, len(data)
+    legacy = is_torch_legacy(data)
     try:
-        while pos < len(data):
+        while pos < n:
+            if count >= limits.max_pickles:
+                raise LimitExceeded(f"more than {limits.max_pickles} pickles in one stream")
             result = machine.run(pos)
-            count += 1
             if not result.complete:
                 break
+            count += 1
             pos = result.end
             if legacy and count == 5:
                 report.metadata["format_detail"] = "legacy torch checkpoint"
-                break
-            if count >= limits.max_pickles:
-                raise LimitExceeded(f"more than {limits.max_pickles} pickles in one stream")
-            if not (
-                pos + 1 < len(data) and looks_like_pickle(bytes(memoryview(data)[pos : pos + 64]))
-            ):
-                break
+                try:
+                    pos = machine.skip_legacy_storages(result.value, pos)
+                except ValueError as exc:
+                    machine._broken(result, pos, 0, str(exc))
+                    break
     except LimitExceeded as exc:
         report.incomplete = f"limit reached: {exc}"
     report.metadata["pickles"] = count
     report.metadata["opcodes"] = machine.opcodes
-    if pos < len(data) and not report.incomplete:
-        report.metadata["trailing_bytes"] = len(data) - pos
-    joblib = "joblib.numpy_pickle.NumpyArrayWrapper" in report.imports
-    return track or not (joblib and report.incomplete)
+    report.metadata["work"] = machine.work
+    return machine
