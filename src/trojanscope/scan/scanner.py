@@ -1,98 +1,62 @@
-"""`trojanscope scan`: recognise each file by its content and run the matching scanner.
+"""`trojanscope scan`: recognise each file by its content and run the matching reader.
 
-Nothing is imported, unpickled or executed from a scanned file. Archives (zip, tar, gzip, bz2,
-xz, zlib) are opened with bounded decompression and scanned member by member at any depth,
-whatever the members are called; a limit hit makes the verdict inconclusive, never clean.
+Nothing is imported, unpickled or executed from a scanned file. Fail closed: a file is clean
+only when every byte of it was accounted for by a supported format whose content is allowed.
+Every file is tried as a pickle from its first byte whatever its format; archives (zip, tar,
+7z, gzip, bz2, xz, zlib) are read member by member at any depth with bounded decompression;
+what no reader accounts for, a limit, a parse error or a special file makes the verdict
+inconclusive, never clean.
 """
 
 from __future__ import annotations
 
-import ast
-import bz2
-import gzip
 import hashlib
 import io
-import json
-import lzma
 import mmap
 import os
 import re
+import stat
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from trojanscope.scan import formats
+from trojanscope.scan.decompress import TruncatedStream, decompress, read_member
+from trojanscope.scan.detect import CONTAINERS, detect, hdf5_offset, image_kind
 from trojanscope.scan.findings import FileReport, LimitExceeded
-from trojanscope.scan.pickle_scan import Limits, looks_like_pickle, scan_pickle_stream
-from trojanscope.scan.safetensors_check import check_safetensors
+from trojanscope.scan.limits import BombDetected, Budget, Limits
+from trojanscope.scan.numpy_check import NpyError, read_layout
+from trojanscope.scan.pickle_scan import PickleMachine, scan_pickle_stream
 
 #: Members of a PyTorch zip checkpoint holding raw storage bytes (never unpickled by torch).
 _TORCH_STORAGE = re.compile(r"(^|/)data/\d+$")
-_TORCH_RAW = re.compile(r"(^|/)(version|byteorder|\.data/version|\.data/serialization_id)$")
-_CHUNK = 1 << 20
+_IMPORT_RULES = ("pickle.dangerous-import", "pickle.unknown-import")
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    OSError,
+    EOFError,
+    NotImplementedError,
+    RuntimeError,
+    ValueError,
+)
 
 
-class _Budget:
-    """Decompressed bytes left for one top-level file (zip bombs stop here)."""
+@dataclass(frozen=True)
+class _Context:
+    """Where a (member) file sits: output list, nesting depth, the top-level budget, the model
+    folder (for ONNX external data) and what its container admits (TorchScript classes)."""
 
-    def __init__(self, limits: Limits) -> None:
-        self.left = limits.max_total_bytes
-        self.members = 0
-
-
-def detect(data: bytes | memoryview) -> str:
-    """The format of ``data`` by content (magic numbers and structure), never by name."""
-    head = bytes(data[:512])
-    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08"):
-        return "zip"
-    if head[:6] == b"\x93NUMPY":
-        return "npy"
-    if head[:2] == b"\x1f\x8b":
-        return "gzip"
-    if head[:3] == b"BZh" and head[3:4].isdigit():
-        return "bz2"
-    if head[:6] == b"\xfd7zXZ\x00":
-        return "xz"
-    if len(head) >= 262 and head[257:262] == b"ustar":
-        return "tar"
-    if len(head) >= 10:
-        n = int.from_bytes(head[:8], "little")
-        if 2 <= n <= len(data) - 8 and head[8:9] == b"{":
-            return "safetensors"
-    if looks_like_pickle(head):
-        return "pickle"
-    if len(head) >= 2 and head[0] == 0x78 and (head[0] * 256 + head[1]) % 31 == 0:
-        return "zlib"
-    from trojanscope.scan.onnx_check import looks_like_onnx  # onnx is slow to import
-
-    if looks_like_onnx(bytes(data[: 1 << 16])):
-        return "onnx"
-    stripped = head.lstrip()
-    if stripped[:1] in (b"{", b"["):
-        return "json"
-    return "unknown"
-
-
-def _read_bounded(
-    stream: io.BufferedIOBase | io.RawIOBase, limits: Limits, budget: _Budget
-) -> bytes:
-    out = bytearray()
-    while True:
-        chunk = stream.read(_CHUNK)
-        if not chunk:
-            return bytes(out)
-        out += chunk
-        budget.left -= len(chunk)
-        if len(out) > limits.max_member_bytes:
-            raise LimitExceeded(
-                f"a member decompresses to more than {limits.max_member_bytes} bytes"
-            )
-        if budget.left < 0:
-            raise LimitExceeded(
-                f"the file decompresses to more than {limits.max_total_bytes} bytes"
-            )
+    out: list[FileReport]
+    depth: int
+    budget: Budget
+    model_dir: Path | None
+    allow: Callable[[str, str], bool] | None = None
+    role: str | None = None  # "torchscript-code": a TorchScript source, not a pickle
 
 
 class Scanner:
@@ -115,11 +79,12 @@ class Scanner:
 
     def scan_directory(self, root: Path) -> list[FileReport]:
         reports: list[FileReport] = []
-        files = sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink())
-        for path in files:
+        entries = sorted(p for p in root.rglob("*") if not p.is_dir() or p.is_symlink())
+        real_root = os.path.realpath(root)
+        for path in entries:
             if path.is_symlink():
                 target = os.path.realpath(path)
-                if not Path(target).is_relative_to(os.path.realpath(root)):
+                if not Path(target).is_relative_to(real_root):
                     report = FileReport(str(path), "symlink")
                     report.add(
                         "file.symlink-escape",
@@ -131,124 +96,238 @@ class Scanner:
                 if Path(target).is_dir():
                     continue  # a folder inside the model folder: its files are scanned anyway
             reports.extend(self.scan_file(path))
-        reports.extend(_custom_code(root, files))
+        reports.extend(_custom_code(entries))
         return reports
 
     def scan_file(self, path: Path) -> list[FileReport]:
+        """One file (and its members). Special files (FIFOs, devices, sockets) are never
+        opened: reading one can block forever or have side effects."""
+        special = _special_kind(path)
+        if special is not None:
+            report = FileReport(str(path), "special")
+            report.incomplete = f"{special}, not a regular file: not read"
+            return [report]
         reports: list[FileReport] = []
         try:
             with _mapped(path) as data:
                 report = FileReport(str(path), "?", size=len(data))
                 if self.hashes:
                     report.sha256 = hashlib.sha256(data).hexdigest()
-                self._scan(data, report, reports, 0, _Budget(self.limits), path.parent)
+                context = _Context(reports, 0, Budget(self.limits), path.parent)
+                self._scan(data, report, context, name=path.name)
+                _record_budget(report, context.budget)
+        except _SpecialFile as exc:
+            report = FileReport(str(path), "special")
+            report.incomplete = f"{exc}, not a regular file: not read"
+            reports.append(report)
         except OSError as exc:
             report = FileReport(str(path), "unreadable")
             report.error = f"cannot read {path}: {exc.strerror or exc}"
             reports.append(report)
         return reports
 
+    def scan_bytes(self, data: bytes, location: str = "<bytes>") -> list[FileReport]:
+        """``data`` as if it were a file called ``location`` (tests, archive tools)."""
+        reports: list[FileReport] = []
+        report = FileReport(location, "?", size=len(data))
+        context = _Context(reports, 0, Budget(self.limits), None)
+        self._scan(data, report, context, location)
+        _record_budget(report, context.budget)
+        return reports
+
     # -- dispatch --------------------------------------------------------------------------
 
-    def _scan(
-        self,
-        data: bytes | memoryview,
-        report: FileReport,
-        out: list[FileReport],
-        depth: int,
-        budget: _Budget,
-        model_dir: Path | None,
-    ) -> None:
-        out.append(report)
-        report.format = fmt = detect(data)
+    def _scan(self, data: bytes | memoryview, report: FileReport, ctx: _Context, name: str) -> None:
+        ctx.out.append(report)
         try:
-            if depth > self.limits.max_depth:
+            if ctx.depth > self.limits.max_depth:
                 raise LimitExceeded(f"archives nested deeper than {self.limits.max_depth}")
-            if fmt == "pickle":
-                scan_pickle_stream(data, report, self.limits)
-            elif fmt == "zip":
-                self._zip(data, report, out, depth, budget)
-            elif fmt == "tar":
-                self._tar(data, report, out, depth, budget)
-            elif fmt in ("gzip", "bz2", "xz", "zlib"):
-                self._compressed(fmt, data, report, out, depth, budget)
-            elif fmt == "npy":
-                self._npy(data, report, out, depth, budget)
-            elif fmt == "safetensors":
-                check_safetensors(data, report)  # reads only the header and sizes
-            elif fmt == "onnx":
-                from trojanscope.scan.onnx_check import check_onnx
-
-                check_onnx(bytes(data), report, model_dir)
-            elif fmt == "json":
-                _json(data, report)
+            if ctx.role == "torchscript-code":
+                report.format = "torchscript-code"
+                formats.torchscript_code(data, report, self.limits)
+                return
+            if len(data) == 0:
+                report.format = "empty"  # nothing to load, nothing to run
+                return
+            fmt = detect(data)
+            report.format = fmt
+            if fmt == "zlib" and self._zlib(data, report, ctx):
+                return
+            if fmt in CONTAINERS and fmt != "zlib":
+                if fmt not in ("zip", "gzip", "xz", "7z", "npy"):  # these cannot start a pickle
+                    self._polyglot(data, report, ctx)
+                self._container(fmt, data, report, ctx)
+            elif not self._pickle(data, report, ctx):
+                self._inert(fmt, data, report, ctx, name)
+        except BombDetected as exc:
+            report.add("archive.bomb", "medium", f"{exc}; the rest was not read")
+            report.incomplete = f"limit reached: {exc}"
         except LimitExceeded as exc:
             report.incomplete = f"limit reached: {exc}"
+
+    def _container(
+        self, fmt: str, data: bytes | memoryview, report: FileReport, ctx: _Context
+    ) -> None:
+        if fmt == "zip":
+            self._zip(data, report, ctx)
+        elif fmt == "tar":
+            self._tar(data, report, ctx)
+        elif fmt == "7z":
+            self._sevenzip(data, report, ctx)
+        elif fmt in ("gzip", "bz2", "xz"):
+            self._compressed(fmt, data, report, ctx)
+        elif fmt == "npy":
+            self._npy(data, report, ctx)
+        elif fmt == "safetensors":
+            from trojanscope.scan.safetensors_check import check_safetensors
+
+            check_safetensors(data, report)  # reads only the header and sizes
+        elif fmt == "hdf5":
+            offset = hdf5_offset(data) or 0
+            if offset:
+                report.metadata["user_block"] = offset
+            from trojanscope.scan.keras_check import check_hdf5
+
+            check_hdf5(data, report, self.limits)
+
+    # -- pickles ---------------------------------------------------------------------------
+
+    def _pickle(self, data: bytes | memoryview, report: FileReport, ctx: _Context) -> bool:
+        """Read ``data`` as a pickle stream; True (and the report filled) if it is one: a
+        complete first pickle, a protocol header, or an import a loader would attempt."""
+        if len(data) == 0:
+            return False
+        trial = FileReport(report.location, "pickle", size=report.size)
+        scan_pickle_stream(data, trial, self.limits, ctx.allow)
+        header = len(data) >= 2 and data[0] == 0x80 and 2 <= data[1] <= 5
+        complete = trial.metadata.get("pickles", 0) > 0
+        if not (complete or header or any(_importable(f) for f in _imports(trial))):
+            return False
+        report.format = "pickle"
+        report.findings += trial.findings
+        report.imports += trial.imports
+        report.metadata.update(trial.metadata)
+        report.incomplete = report.incomplete or trial.incomplete
+        return True
+
+    def _polyglot(self, data: bytes | memoryview, report: FileReport, ctx: _Context) -> None:
+        """A container that could also start a pickle (tar, safetensors, HDF5 after a user
+        block, bz2): what a pickle loader would run from byte 0."""
+        trial = FileReport(report.location, "pickle")
+        machine = PickleMachine(data, trial, replace(self.limits, max_opcodes=1_000_000))
+        try:
+            result = machine.run(0)
+        except LimitExceeded:
+            return
+        if result.complete:
+            report.add(
+                "file.polyglot",
+                "high",
+                f"the file is also a complete pickle (bytes 0-{result.end}): a pickle loader "
+                "given this file runs it",
+                0,
+            )
+            report.findings += [f for f in trial.findings if f.rule != "pickle.malformed"]
+            report.imports += trial.imports
+        else:
+            importable = [f for f in _imports(trial) if _importable(f)]
+            report.findings += importable
+            report.imports += [f"{f.detail['module']}.{f.detail['name']}" for f in importable]
+
+    # -- formats without magic -------------------------------------------------------------
+
+    def _inert(
+        self, fmt: str, data: bytes | memoryview, report: FileReport, ctx: _Context, name: str
+    ) -> None:
+        if fmt == "onnx":
+            from trojanscope.scan.onnx_check import check_onnx
+
+            check_onnx(bytes(data), report, ctx.model_dir)
+        elif fmt in ("json", "text", "pickle"):  # "pickle": sniffed as one, but not a pickle
+            formats.check_text(data, report, self.limits)
+        elif fmt == "image":
+            report.format = "image"
+            report.metadata["format_detail"] = f"{image_kind(data)} image (inert data)"
+        else:
+            report.format = "unknown"
+            what = formats.unsupported_kind(data, name)
+            report.incomplete = f"unsupported format{f' ({what})' if what else ''}"
+
+    def _zlib(self, data: bytes | memoryview, report: FileReport, ctx: _Context) -> bool:
+        """A zlib stream (joblib's compression); False if it does not inflate."""
+        try:
+            content = decompress("zlib", data, ctx.budget)
+        except (zlib.error, TruncatedStream):
+            report.format = "unknown"
+            return False
+        self._member("<zlib>", content, report, ctx)
+        return True
+
+    # -- archives --------------------------------------------------------------------------
 
     def _member(
         self,
         name: str,
         data: bytes,
         parent: FileReport,
-        out: list[FileReport],
-        depth: int,
-        budget: _Budget,
+        ctx: _Context,
+        allow: Callable[[str, str], bool] | None = None,
+        role: str | None = None,
     ) -> None:
-        budget.members += 1
-        if budget.members > self.limits.max_members:
-            raise LimitExceeded(f"more than {self.limits.max_members} archive members")
+        ctx.budget.take_member()
         report = FileReport(f"{parent.location}!{name}", "?", size=len(data))
         if self.hashes:
             report.sha256 = hashlib.sha256(data).hexdigest()
-        self._scan(data, report, out, depth + 1, budget, None)
+        child = _Context(ctx.out, ctx.depth + 1, ctx.budget, None, allow or ctx.allow, role)
+        self._scan(data, report, child, name.rsplit("/", 1)[-1])
 
-    def _zip(self, data, report, out, depth, budget) -> None:
+    def _zip(self, data: bytes | memoryview, report: FileReport, ctx: _Context) -> None:
         try:
             archive = zipfile.ZipFile(_as_file(data))
-        except (zipfile.BadZipFile, ValueError) as exc:
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
             report.add("archive.malformed", "medium", f"unreadable zip archive ({exc})")
             report.incomplete = "unreadable zip archive"
             return
         names = archive.namelist()
-        torch_zip = any(n.endswith("data.pkl") for n in names)
-        if torch_zip:
-            report.metadata["format_detail"] = "PyTorch zip checkpoint"
+        kind = formats.zip_kind(names)
+        if kind:
+            report.metadata["format_detail"] = kind
+        allow = formats.torchscript_allowed if kind == "TorchScript archive" else None
         for info in archive.infolist():
             if info.is_dir():
                 continue
-            if torch_zip and (
-                _TORCH_STORAGE.search(info.filename) or _TORCH_RAW.search(info.filename)
+            if kind in ("PyTorch zip checkpoint", "TorchScript archive") and _TORCH_STORAGE.search(
+                info.filename
             ):
                 continue  # raw tensor bytes: torch.load reads them as bytes, never unpickles
             if (
                 info.compress_size
-                and info.file_size / info.compress_size > 1000
-                and info.file_size > 2**26
+                and info.file_size > self.limits.ratio_floor
+                and info.file_size > self.limits.max_ratio * info.compress_size
             ):
-                report.add(
-                    "archive.bomb",
-                    "medium",
-                    f"member {info.filename} expands {info.file_size // info.compress_size}x",
+                raise BombDetected(
+                    f"member {info.filename} declares {info.file_size} bytes from "
+                    f"{info.compress_size}: a decompression bomb"
                 )
-                raise LimitExceeded(f"member {info.filename} looks like a decompression bomb")
             try:
                 with archive.open(info) as stream:
-                    content = _read_bounded(stream, self.limits, budget)
-            except (
-                zipfile.BadZipFile,
-                zlib.error,
-                lzma.LZMAError,
-                OSError,
-                EOFError,
-                NotImplementedError,
-                RuntimeError,
-            ) as exc:
+                    content = read_member(stream, ctx.budget, info.compress_size or 1)
+            except _ZIP_ERRORS as exc:
                 report.add("archive.malformed", "medium", f"member {info.filename}: {exc}")
                 report.incomplete = f"unreadable member {info.filename}"
                 continue
-            self._member(info.filename, content, report, out, depth, budget)
+            role = (
+                "torchscript-code"
+                if kind == "TorchScript archive" and formats.is_torchscript_source(info.filename)
+                else None
+            )
+            self._member(info.filename, content, report, ctx, allow, role)
+        if kind == "Keras v3 archive":
+            from trojanscope.scan.keras_check import check_keras_archive
 
-    def _tar(self, data, report, out, depth, budget) -> None:
+            check_keras_archive(archive, report, self.limits)
+
+    def _tar(self, data: bytes | memoryview, report: FileReport, ctx: _Context) -> None:
         try:
             archive = tarfile.open(fileobj=_as_file(data), mode="r:")  # noqa: SIM115
         except tarfile.TarError as exc:
@@ -270,55 +349,103 @@ class Scanner:
                     stream = archive.extractfile(member)
                     if stream is None:
                         continue
-                    self._member(
-                        member.name,
-                        _read_bounded(stream, self.limits, budget),
-                        report,
-                        out,
-                        depth,
-                        budget,
-                    )
+                    content = read_member(stream, ctx.budget, None)  # type: ignore[arg-type]
+                    self._member(member.name, content, report, ctx)
             except (tarfile.TarError, OSError, EOFError) as exc:
                 report.add("archive.malformed", "medium", f"tar archive breaks off ({exc})")
                 report.incomplete = "truncated tar archive"
 
-    def _compressed(self, fmt, data, report, out, depth, budget) -> None:
-        raw = _as_file(data)
-        openers = {
-            "gzip": lambda: gzip.GzipFile(fileobj=raw),  # noqa: SIM115
-            "bz2": lambda: bz2.BZ2File(raw),  # noqa: SIM115
-            "xz": lambda: lzma.LZMAFile(raw),  # noqa: SIM115 (entered below)
-        }
+    def _sevenzip(self, data: bytes | memoryview, report: FileReport, ctx: _Context) -> None:
+        from trojanscope.scan.sevenzip import SevenZipError, iter_members
+
         try:
-            if fmt == "zlib":
-                content = _inflate(bytes(data), self.limits, budget)
-            else:
-                with openers[fmt]() as stream:
-                    content = _read_bounded(stream, self.limits, budget)
-        except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
-            if fmt == "zlib":
-                report.format = "unknown"
-                return
-            report.add("archive.malformed", "medium", f"{fmt} stream breaks off ({exc})")
+            for name, content in iter_members(data, ctx.budget):
+                self._member(name, content, report, ctx)
+        except SevenZipError as exc:
+            report.add("archive.malformed", "medium", f"unreadable 7z archive ({exc})")
+            report.incomplete = "unreadable 7z archive"
+
+    def _compressed(
+        self, fmt: str, data: bytes | memoryview, report: FileReport, ctx: _Context
+    ) -> None:
+        try:
+            content = decompress(fmt, data, ctx.budget)
+        except BombDetected:
+            raise
+        except (TruncatedStream, OSError, EOFError, ValueError, zlib.error) as exc:
+            report.add("archive.malformed", "medium", f"{fmt} stream: {exc}")
             report.incomplete = f"unreadable {fmt} stream"
             return
-        self._member(f"<{fmt}>", content, report, out, depth, budget)
+        self._member(f"<{fmt}>", content, report, ctx)
 
-    def _npy(self, data, report, out, depth, budget) -> None:
-        header = _npy_header(data)
-        if header is None:
-            report.add("npy.header", "medium", "malformed .npy header")
+    def _npy(self, data: bytes | memoryview, report: FileReport, ctx: _Context) -> None:
+        try:
+            layout = read_layout(data)
+        except NpyError as exc:
+            report.add("npy.header", "medium", f"malformed .npy header: {exc}")
             report.incomplete = "malformed .npy header"
             return
-        descr, offset = header
-        report.metadata["dtype"] = str(descr)
-        if "O" in str(descr):
+        report.metadata["dtype"] = layout.descr
+        report.metadata["shape"] = list(layout.shape[:8])
+        rest = len(data) - layout.data_offset
+        if layout.has_object:
             report.add(
                 "npy.object-array",
-                "medium",
-                "object array: its elements are a pickle, run only with allow_pickle=True",
+                "info",
+                "object array: NumPy loads it only with allow_pickle=True; its pickle is "
+                "scanned below",
             )
-            self._member("<object pickle>", bytes(data[offset:]), report, out, depth, budget)
+            self._member("<object pickle>", bytes(data[layout.data_offset :]), report, ctx)
+            return
+        expected = layout.data_bytes(cap=rest)
+        if expected > rest:
+            report.add("npy.truncated", "medium", "the array data is shorter than its shape")
+            report.incomplete = "truncated .npy data"
+        elif expected < rest:
+            report.incomplete = (
+                f"{rest - expected} bytes after the array data are not part of the .npy format"
+            )
+
+
+def _record_budget(report: FileReport, budget: Budget) -> None:
+    if budget.used:
+        report.metadata["decompressed_bytes"] = budget.used
+    if budget.members:
+        report.metadata["members"] = budget.members
+
+
+class _SpecialFile(OSError):
+    """A path that turned out not to be a regular file once opened."""
+
+
+def _special_kind(path: Path) -> str | None:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # reported as unreadable when opened
+    if stat.S_ISREG(mode):
+        return None
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _imports(report: FileReport) -> list:
+    return [f for f in report.findings if f.rule in _IMPORT_RULES]
+
+
+def _importable(finding: object) -> bool:
+    """An import a loader could actually perform: dotted identifiers (garbage read from a
+    non-pickle file as GLOBAL arguments names no module)."""
+    detail = getattr(finding, "detail", {})
+    parts = f"{detail.get('module', '')}.{detail.get('name', '')}".split(".")
+    return all(part.isidentifier() for part in parts)
 
 
 class _ViewFile(io.RawIOBase):
@@ -349,59 +476,14 @@ class _ViewFile(io.RawIOBase):
         return len(chunk)
 
 
-def _as_file(data: bytes | memoryview) -> io.IOBase:
+def _as_file(data: bytes | memoryview) -> io.BufferedReader | io.BytesIO:
     """A seekable file over ``data`` without copying it."""
     if isinstance(data, memoryview):
-        return io.BufferedReader(_ViewFile(data), buffer_size=_CHUNK)
+        return io.BufferedReader(_ViewFile(data), buffer_size=1 << 20)
     return io.BytesIO(data)
 
 
-def _inflate(data: bytes, limits: Limits, budget: _Budget) -> bytes:
-    """A zlib stream (joblib's zlib compression), decompressed with the same bounds."""
-    inflater = zlib.decompressobj()
-    out = bytearray()
-    for start in range(0, len(data), _CHUNK):
-        piece = inflater.decompress(data[start : start + _CHUNK])
-        out += piece
-        budget.left -= len(piece)
-        if len(out) > limits.max_member_bytes or budget.left < 0:
-            raise LimitExceeded("a zlib stream decompresses past the size limit")
-    return bytes(out + inflater.flush())
-
-
-def _npy_header(data) -> tuple[str, int] | None:
-    """(descr, data offset) of a .npy file, parsed as a Python literal (never evaluated)."""
-    try:
-        major = data[6]
-        if major == 1:
-            length, start = int.from_bytes(data[8:10], "little"), 10
-        else:
-            length, start = int.from_bytes(data[8:12], "little"), 12
-        text = bytes(data[start : start + length]).decode("latin-1")
-        header = ast.literal_eval(text)
-        return str(header["descr"]), start + length
-    except (ValueError, SyntaxError, KeyError, TypeError, IndexError, MemoryError, RecursionError):
-        return None
-
-
-def _json(data, report: FileReport) -> None:
-    if len(data) > 50 * 2**20:
-        return
-    try:
-        config = json.loads(bytes(data))
-    except (ValueError, RecursionError):
-        return
-    if isinstance(config, dict) and "auto_map" in config:
-        targets = config["auto_map"]
-        report.add(
-            "hf.auto-map",
-            "high",
-            "config names custom model code (auto_map): loading with trust_remote_code runs it",
-            refs=targets if isinstance(targets, dict | list | str) else str(targets),
-        )
-
-
-def _custom_code(root: Path, files: list[Path]) -> list[FileReport]:
+def _custom_code(files: list[Path]) -> list[FileReport]:
     """Python sources shipped in a model directory: what `auto_map` would import."""
     reports = []
     for path in files:
@@ -418,10 +500,14 @@ def _custom_code(root: Path, files: list[Path]) -> list[FileReport]:
 
 @contextmanager
 def _mapped(path: Path) -> Iterator[bytes | memoryview]:
-    """The file's bytes, memory-mapped when non-empty (big checkpoints are not copied)."""
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size == 0:
+    """The file's bytes, memory-mapped when non-empty (big checkpoints are not copied). Opened
+    non-blocking and checked again once open, so a file swapped for a FIFO cannot block."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with open(fd, "rb", closefd=True) as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise _SpecialFile("not a regular file")
+        if info.st_size == 0:
             yield b""
             return
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
