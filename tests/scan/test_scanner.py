@@ -131,8 +131,24 @@ def test_sarif_report(corpus):
     assert "pickle.dangerous-import" in rule_ids
     result = next(r for r in run["results"] if r["ruleId"] == "pickle.dangerous-import")
     assert result["level"] == "error"
-    assert result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == str(sample.path)
+    physical = result["locations"][0]["physicalLocation"]
+    assert physical["artifactLocation"]["uri"] == sample.path.as_uri()  # outside the cwd
+    assert physical["region"]["startLine"] == 1  # GitHub code scanning requires a line
     assert "!" in result["locations"][0]["logicalLocations"][0]["fullyQualifiedName"]
+    rule = next(r for r in run["tool"]["driver"]["rules"] if r["id"] == result["ruleId"])
+    assert float(rule["properties"]["security-severity"]) >= 9.0  # shown as critical
+    assert "security" in rule["properties"]["tags"] and rule["help"]["text"]
+    assert len(result["partialFingerprints"]["primaryLocationLineHash"]) == 64
+
+
+def test_sarif_paths_below_the_working_directory_are_relative(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "evil.pkl").write_bytes(b"cos\nsystem\n(S'x'\ntR.")
+    run = to_sarif(Scanner().scan_paths([tmp_path / "models"]))["runs"][0]
+    location = run["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]
+    assert location == {"uri": "models/evil.pkl", "uriBaseId": "%SRCROOT%"}
+    assert run["originalUriBaseIds"]["%SRCROOT%"]["uri"] == tmp_path.as_uri() + "/"
 
 
 def test_scan_cli_exit_codes_json_and_sarif(corpus, tmp_path, capsys, monkeypatch):
