@@ -90,11 +90,12 @@ def _size(value: object) -> int:
 
 
 def _sizes(items: list[object]) -> int:
+    """Total tree size of ``items``, saturated at _CAP (callers add small amounts on top)."""
     n = len(items)
     for v in items:
         if type(v) is _Box or type(v) is Called:
             n += v.n - 1  # type: ignore[attr-defined]
-    return n
+    return n if n < _CAP else _CAP
 
 
 # Argument kinds: fixed-size, length-prefixed (size of the length field), newline-terminated.
@@ -330,16 +331,17 @@ class PickleMachine:
                         raise IndexError
                     items = stack[-size:]
                     del stack[-size:]
-                    append(box(min(_CAP, 1 + sizes(items))))
+                    append(box(1 + sizes(items)))
                     continue
                 if code == 0x73:  # SETITEM
                     if len(stack) < 3:
                         raise IndexError
-                    grown = sizes(stack[-2:])
-                    del stack[-2:]
-                    target = stack[-1]  # IndexError: no dict below the pair
+                    value = stack.pop()
+                    key = stack.pop()
+                    target = stack[-1]
                     if type(target) is box or type(target) is Called:
-                        target.n = min(_CAP, target.n + grown)
+                        grown = target.n + getattr(key, "n", 1) + getattr(value, "n", 1)
+                        target.n = grown if grown < _CAP else _CAP
                     continue
                 if code == 0x68:  # BINGET
                     key = data[pos]
@@ -367,11 +369,12 @@ class PickleMachine:
                     moved += len(items)
                     grown = sizes(items)
                     if code in _TO_MARK_PUSH:
-                        append(box(min(_CAP, 1 + grown)))
+                        append(box(1 + grown))
                     else:
                         target = stack[-1]  # IndexError: nothing to add to
                         if type(target) is box or type(target) is Called:
-                            target.n = min(_CAP, target.n + grown)
+                            grown += target.n
+                            target.n = grown if grown < _CAP else _CAP
                     continue
                 stack, pos = self._step(code, op_pos, pos, stack, marks, memo, result)
                 append = stack.append
