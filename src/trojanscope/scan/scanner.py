@@ -358,8 +358,11 @@ class Scanner:
     def _sevenzip(self, data: bytes | memoryview, report: FileReport, ctx: _Context) -> None:
         from trojanscope.scan.sevenzip import SevenZipError, iter_members
 
+        def link(name: str, target: str) -> None:
+            report.add("archive.link", "low", f"member {name} is a link to {target}")
+
         try:
-            for name, content in iter_members(data, ctx.budget):
+            for name, content in iter_members(data, ctx.budget, link):
                 self._member(name, content, report, ctx)
         except SevenZipError as exc:
             report.add("archive.malformed", "medium", f"unreadable 7z archive ({exc})")
