@@ -322,10 +322,11 @@ class Scanner:
                 else None
             )
             self._member(info.filename, content, report, ctx, allow, role)
-        if kind == "Keras v3 archive":
+        if kind == "Keras v3 archive" or "config.json" in names:
             from trojanscope.scan.keras_check import check_keras_archive
 
-            check_keras_archive(archive, report, self.limits)
+            # Keras builds the model from config.json alone: checked whatever else is there
+            check_keras_archive(archive, report, self.limits, kind == "Keras v3 archive")
 
     def _tar(self, data: bytes | memoryview, report: FileReport, ctx: _Context) -> None:
         try:
