@@ -216,3 +216,18 @@ def test_iter_members_yields_one_member_at_a_time():
 def test_garbage_after_the_signature_raises_sevenzip_error():
     with pytest.raises(SevenZipError):
         list(iter_members(b"7z\xbc\xaf\x27\x1c" + b"\x00" * 26, Budget(Limits())))
+
+
+def test_a_compressed_header_is_held_against_the_limits_before_py7zr_decodes_it():
+    members = {f"{'long-name-' * 8}{i}.txt": b"x" for i in range(200)}
+    data = seven(members)
+    result, reports = scan(data, Limits(max_text_bytes=4096))
+    assert result == "inconclusive" and "header declares" in reports[0].incomplete
+    assert scan(data)[0] == "clean"
+
+
+def test_too_many_members_stop_before_anything_is_decoded():
+    data = seven({f"{i}.txt": b"text" for i in range(5)})
+    result, reports = scan(data, Limits(max_members=3))
+    assert result == "inconclusive" and "more than 3" in reports[0].incomplete
+    assert reports[0].metadata.get("decompressed_bytes", 0) == 0

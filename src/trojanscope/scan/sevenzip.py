@@ -22,6 +22,7 @@ reported through ``on_link`` and never yielded.
 
 from __future__ import annotations
 
+import io
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,6 +52,7 @@ def iter_members(
 
     from trojanscope.scan.scanner import _as_file  # reads a memory map in place, no copy
 
+    _check_header_size(data, budget)
     source = _as_file(data)
     with _unreadable("unreadable 7z header"):
         archive = py7zr.SevenZipFile(source, "r")
@@ -58,6 +60,8 @@ def iter_members(
         if archive.password_protected:
             raise SevenZipError("encrypted archive: a password is needed")
         files = list(archive.files)
+        if len(files) > budget.limits.max_members:
+            raise LimitExceeded(f"more than {budget.limits.max_members} archive members")
         folders = _folders(archive)
         _check_declared(files, folders, budget)
         for f in files:
@@ -87,6 +91,28 @@ def _unreadable(what: str) -> Iterator[None]:
         raise SevenZipError(f"{what}: out of memory") from exc
     except Exception as exc:  # noqa: BLE001 - any parser failure means "cannot be read"
         raise SevenZipError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+def _check_header_size(data: bytes | memoryview, budget: Budget) -> None:
+    """A compressed ("encoded") header is decoded whole by py7zr when the archive is opened:
+    what it declares is held against ``max_text_bytes`` first (py7zr's own cap is 256 MiB)."""
+    from py7zr.archiveinfo import HeaderStreamsInfo
+
+    if len(data) < 32:
+        raise SevenZipError("truncated archive (no signature header)")
+    offset = int.from_bytes(data[12:20], "little")
+    size = int.from_bytes(data[20:28], "little")
+    start = 32 + offset
+    if size == 0 or start + size > len(data):
+        raise SevenZipError("truncated archive (the header lies past the end of the file)")
+    if data[start] != 0x17:  # kEncodedHeader; a plain header is read from the file as it is
+        return
+    with _unreadable("unreadable 7z header"):
+        streams = HeaderStreamsInfo.retrieve(io.BytesIO(bytes(data[start + 1 : start + size])))
+        declared = sum(_unpack_size(folder) for folder in streams.unpackinfo.folders)
+    limit = budget.limits.max_text_bytes
+    if declared > limit:
+        raise LimitExceeded(f"the 7z header declares {declared} bytes once decoded, above {limit}")
 
 
 def _folders(archive: Any) -> list[tuple[Any, int, int]]:
