@@ -231,3 +231,11 @@ def test_too_many_members_stop_before_anything_is_decoded():
     result, reports = scan(data, Limits(max_members=3))
     assert result == "inconclusive" and "more than 3" in reports[0].incomplete
     assert reports[0].metadata.get("decompressed_bytes", 0) == 0
+
+
+def test_an_empty_archive_is_clean_and_bytes_after_it_are_not():
+    empty = bytearray(b"7z\xbc\xaf\x27\x1c\x00\x04" + bytes(24))  # no header, as 7-Zip writes
+    struct.pack_into("<I", empty, 8, zlib.crc32(empty[12:32]))
+    assert scan(bytes(empty))[0] == "clean"
+    assert scan(bytes(empty) + b"\x00" * 8)[0] == "inconclusive"
+    assert scan(seven({}))[0] == "clean"  # py7zr's own empty archive

@@ -52,7 +52,8 @@ def iter_members(
 
     from trojanscope.scan.scanner import _as_file  # reads a memory map in place, no copy
 
-    _check_header_size(data, budget)
+    if _check_header_size(data, budget):
+        return  # an empty archive: nothing to read, and nothing left unread
     source = _as_file(data)
     with _unreadable("unreadable 7z header"):
         archive = py7zr.SevenZipFile(source, "r")
@@ -93,26 +94,34 @@ def _unreadable(what: str) -> Iterator[None]:
         raise SevenZipError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
-def _check_header_size(data: bytes | memoryview, budget: Budget) -> None:
+def _check_header_size(data: bytes | memoryview, budget: Budget) -> bool:
     """A compressed ("encoded") header is decoded whole by py7zr when the archive is opened:
-    what it declares is held against ``max_text_bytes`` first (py7zr's own cap is 256 MiB)."""
+    what it declares is held against ``max_text_bytes`` first (py7zr's own cap is 256 MiB).
+    True for an empty archive (a signature header announcing no header, as 7-Zip writes)."""
     from py7zr.archiveinfo import HeaderStreamsInfo
 
     if len(data) < 32:
         raise SevenZipError("truncated archive (no signature header)")
+    if zlib.crc32(data[12:32]) != int.from_bytes(data[8:12], "little"):
+        raise SevenZipError("corrupted signature header (CRC mismatch)")
     offset = int.from_bytes(data[12:20], "little")
     size = int.from_bytes(data[20:28], "little")
     start = 32 + offset
+    if size == 0 and offset == 0:
+        if len(data) > 32:
+            raise SevenZipError(f"{len(data) - 32} bytes after an empty archive")
+        return True
     if size == 0 or start + size > len(data):
         raise SevenZipError("truncated archive (the header lies past the end of the file)")
     if data[start] != 0x17:  # kEncodedHeader; a plain header is read from the file as it is
-        return
+        return False
     with _unreadable("unreadable 7z header"):
         streams = HeaderStreamsInfo.retrieve(io.BytesIO(bytes(data[start + 1 : start + size])))
         declared = sum(_unpack_size(folder) for folder in streams.unpackinfo.folders)
     limit = budget.limits.max_text_bytes
     if declared > limit:
         raise LimitExceeded(f"the 7z header declares {declared} bytes once decoded, above {limit}")
+    return False
 
 
 def _folders(archive: Any) -> list[tuple[Any, int, int]]:
