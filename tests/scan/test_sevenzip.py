@@ -239,3 +239,11 @@ def test_an_empty_archive_is_clean_and_bytes_after_it_are_not():
     assert scan(bytes(empty))[0] == "clean"
     assert scan(bytes(empty) + b"\x00" * 8)[0] == "inconclusive"
     assert scan(seven({}))[0] == "clean"  # py7zr's own empty archive
+
+
+def test_bytes_after_the_archive_are_not_clean():
+    data = seven({"a.txt": b"text"})
+    assert scan(data)[0] == "clean"
+    result, reports = scan(data + b"hidden payload")
+    assert result == "inconclusive" and "after the end" in reports[0].findings[0].message
+    assert reports[1].location.endswith("!a.txt")  # the members were still read

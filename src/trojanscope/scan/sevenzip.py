@@ -71,6 +71,9 @@ def iter_members(
         for folder, packsize, offset in folders:
             start = archive.afterheader + offset
             yield from _folder_members(source, folder, packsize, start, budget, on_link)
+    end = 32 + int.from_bytes(data[12:20], "little") + int.from_bytes(data[20:28], "little")
+    if len(data) > end:  # 7-Zip ignores them; so does the scan, which must say so
+        raise SevenZipError(f"{len(data) - end} bytes after the end of the archive are not read")
 
 
 @contextmanager
