@@ -308,6 +308,9 @@ def test_a_keras2_tf_op_lambda_is_reported():
     data = h5_file({"model_config": keras2_config(op)})
     result, reports = scan(data, "model.h5")
     assert result == "suspicious" and rules(reports) == ["keras.tf-op"]
+    write = {"class_name": "TFOpLambda", "config": {"name": "w", "function": "io.write_file"}}
+    result, reports = scan(h5_file({"model_config": keras2_config(write)}), "model.h5")
+    assert result == "dangerous" and rules(reports) == ["keras.tf-op"]
 
 
 def test_an_h5_without_keras_config_is_clean_arrays_only():

@@ -43,8 +43,9 @@ _KERAS_PACKAGES = (
 _BUILTIN_MODULES = frozenset({"builtins", "__builtin__"})
 #: Keys of a training / compile configuration whose strings name losses and metrics.
 _TRAINING_KEYS = frozenset({"loss", "metrics", "weighted_metrics"})
-#: TensorFlow functions a TFOpLambda could call that run Python or touch files.
-_RISKY_TF_OPS = ("py_func", "py_function", "numpy_function", "io.", "compat.v1.py_func")
+#: TensorFlow namespaces and names a TFOpLambda could call that run Python or touch files.
+_RISKY_TF_NAMESPACES = ("io.", "raw_ops.", "gfile.", "compat.v1.gfile.", "summary.", "debugging.")
+_RISKY_TF_NAMES = ("py_func", "py_function", "numpy_function", "read_file", "write_file")
 _MAX_DEPTH = 512  # nesting of a configuration walked (Keras writes a few dozen levels)
 _MAX_PER_RULE = 50  # findings of one rule per file; the rest are counted
 _MAX_HDF5_OBJECTS = 200_000  # links visited in an HDF5 file
@@ -181,7 +182,9 @@ class _Walker:
             )
         if cls in ("TFOpLambda", "SlicingOpLambda"):
             function = _text(_config(node).get("function")) or "?"
-            risky = any(marker in function for marker in _RISKY_TF_OPS)
+            risky = function.startswith(_RISKY_TF_NAMESPACES) or any(
+                name in function for name in _RISKY_TF_NAMES
+            )
             self.add(
                 "keras.tf-op",
                 "high" if risky else "medium",
