@@ -322,10 +322,11 @@ class Scanner:
                 else None
             )
             self._member(info.filename, content, report, ctx, allow, role)
-        if kind == "Keras v3 archive":
+        if kind == "Keras v3 archive" or "config.json" in names:
             from trojanscope.scan.keras_check import check_keras_archive
 
-            check_keras_archive(archive, report, self.limits)
+            # Keras builds the model from config.json alone: checked whatever else is there
+            check_keras_archive(archive, report, self.limits, kind == "Keras v3 archive")
 
     def _tar(self, data: bytes | memoryview, report: FileReport, ctx: _Context) -> None:
         try:
@@ -358,8 +359,11 @@ class Scanner:
     def _sevenzip(self, data: bytes | memoryview, report: FileReport, ctx: _Context) -> None:
         from trojanscope.scan.sevenzip import SevenZipError, iter_members
 
+        def link(name: str, target: str) -> None:
+            report.add("archive.link", "low", f"member {name} is a link to {target}")
+
         try:
-            for name, content in iter_members(data, ctx.budget):
+            for name, content in iter_members(data, ctx.budget, link):
                 self._member(name, content, report, ctx)
         except SevenZipError as exc:
             report.add("archive.malformed", "medium", f"unreadable 7z archive ({exc})")
