@@ -173,6 +173,10 @@ def _is_joblib_array(value: object) -> bool:
     )
 
 
+#: Imports that make a stream a joblib stream, read a second time with values.
+_JOBLIB_NAMES = frozenset({"joblib.numpy_pickle.NumpyArrayWrapper"})
+
+
 # An undecoded string argument is pushed as a plain tuple (start, end, is_text): no other stack
 # value is a tuple in the fast mode, and tuples are the cheapest object Python makes.
 
@@ -555,6 +559,13 @@ class PickleMachine:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"NumpyArrayWrapper dtype {descr[:40]!r} is not a dtype") from exc
         if kind.hasobject:  # object arrays are a nested pickle
+            self.report.add(
+                "joblib.object-array",
+                "info",
+                "object array: joblib unpickles its elements; the nested pickle is scanned with "
+                "the rest",
+                pos,
+            )
             if self._nested >= _MAX_NESTED_ARRAYS:
                 raise LimitExceeded(f"object arrays nested deeper than {_MAX_NESTED_ARRAYS}")
             self._nested += 1
@@ -648,7 +659,9 @@ class PickleMachine:
             raise ValueError(f"unknown opcode {code:#04x}")
 
         if op == ".":  # STOP
-            result.value = stack.pop() if stack else UNKNOWN
+            if not stack:  # CPython: "unpickling stack underflow", nothing is returned
+                raise IndexError
+            result.value = stack.pop()
             result.complete = True
             result.end = pos
         elif op == "c":  # GLOBAL module\nname\n
@@ -826,12 +839,15 @@ def scan_pickle_stream(
         return
     legacy = is_torch_legacy(data)
     machine = _scan_stream(data, report, limits, track=legacy, allow=allow)
-    joblib = "joblib.numpy_pickle.NumpyArrayWrapper" in report.imports
-    if legacy or not (joblib and report.incomplete):
+    joblib = any(name in _JOBLIB_NAMES for name in report.imports)
+    if legacy or not joblib:
         return
-    # A joblib file breaks a plain reading at its first raw array: read it again with values.
-    # Both readings agree up to that array (past it the first one reads array bytes as
-    # opcodes); anything the first saw before it that the second did not is kept.
+    # A joblib stream is read again with values, whether or not the plain reading broke off:
+    # the plain reading takes raw array bytes for opcodes, and reads an object array's nested
+    # pickle as part of the outer one (its memo indices then name the outer pickle's values),
+    # which can end "complete" with findings that are artefacts. The value reading skips raw
+    # arrays by dtype and shape and runs nested pickles on their own memo. Both readings agree
+    # up to the first array; anything the first saw before it that the second did not is kept.
     second = FileReport(report.location, report.format, size=report.size)
     again = _scan_stream(data, second, limits, track=True, allow=allow)
     before = again.first_array if again.first_array is not None else len(data)
