@@ -595,6 +595,12 @@ def markdown(report: dict[str, Any]) -> str:
             ps = r["picklescan"]
             names = ", ".join(g for g in ps.get("globals", []) if not g.endswith("innocuous"))
             lines.append(f"- `{r['package_path']}` ({ps['verdict']}): {names[:300]}")
+    lines += ["", "## Appendix: every non-clean trojanscope verdict", ""]
+    lines += [
+        f"- `{r['package_path']}`: {r['trojanscope']['reason'][:200]}"
+        for r in rows
+        if r["trojanscope"]["verdict"] != "clean"
+    ]
     return "\n".join(lines) + "\n"
 
 
