@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/attack_matrix.py
 	$(PY) benchmarks/localization.py
 	$(PY) benchmarks/scan.py
+	$(PY) benchmarks/scan_real.py
 
 clean:
 	rm -rf $(VENV) trojanscope-db .pytest_cache .ruff_cache

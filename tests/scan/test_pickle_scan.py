@@ -147,3 +147,78 @@ def test_fuzz_mutated_malicious_pickles_still_name_their_import(position, junk):
     data[position : position + len(junk)] = junk
     r = scan(bytes(data))
     assert "os.system" in r.imports and r.verdict == "dangerous"
+
+
+@pytest.mark.parametrize("data", [b".", b"\x80\x02.", b"(.", b"N(."])
+def test_stop_on_an_empty_stack_is_malformed_as_in_cpython(data):
+    # CPython raises "unpickling stack underflow" / "unexpected MARK found": nothing is loaded
+    r = scan(data)
+    assert r.verdict == "inconclusive" and r.metadata["pickles"] == 0
+    assert any(f.rule == "pickle.malformed" and f.offset == len(data) - 1 for f in r.findings)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b".. _iris_dataset:\n\nIris plants dataset\n--------------------\n",  # reStructuredText
+        b".sk-top-container {\n  color: var(--sklearn-color-text);\n}\n",  # CSS
+        b'.\\" Manpage for tool\n.TH TOOL 1\n',  # troff
+    ],
+)
+def test_text_that_starts_with_a_period_is_text_not_a_pickle(text):
+    from trojanscope.scan.scanner import Scanner
+
+    assert not looks_like_pickle(text)
+    (report,) = Scanner().scan_bytes(text, "descr.rst")
+    assert report.format == "text" and report.verdict == "clean", report.findings
+
+
+def _old_joblib(filename: str, protocol: int = 2, module: bytes = b"joblib.numpy_pickle") -> bytes:
+    """A joblib <= 0.9 pickle: an NDArrayWrapper naming its companion .npy file (joblib 0.9
+    wrote the class under joblib.numpy_pickle)."""
+    np = pytest.importorskip("numpy")
+    compat = pytest.importorskip("joblib.numpy_pickle_compat")
+    data = pickle.dumps([compat.NDArrayWrapper(filename, np.ndarray)], protocol=protocol)
+    assert b"joblib.numpy_pickle_compat\n" in data  # GLOBAL: a text line in protocols 0-2
+    return data.replace(b"joblib.numpy_pickle_compat\n", module + b"\n")
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2])
+def test_an_old_joblib_companion_file_is_a_note(protocol):
+    r = scan(_old_joblib("model.pkl_01.npy", protocol))
+    assert r.verdict == "clean", r.findings
+    assert r.metadata["companion_files"] == ["model.pkl_01.npy"]
+    (note,) = [f for f in r.findings if f.rule == "joblib.companion-file"]
+    assert note.severity == "info" and "model.pkl_01.npy" in note.message
+
+
+@pytest.mark.parametrize(
+    "filename", ["/etc/passwd", "../../home/u/evil.npy", "a/../../evil.npy", "C:\\evil.npy", ""]
+)
+@pytest.mark.parametrize("protocol", [0, 2])
+def test_an_old_joblib_companion_outside_the_folder_is_dangerous(filename, protocol):
+    # joblib.load joins the name to the pickle's folder and np.load(allow_pickle=True)s it
+    r = scan(_old_joblib(filename, protocol, module=b"joblib.numpy_pickle_compat"))
+    assert r.verdict == "dangerous", r.findings
+    assert any(f.rule == "joblib.companion-escape" for f in r.findings)
+
+
+def test_an_old_joblib_companion_without_a_name_is_dangerous():
+    data = _old_joblib("model.pkl_01.npy").replace(b"filename", b"fileNAME")
+    r = scan(data)
+    assert any(f.rule == "joblib.companion-unreadable" for f in r.findings)
+    assert r.verdict == "dangerous"
+
+
+def test_a_joblib_object_array_is_read_on_its_own_memo(tmp_path):
+    # The plain reading takes the nested pickle for part of the outer one; its BINGETs then
+    # fetch the outer pickle's values and STACK_GLOBAL looks computed. Only the value reading,
+    # which runs the nested pickle on its own memo as joblib does, may decide.
+    np = pytest.importorskip("numpy")
+    joblib = pytest.importorskip("joblib")
+    path = tmp_path / "objects.joblib"
+    joblib.dump(np.array([np.arange(3), "a", None], dtype=object), path)
+    r = scan(path.read_bytes())
+    assert r.verdict == "clean", r.findings
+    assert r.metadata["format_detail"] == "joblib"
+    assert not any(f.rule in ("pickle.computed-import", "pickle.opaque-call") for f in r.findings)

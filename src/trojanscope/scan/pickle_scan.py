@@ -174,6 +174,56 @@ def _is_joblib_array(value: object) -> bool:
     )
 
 
+#: joblib <= 0.9 placeholders: joblib.load replaces each by ``np.load(allow_pickle=True)`` (or a
+#: zlib read) of the companion file its state names, joined to the pickle's directory.
+_JOBLIB_COMPANIONS = frozenset(
+    (module, name)
+    for module in ("joblib.numpy_pickle", "joblib.numpy_pickle_compat")
+    for name in ("NDArrayWrapper", "ZNDArrayWrapper")
+)
+#: Imports that make a stream a joblib stream, read a second time with values.
+_JOBLIB_NAMES = frozenset(
+    f"{module}.{name}"
+    for module, name in _JOBLIB_COMPANIONS | {("joblib.numpy_pickle", "NumpyArrayWrapper")}
+)
+
+
+def _companion_class(value: object) -> Global | None:
+    """The joblib placeholder class ``value`` is an instance of (built by NEWOBJ, or by
+    copyreg._reconstructor in protocols 0-1), or None."""
+    if not isinstance(value, Called):
+        return None
+    func = value.func
+    if (
+        isinstance(func, Global)
+        and (func.module, func.name)
+        in (("copyreg", "_reconstructor"), ("copy_reg", "_reconstructor"))
+        and isinstance(value.args, tuple)
+        and value.args
+    ):
+        func = value.args[0]
+    if isinstance(func, Global) and (func.module, func.name) in _JOBLIB_COMPANIONS:
+        return func
+    return None
+
+
+def _companion_escape(name: str) -> str | None:
+    """Why ``name``, joined to the pickle's directory by joblib, leaves that directory."""
+    if not name or "\0" in name:
+        return "is empty or holds a NUL byte"
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return "is an absolute path"
+    depth = 0
+    for part in name.replace("\\", "/").split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return "climbs out of the pickle's directory with '..'"
+        elif part not in ("", "."):
+            depth += 1
+    return None
+
+
 # An undecoded string argument is pushed as a plain tuple (start, end, is_text): no other stack
 # value is a tuple in the fast mode, and tuples are the cheapest object Python makes.
 
@@ -529,6 +579,9 @@ class PickleMachine:
             if self.first_array is None:
                 self.first_array = op_pos
             pos = self._skip_joblib_array(state, pos)
+        elif op == "b" and len(stack) >= 2 and (wrapper := _companion_class(stack[-2])):
+            self._check_companion(wrapper, stack[-1], op_pos)
+            return self._step(code, op_pos, pos, stack, marks, memo, result)
         elif op == "Q":  # BINPERSID: the legacy torch format names its storages here
             pid = stack.pop()
             if type(pid) is tuple:
@@ -558,6 +611,13 @@ class PickleMachine:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"NumpyArrayWrapper dtype {descr[:40]!r} is not a dtype") from exc
         if kind.hasobject:  # object arrays are a nested pickle
+            self.report.add(
+                "joblib.object-array",
+                "info",
+                "object array: joblib unpickles its elements; the nested pickle is scanned with "
+                "the rest",
+                pos,
+            )
             if self._nested >= _MAX_NESTED_ARRAYS:
                 raise LimitExceeded(f"object arrays nested deeper than {_MAX_NESTED_ARRAYS}")
             self._nested += 1
@@ -578,6 +638,44 @@ class PickleMachine:
             if count * kind.itemsize > left:
                 raise ValueError("joblib array data runs past the end of the file")
         return pos + count * kind.itemsize
+
+    def _check_companion(self, cls: Global, state: object, offset: int) -> None:
+        """A joblib placeholder's companion file: joblib.load reads (and for NDArrayWrapper
+        unpickles, through ``np.load(allow_pickle=True)``) the file its state names."""
+        name = state.get("filename") if isinstance(state, dict) else None
+        if not isinstance(name, str):
+            self.report.add(
+                "joblib.companion-unreadable",
+                "high",
+                f"{cls.name} without a readable file name: joblib.load opens whatever path its "
+                "state holds",
+                offset,
+            )
+            return
+        shown = repr(name[:200])
+        why = _companion_escape(name)
+        if why is not None:
+            self.report.add(
+                "joblib.companion-escape",
+                "high",
+                f"{cls.name} names companion file {shown}, which {why}: joblib.load reads that "
+                "file" + (" and unpickles it" if cls.name == "NDArrayWrapper" else ""),
+                offset,
+                filename=name[:200],
+            )
+            return
+        listed = self.report.metadata.setdefault("companion_files", [])
+        if name not in listed and len(listed) < 100:
+            listed.append(name)
+            self.report.add(
+                "joblib.companion-file",
+                "info",
+                f"joblib.load also reads companion file {shown} next to this one"
+                + (" with np.load(allow_pickle=True)" if cls.name == "NDArrayWrapper" else "")
+                + ": it is judged by its own scan (scan the folder)",
+                offset,
+                filename=name[:200],
+            )
 
     def skip_legacy_storages(self, keys: object, pos: int) -> int:
         """Past the raw storages of a legacy torch checkpoint, by the sizes they declare: each
@@ -651,7 +749,9 @@ class PickleMachine:
             raise ValueError(f"unknown opcode {code:#04x}")
 
         if op == ".":  # STOP
-            result.value = stack.pop() if stack else UNKNOWN
+            if not stack:  # CPython: "unpickling stack underflow", nothing is returned
+                raise IndexError
+            result.value = stack.pop()
             result.complete = True
             result.end = pos
         elif op == "c":  # GLOBAL module\nname\n
@@ -829,12 +929,16 @@ def scan_pickle_stream(
         return
     legacy = is_torch_legacy(data)
     machine = _scan_stream(data, report, limits, track=legacy, allow=allow)
-    joblib = "joblib.numpy_pickle.NumpyArrayWrapper" in report.imports
-    if legacy or not (joblib and report.incomplete):
+    joblib = any(name in _JOBLIB_NAMES for name in report.imports)
+    if legacy or not joblib:
         return
-    # A joblib file breaks a plain reading at its first raw array: read it again with values.
-    # Both readings agree up to that array (past it the first one reads array bytes as
-    # opcodes); anything the first saw before it that the second did not is kept.
+    # A joblib stream is read again with values, whether or not the plain reading broke off:
+    # the plain reading takes raw array bytes for opcodes, and reads an object array's nested
+    # pickle as part of the outer one (its memo indices then name the outer pickle's values),
+    # which can end "complete" with findings that are artefacts. The value reading skips raw
+    # arrays by dtype and shape, runs nested pickles on their own memo and reads the state of
+    # the old placeholders. Both readings agree up to the first array; anything the first saw
+    # before it that the second did not is kept.
     second = FileReport(report.location, report.format, size=report.size)
     again = _scan_stream(data, second, limits, track=True, allow=allow)
     before = again.first_array if again.first_array is not None else len(data)
