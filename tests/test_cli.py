@@ -223,3 +223,25 @@ def test_console_script_entry_point():
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: unknown kind 'nothing'")
     assert "Traceback" not in proc.stderr
+
+
+def test_files_the_user_asked_for_follow_the_umask(injected, tmp_path, capsys, monkeypatch):
+    import os
+    import stat
+
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"\x80\x02}q\x00.")  # an empty dict, protocol 2
+    old = os.umask(0o022)
+    try:
+        code, _, _ = run(["scan", model, "--sarif", tmp_path / "s.sarif"], capsys, monkeypatch)
+        assert code == 0
+        code, _, _ = run(
+            ["db", "export", injected[1]["id"], "--db", injected[0], "--out", tmp_path / "w.st"],
+            capsys,
+            monkeypatch,
+        )
+        assert code == 0
+    finally:
+        os.umask(old)
+    for name in ("s.sarif", "w.st"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
