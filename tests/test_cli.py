@@ -245,3 +245,46 @@ def test_files_the_user_asked_for_follow_the_umask(injected, tmp_path, capsys, m
         os.umask(old)
     for name in ("s.sarif", "w.st"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+def _pickle_file(path):
+    """A tiny clean model file (an empty dict, protocol 2) at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x80\x02}q\x00.")
+    return path
+
+
+def test_names_are_printed_literally_in_scan_tables(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "a[/]b"
+    names = [
+        _pickle_file(folder / "m.pt"),
+        _pickle_file(tmp_path / "[bold red]x.pt"),
+        _pickle_file(tmp_path / "\x1b[31mred.pt"),
+        _pickle_file(tmp_path / "evil\u202egnp.pt"),
+    ]
+    code, out, err = run(["scan", *names], capsys, monkeypatch)
+    assert code == 0, err
+    assert "a[/]b/m.pt" in out and "[bold red]x.pt" in out
+    assert "\x1b" not in out and "\\x1b[31mred.pt" in out  # no escape sequence reaches the tty
+    assert "\u202e" not in out and "evil\\u202egnp.pt" in out
+    assert "verdict: clean" in out
+
+
+def test_names_are_printed_literally_by_manifest_verify(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "a[/]b"
+    _pickle_file(folder / "m.pt")
+    code, _, err = run(["manifest", "create", folder], capsys, monkeypatch)
+    assert code == 0, err
+    _pickle_file(folder / "[red]y.pt")
+    _pickle_file(folder / "two\nlines.pt")
+    code, out, err = run(["manifest", "verify", folder], capsys, monkeypatch)
+    assert code == 1, err
+    assert "extra   [red]y.pt" in out and "extra   two\\nlines.pt" in out
+    assert out.splitlines()[-1] == "mismatch"
+
+
+def test_names_are_printed_literally_in_errors(tmp_path, capsys, monkeypatch):
+    code, _, err = run(["db", "list", "--db", tmp_path / "[bold]db[/]"], capsys, monkeypatch)
+    assert_one_sentence(code, err, "[bold]db[/]")
+    code, _, err = run(["scan", tmp_path / "gone[/].pt"], capsys, monkeypatch)
+    assert_one_sentence(code, err, "gone[/].pt does not exist")

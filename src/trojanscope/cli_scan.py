@@ -11,7 +11,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from trojanscope.cli import _check_output_file, _print_json, app, out
+from trojanscope.cli import _check_output_file, _print_json, app, out, shown, styled
 from trojanscope.errors import TrojanscopeError
 
 manifest_app = typer.Typer(no_args_is_help=True, help="Integrity manifests of model folders.")
@@ -95,9 +95,11 @@ def _render_scan(reports: list[Any], verdict: str) -> None:
             + [f"inconclusive: {i}" for i in incomplete[:2]]
             + errors
         )
-        table.add_row(top, members[0].format, f"[{_STYLE[worst]}]{worst}[/]", text or "-")
+        table.add_row(
+            shown(top), shown(members[0].format), styled((worst, _STYLE[worst])), shown(text or "-")
+        )
     out.print(table)
-    out.print(f"verdict: [{_STYLE[verdict]}]{verdict}[/]")
+    out.print(styled("verdict: ", (verdict, _STYLE[verdict])))
 
 
 @manifest_app.command("create")
@@ -111,7 +113,7 @@ def manifest_create(
     if not directory.is_dir():
         raise TrojanscopeError(f"{directory} is not a folder.")
     path = create_manifest(directory, output)
-    out.print(f"manifest written to {path}")
+    out.print(f"manifest written to {shown(path)}")
 
 
 @manifest_app.command("verify")
@@ -134,14 +136,18 @@ def manifest_verify(
         _print_json(result.as_dict())
     else:
         for item in result.edited:
-            out.print(f"[red]edited[/]  {item.path}")
+            out.print(styled(("edited", "red"), "  ", item.path))
         for path in result.missing:
-            out.print(f"[red]missing[/] {path}")
+            out.print(styled(("missing", "red"), " ", path))
         for path in result.extra:
-            out.print(f"[yellow]extra[/]   {path}")
+            out.print(styled(("extra", "yellow"), "   ", path))
         for item in result.refused:
-            out.print(f"[red]refused[/] {item.path}: {item.reason}")
-        out.print("[green]all files match the manifest[/]" if result.ok else "[red]mismatch[/]")
+            out.print(styled(("refused", "red"), " ", item.path, ": ", item.reason))
+        out.print(
+            styled(("all files match the manifest", "green"))
+            if result.ok
+            else styled(("mismatch", "red"))
+        )
     raise typer.Exit(0 if result.ok else 1)
 
 
@@ -178,7 +184,7 @@ def audit(
         _print_json({**result.as_dict(), "report": str(report)})
     else:
         style = "green" if result.exit_code == 0 else "bold red"
-        out.print(f"verdict: [{style}]{result.verdict}[/]")
+        out.print(styled("verdict: ", (result.verdict, style)))
         if result.nc:
             out.print(
                 f"Neural Cleanse: label {result.nc['candidate_label']} has anomaly index "
@@ -192,9 +198,9 @@ def audit(
         if result.clp_outliers:
             out.print(
                 f"CLP outlier neurons ({len(result.clp_outliers)}): "
-                + ", ".join(o["neuron"] for o in result.clp_outliers[:10])
+                + ", ".join(shown(o["neuron"]) for o in result.clp_outliers[:10])
             )
         for note in result.notes:
-            out.print(note)
-        out.print(f"report: {report}")
+            out.print(shown(note))
+        out.print(f"report: {shown(report)}")
     raise typer.Exit(result.exit_code)

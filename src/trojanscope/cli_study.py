@@ -20,6 +20,7 @@ from trojanscope.cli import (
     app,
     out,
     parse_key_values,
+    shown,
 )
 from trojanscope.errors import TrojanscopeError
 
@@ -100,7 +101,7 @@ def localize_cmd(
         _print_json(result)
         return
     out.print(
-        f"defect {defect_id}, criterion {criterion} (evidence: {row.evidence})"
+        f"defect {defect_id}, criterion {shown(criterion)} (evidence: {shown(row.evidence)})"
         + (" (stored result)" if not created else "")
     )
     table = Table(box=box.SIMPLE_HEAD)
@@ -122,7 +123,9 @@ def localize_cmd(
             f"{extra['candidate_label']}: "
             + (f"target {detected} detected" if detected is not None else "no target detected")
         )
-    out.print("top-k: " + ", ".join(f"{t['neuron']} ({t['score']:.2f})" for t in result["top"]))
+    out.print(
+        "top-k: " + ", ".join(f"{shown(t['neuron'])} ({t['score']:.2f})" for t in result["top"])
+    )
 
 
 @app.command("repair")
@@ -156,8 +159,8 @@ def repair_cmd(
         _print_json(result)
         return
     out.print(
-        f"defect {defect_id}: {method}"
-        + (f" on the top {row.k} neurons of {criterion}" if row.criterion else "")
+        f"defect {defect_id}: {shown(method)}"
+        + (f" on the top {row.k} neurons of {shown(criterion)}" if row.criterion else "")
         + (" (stored result)" if not created else "")
     )
     out.print(
@@ -177,7 +180,7 @@ def _study_table(
         table.add_column(col, justify="right")
     for entry in table_rows:
         table.add_row(
-            *(str(entry[k]) if entry[k] is not None else "-" for k in keys),
+            *(shown(entry[k]) if entry[k] is not None else "-" for k in keys),
             str(entry["n"]),
             *(_mean_std(entry, key) for _, key in columns),
         )
@@ -227,7 +230,7 @@ def bench_localize_cmd(
         return
     columns = (*LOC_COLUMNS, ("cost (fwd)", "cost_forward"))
     out.print(_study_table("localization study (mean±std)", table, keys, columns))
-    out.print(f"plots: {', '.join(str(p) for p in written)}")
+    out.print(f"plots: {', '.join(shown(p) for p in written)}")
 
 
 @bench_app.command("repair")

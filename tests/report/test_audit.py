@@ -86,3 +86,22 @@ def test_weights_of_another_architecture_are_one_sentence(weights, tmp_path, cap
         monkeypatch,
     )
     assert code == 2 and "do not fit architecture 'resnet18'" in err and "Traceback" not in err
+
+
+def test_file_names_are_escaped_in_the_html_report(tmp_path):
+    evil = tmp_path / "<img src=x onerror=alert(1)>[bold]m.pt"
+    evil.write_bytes(b"\x80\x02}q\x00.")  # a clean pickle: an empty dict
+    html = render_audit(audit_model(evil, None))
+    assert "<img src=x" not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;[bold]m.pt" in html
+
+
+def test_file_names_are_printed_literally_by_audit(tmp_path, capsys, monkeypatch):
+    model = tmp_path / "[bold red]m.pt"
+    model.write_bytes(b"\x80\x02}q\x00.")
+    (tmp_path / "a[").mkdir()
+    report = tmp_path / "a[" / "]r.html"  # the path contains "[/]"
+    code, out, err = run(["audit", model, "--report", report], capsys, monkeypatch)
+    assert "Traceback" not in err and "internal error" not in err
+    assert f"report: {report}" in out and "[/]r.html" in out and report.is_file()
+    assert "verdict: " in out
