@@ -216,13 +216,19 @@ def test_quickstart_json_schema(tmp_path, capsys, monkeypatch):
     assert "oracle" in out  # the table
 
 
-def test_console_script_entry_point():
+@pytest.mark.parametrize("module", ["trojanscope", "trojanscope.cli"])
+def test_console_script_entry_point(module):
     proc = subprocess.run(
-        [sys.executable, "-m", "trojanscope", "list", "nothing"], capture_output=True, text=True
+        [sys.executable, "-m", module, "list", "nothing"], capture_output=True, text=True
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: unknown kind 'nothing'")
     assert "Traceback" not in proc.stderr
+    # commands defined in cli_scan and cli_study exist whichever module runs the app
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "scan", "/nonexistent.pt"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("error: /nonexistent.pt does not exist")
 
 
 def test_files_the_user_asked_for_follow_the_umask(injected, tmp_path, capsys, monkeypatch):
@@ -288,3 +294,39 @@ def test_names_are_printed_literally_in_errors(tmp_path, capsys, monkeypatch):
     assert_one_sentence(code, err, "[bold]db[/]")
     code, _, err = run(["scan", tmp_path / "gone[/].pt"], capsys, monkeypatch)
     assert_one_sentence(code, err, "gone[/].pt does not exist")
+
+
+def test_ctrl_c_exits_130_with_the_documented_sentence(tmp_path):
+    import os
+    import signal
+    import time
+
+    db = tmp_path / "db"
+    args = ["quickstart", "--db", db, "--dataset", "digits", "--seed", "0", "--seed", "1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trojanscope", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TROJANSCOPE_THREADS": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (db / "catalog.sqlite").exists():  # the command is running: it made its catalog
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, err
+    assert err.rstrip().endswith("interrupted: finished entries are kept, nothing half-written.")
+    assert "Traceback" not in err and "Aborted" not in err
+    listed = subprocess.run(
+        [sys.executable, "-m", "trojanscope", "db", "list", "--db", str(db), "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert listed.returncode == 0, listed.stderr  # the catalog is intact
+    assert isinstance(json.loads(listed.stdout), list)

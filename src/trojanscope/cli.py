@@ -568,17 +568,42 @@ def db_export(
 # own modules.
 from trojanscope import cli_scan, cli_study  # noqa: E402, F401
 
+#: What an interrupted command prints (the README promises it).
+INTERRUPTED = "interrupted: finished entries are kept, nothing half-written."
+
+
+def _by_interrupt(exc: BaseException) -> bool:
+    """True when ``exc`` (Typer's exit) was caused by a KeyboardInterrupt: Typer turns Ctrl-C
+    into a silent exit with code 130, so the cause is found in the exception chain."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        item = todo.pop()
+        if item is None or id(item) in seen:
+            continue
+        if isinstance(item, KeyboardInterrupt):
+            return True
+        seen.add(id(item))
+        todo += [item.__cause__, item.__context__]
+    return False
+
 
 def main() -> None:
-    """Entry point: user errors become one sentence and exit code 2, never a traceback."""
+    """Entry point: user errors become one sentence and exit code 2, never a traceback;
+    Ctrl-C ends with exit code 130 and a sentence saying what was kept."""
     try:
         app()
     except TrojanscopeError as exc:
         err.print(f"error: {shown(exc)}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        err.print("interrupted: finished entries are kept, nothing half-written.")
+        err.print(INTERRUPTED, highlight=False, soft_wrap=True)
         raise SystemExit(130) from None
+    except SystemExit as exc:
+        if exc.code == 130 and _by_interrupt(exc):
+            err.print(INTERRUPTED, highlight=False, soft_wrap=True)
+            raise SystemExit(130) from None
+        raise
     except Exception as exc:
         if os.environ.get("TROJANSCOPE_DEBUG"):
             raise
@@ -592,4 +617,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m trojanscope.cli` runs this file as __main__, but the commands of cli_scan and
+    # cli_study register on the app of the module trojanscope.cli: run that one.
+    from trojanscope.cli import main as _main
+
+    _main()
