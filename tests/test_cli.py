@@ -154,6 +154,8 @@ def test_db_list_and_show(injected, capsys, monkeypatch):
     assert code == 0 and "infected neurons" in out
     code, _, err = run(["db", "show", "999", "--db", db], capsys, monkeypatch)
     assert_one_sentence(code, err, "no defect with id 999")
+    code, _, err = run(["db", "show", "99999999999999999999999", "--db", db], capsys, monkeypatch)
+    assert_one_sentence(code, err, "no defect with id 99999999999999999999999")
 
 
 def test_corrupt_weights_file(injected, tmp_path, capsys, monkeypatch):
@@ -330,3 +332,37 @@ def test_ctrl_c_exits_130_with_the_documented_sentence(tmp_path):
     )
     assert listed.returncode == 0, listed.stderr  # the catalog is intact
     assert isinstance(json.loads(listed.stdout), list)
+
+
+def test_catalogs_that_are_not_ours_or_damaged_are_one_sentence(tmp_path, capsys, monkeypatch):
+    import sqlite3
+
+    from trojanscope.database.catalog import Catalog
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    sqlite3.connect(foreign / "catalog.sqlite").execute("CREATE TABLE notes (body TEXT)").close()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "catalog.sqlite").touch()
+    damaged = tmp_path / "damaged"
+    Catalog.open(damaged, create=True)
+    data = (damaged / "catalog.sqlite").read_bytes()
+    page = int.from_bytes(data[16:18], "big")
+    (damaged / "catalog.sqlite").write_bytes(data[:page] + b"\xff" * (len(data) - page))
+    for db, message in (
+        (foreign, "holds another application's tables (notes)"),
+        (empty, "it is an empty file (0 bytes)"),
+        (damaged, "is damaged (database disk image is malformed)"),
+    ):
+        code, _, err = run(["db", "list", "--db", db], capsys, monkeypatch)
+        assert_one_sentence(code, err, message)
+        assert len(err.strip().splitlines()) == 1
+    code, _, err = run(
+        ["inject", "--db", foreign, *DIGITS_BADNETS, "--level", "narrow"], capsys, monkeypatch
+    )
+    assert_one_sentence(code, err, "never adds its own to a foreign database")
+    tables = sqlite3.connect(foreign / "catalog.sqlite").execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'"
+    )
+    assert [name for (name,) in tables] == ["notes"]

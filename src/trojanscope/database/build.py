@@ -33,6 +33,8 @@ from trojanscope.models.training import CleanTraining, accuracy, train_clean
 from trojanscope.neurons import NeuronRef
 
 T = TypeVar("T")
+#: The largest row id SQLite stores (a signed 64-bit integer).
+SQLITE_MAX_ID = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,8 @@ def get_defect_by_key(catalog: Catalog, key: str) -> Defect | None:
 
 def get_defect(catalog: Catalog, defect_id: int) -> Defect:
     """A defect with its clean model and infected neurons loaded."""
+    if not 0 < defect_id <= SQLITE_MAX_ID:  # SQLite cannot even look such an id up
+        raise CatalogError(f"no defect with id {defect_id} in {catalog.root}.")
     with catalog.session() as session:
         row = session.get(Defect, defect_id)
         if row is None:

@@ -11,7 +11,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load, save
 
-from trojanscope.errors import CorruptArtifactError
+from trojanscope.errors import CatalogError, CorruptArtifactError
 
 #: Flags of a new temporary file (binary on Windows, not inherited by child processes).
 _O_NEW = (
@@ -65,8 +65,13 @@ class ArtifactStore:
         sha = hashlib.sha256(data).hexdigest()
         path = self.path(sha)
         if not (path.exists() and _sha256_of(path) == sha):  # also repairs a damaged copy
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, data)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(path, data)
+            except OSError as exc:
+                raise CatalogError(
+                    f"cannot write to the catalog's store {self.root}: {exc.strerror or exc}."
+                ) from None
         return sha
 
     def read_bytes(self, sha256: str) -> bytes:
