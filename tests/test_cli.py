@@ -69,6 +69,8 @@ def test_list_kinds(kind, expected, capsys, monkeypatch):
         ({"--attack-param": "size=20"}, "does not fit the 8x8 image"),
         ({"--attack-param": "colour=red"}, "'colour' extra inputs are not permitted"),
         ({"--attack-param": "size"}, "'size' is not of the form KEY=VALUE"),
+        ({"--seed": "-1"}, "--seed must be between 0 and 4294967295, not -1"),
+        ({"--seed": str(2**32)}, "--seed must be between 0 and 4294967295, not 4294967296"),
     ],
 )
 def test_inject_bad_input(override, message, tmp_path, capsys, monkeypatch):
@@ -90,6 +92,30 @@ def test_unknown_criterion_and_kind(tmp_path, capsys, monkeypatch):
     assert_one_sentence(code, err, "unknown criterion 'magic'; valid names: anp, clp, dstar")
     code, _, err = run(["list", "gizmos"], capsys, monkeypatch)
     assert_one_sentence(code, err, "unknown kind 'gizmos'")
+
+
+def test_quickstart_refuses_a_bad_seed_before_any_work(tmp_path, capsys, monkeypatch):
+    code, _, err = run(
+        ["quickstart", "--db", tmp_path / "db", "--seed", "0", "--seed", "-5"], capsys, monkeypatch
+    )
+    assert_one_sentence(code, err, "--seed must be between 0 and 4294967295, not -5")
+    assert not (tmp_path / "db").exists()
+
+
+def test_a_data_set_with_one_class_is_refused(tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    from tests.data.test_idx import write_idx
+
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", np.full((n, 12, 12), 7, np.uint8))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.full(n, 3, np.uint8))
+    args = ["--dataset", "mnist", "--data-param", f"data_dir={tmp_path}", "--db", tmp_path / "db"]
+    code, _, err = run(
+        ["inject", *args, "--arch", "cnn-small", "--attack", "badnets"], capsys, monkeypatch
+    )
+    assert_one_sentence(code, err, "data set 'mnist' holds only one class (3 in its training")
+    assert not (tmp_path / "db").exists()
 
 
 def test_json_output_to_a_folder_is_refused_before_any_work(tmp_path, capsys, monkeypatch):

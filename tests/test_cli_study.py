@@ -96,11 +96,12 @@ def test_repair_json_schema(db, capsys, monkeypatch):
         (["bench", "localize", "--where", "colour=red"], "cannot filter on 'colour'"),
         (["bench", "localize", "--where", "level=large"], "no defect"),
         (["bench", "repair", "--methods", "prune,burn"], "unknown repair 'burn'"),
+        (["bench", "localize", "--plots", "{db}/catalog.sqlite"], "it is a file, not a folder"),
     ],
 )
 def test_bad_study_input(args, message, db, capsys, monkeypatch):
     path, defect_id = db
-    args = [a.replace("{id}", str(defect_id)) for a in args]
+    args = [a.replace("{id}", str(defect_id)).replace("{db}", str(path)) for a in args]
     code, _, err = run([*args, "--db", path], capsys, monkeypatch)
     assert_one_sentence(code, err, message)
 

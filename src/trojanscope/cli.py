@@ -133,6 +133,18 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return shown(value)
 
 
+#: Seeds reach NumPy and scikit-learn, which take 32-bit unsigned integers.
+MAX_SEED = 2**32 - 1
+
+
+def _check_seeds(seeds: list[int]) -> list[int]:
+    """The seeds, each checked to lie in [0, 2**32 - 1]."""
+    for seed in seeds:
+        if not 0 <= seed <= MAX_SEED:
+            raise TrojanscopeError(f"--seed must be between 0 and {MAX_SEED}, not {seed}.")
+    return seeds
+
+
 def _check_output_file(path: Path) -> None:
     if path.is_dir():
         raise TrojanscopeError(f"cannot write {path}: it is a folder.")
@@ -154,7 +166,9 @@ def quickstart(
     dataset: str = "mnist5k",
     arch: str = "cnn-small",
     width: float = 1.0,
-    seed: Annotated[list[int] | None, typer.Option(help="Defect seeds (repeatable).")] = None,
+    seed: Annotated[
+        list[int] | None, typer.Option(help="Defect seeds, 0 to 2**32-1 (repeatable).")
+    ] = None,
     level: Annotated[list[str] | None, typer.Option(help="Levels (repeatable).")] = None,
     criterion: Annotated[
         list[str] | None,
@@ -180,7 +194,7 @@ def quickstart(
     if json_file is not None:
         _check_output_file(json_file)
     levels = _check_levels(level or list(LEVELS))
-    seeds = seed or [0, 1]
+    seeds = _check_seeds(seed or [0, 1])
     criteria = criterion or quick_criteria()
     for name in criteria:
         CRITERIA.get(name)
@@ -303,7 +317,9 @@ def inject(
     arch: Annotated[str, typer.Option(help="Architecture (see `trojanscope list architectures`).")],
     attack: Annotated[str, typer.Option(help="Attack (see `trojanscope list attacks`).")],
     level: Annotated[str, typer.Option(help="narrow, small, middle or large.")] = "small",
-    seed: Annotated[int, typer.Option(help="Seed of the clean model and of the defect.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the clean model and of the defect (0 to 2**32-1).")
+    ] = 0,
     db: DbOption = DEFAULT_DB,
     width: Annotated[float, typer.Option(help="Architecture width multiplier.")] = 1.0,
     target: Annotated[int | None, typer.Option(help="Target label (default 0).")] = None,
@@ -332,6 +348,7 @@ def inject(
     from trojanscope.registry import validate_params
 
     _threads()
+    _check_seeds([seed])
     _check_levels([level])
     given = {"target": target, "target_mode": target_mode, "poison_rate": poison_rate}
     # Only what the user gave: each attack keeps its own defaults (and catalog identity).

@@ -200,6 +200,18 @@ def _selection(db: Path, where: str | None) -> tuple[Any, list[Any]]:
     return catalog, defects
 
 
+def _plots_folder(folder: Path) -> Path:
+    """``folder``, made now if missing: a path that is a file or cannot be made fails before
+    any work is done."""
+    if folder.exists() and not folder.is_dir():
+        raise TrojanscopeError(f"cannot write plots to {folder}: it is a file, not a folder.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrojanscopeError(f"cannot write plots to {folder}: {exc.strerror or exc}.") from None
+    return folder
+
+
 @bench_app.command("localize")
 def bench_localize_cmd(
     criteria: Annotated[str, typer.Option(help="'all' or a comma-separated list.")] = "all",
@@ -217,6 +229,7 @@ def bench_localize_cmd(
 
     names = _names(criteria, CRITERIA)
     catalog, defects = _selection(db, where)
+    folder = _plots_folder(plots or db / "plots")
     with _progress(len(defects) * len(names)) as step:
         rows = bench_localize(catalog, defects, names, step)
     keys = ["criterion", "level", "attack"]
@@ -224,7 +237,7 @@ def bench_localize_cmd(
     table = sorted(
         aggregate(rows, keys, metrics), key=lambda e: (e["criterion"], e["attack"], e["level"])
     )
-    written = wji_by_level(rows, plots or db / "plots")
+    written = wji_by_level(rows, folder)
     if as_json:
         _print_json({"rows": rows, "table": table, "plots": [str(p) for p in written]})
         return

@@ -24,7 +24,7 @@ from trojanscope.data.base import DATASETS, Splits
 from trojanscope.data.poison import PoisonedView
 from trojanscope.database.catalog import Catalog, content_key
 from trojanscope.database.schema import CleanModel, Defect, InfectedNeuronRow, Localization
-from trojanscope.errors import CatalogError, CorruptArtifactError
+from trojanscope.errors import CatalogError, ConfigError, CorruptArtifactError
 from trojanscope.injection.pipeline import InjectionConfig, inject_defect
 from trojanscope.localization.base import CRITERIA, EvidenceData
 from trojanscope.localization.metrics import layer_hit_rate, score
@@ -64,7 +64,14 @@ class CleanSpec:
 def load_splits(dataset: str, params: dict[str, Any], seed: int) -> Splits:
     """The splits of a data set (cached: every defect of a clean model shares them; callers
     never modify them in place)."""
-    return _cached_splits(dataset, json.dumps(params, sort_keys=True), seed)
+    splits = _cached_splits(dataset, json.dumps(params, sort_keys=True), seed)
+    labels = splits.train.y.unique().tolist()
+    if len(labels) < 2:
+        raise ConfigError(
+            f"data set '{dataset}' holds only one class ({', '.join(map(str, labels)) or 'none'}"
+            " in its training split); a classifier needs at least 2."
+        )
+    return splits
 
 
 @functools.lru_cache(maxsize=4)
