@@ -93,6 +93,12 @@ def test_repair_json_schema(db, capsys, monkeypatch):
         (["localize", "{id}", "--criterion", "nc", "--param", "steps=0"], "'steps'"),
         (["repair", "{id}", "--method", "finetune"], "needs a criterion"),
         (["repair", "{id}", "--method", "burn", "--criterion", "clp"], "unknown repair 'burn'"),
+        (
+            ["repair", "{id}", "--method", "prune", "--criterion", "clp", "--k", "100000"],
+            "--k 100000 is more than the 176 eligible neurons of defect",
+        ),
+        (["repair", "{id}", "--method", "prune", "--criterion", "clp", "--k", "0"], "at least 1"),
+        (["bench", "repair", "--methods", "prune", "--k", "177"], "--k 177 is more than the 176"),
         (["bench", "localize", "--where", "colour=red"], "cannot filter on 'colour'"),
         (["bench", "localize", "--where", "level=large"], "no defect"),
         (["bench", "repair", "--methods", "prune,burn"], "unknown repair 'burn'"),

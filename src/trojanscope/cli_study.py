@@ -136,7 +136,10 @@ def repair_cmd(
         str | None, typer.Option(help="Criterion choosing the neurons (not for finetune-all).")
     ] = None,
     k: Annotated[
-        int | None, typer.Option(help="Neurons to repair (default: ground-truth size).")
+        int | None,
+        typer.Option(
+            help="Neurons to repair, 1 to the eligible neuron count (default: ground-truth size)."
+        ),
     ] = None,
     param: Annotated[
         list[str] | None,

@@ -30,7 +30,7 @@ from trojanscope.localization.base import CRITERIA, EvidenceData
 from trojanscope.localization.metrics import layer_hit_rate, score
 from trojanscope.models.base import ARCHITECTURES
 from trojanscope.models.training import CleanTraining, accuracy, train_clean
-from trojanscope.neurons import NeuronRef
+from trojanscope.neurons import NeuronRef, all_neurons
 
 T = TypeVar("T")
 #: The largest row id SQLite stores (a signed 64-bit integer).
@@ -83,6 +83,11 @@ def _build_model(row: CleanModel) -> nn.Module:
     shape = row.input_shape
     arch = ARCHITECTURES.create(row.arch, **row.arch_params)
     return arch.build(shape["channels"], shape["num_classes"], min(shape["height"], shape["width"]))
+
+
+def eligible_neuron_count(clean: CleanModel) -> int:
+    """How many eligible neurons the network of ``clean`` has (its architecture, no weights)."""
+    return len(all_neurons(_build_model(clean)))
 
 
 def load_weights(catalog: Catalog, clean: CleanModel, sha256: str) -> nn.Module:
