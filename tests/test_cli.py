@@ -392,3 +392,22 @@ def test_catalogs_that_are_not_ours_or_damaged_are_one_sentence(tmp_path, capsys
         "SELECT name FROM sqlite_master WHERE type = 'table'"
     )
     assert [name for (name,) in tables] == ["notes"]
+
+
+def test_a_clean_model_catalogued_on_other_data_is_not_reused(
+    injected, tmp_path, capsys, monkeypatch
+):
+    import shutil
+
+    from trojanscope.database.catalog import Catalog
+    from trojanscope.database.schema import CleanModel
+
+    db = tmp_path / "db"
+    shutil.copytree(injected[0], db)
+    with Catalog.open(db).transaction() as s:
+        row = s.query(CleanModel).one()
+        row.input_shape = {**row.input_shape, "splits_sha256": "0" * 64}
+    code, _, err = run(
+        ["inject", "--db", db, *DIGITS_BADNETS, "--level", "narrow"], capsys, monkeypatch
+    )
+    assert_one_sentence(code, err, "differ from when it was catalogued")

@@ -198,6 +198,8 @@ def test_changed_data_are_detected(built):
         row.input_shape = {**row.input_shape, "splits_sha256": "0" * 64}
     with pytest.raises(CatalogError, match="differ from when it was catalogued"):
         load_defect(catalog, defect.id)
+    with pytest.raises(CatalogError, match=f"the data of clean model {clean.id} \\(digits\\)"):
+        ensure_clean_model(catalog, CleanSpec("digits", "cnn-small"))  # not reused silently
 
 
 def test_a_racing_builder_reuses_the_first_entry(built):

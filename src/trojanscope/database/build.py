@@ -111,6 +111,7 @@ def ensure_clean_model(catalog: Catalog, spec: CleanSpec) -> tuple[CleanModel, n
     splits = load_splits(spec.dataset, ds_params, spec.seed)
     row = find_by_key(catalog, CleanModel, key)
     if row is not None:
+        check_splits(row, splits)
         return row, load_weights(catalog, row, row.weights_sha256), splits
     started = time.perf_counter()
     arch = ARCHITECTURES.create(spec.arch, **arch_params)
@@ -284,16 +285,22 @@ def splits_fingerprint(splits: Splits) -> str:
     return h.hexdigest()
 
 
-def load_defect(catalog: Catalog, defect_id: int) -> DefectContext:
-    row = get_defect(catalog, defect_id)
-    clean = row.clean_model
-    splits = load_splits(clean.dataset, clean.dataset_params, clean.seed)
+def check_splits(clean: CleanModel, splits: Splits) -> None:
+    """Refuse ``splits`` unless they are the data ``clean`` was catalogued with (its stored
+    fingerprint): a model, its defects and their poisoned indices only make sense on them."""
     expected = clean.input_shape.get("splits_sha256")
     if expected is not None and splits_fingerprint(splits) != expected:
         raise CatalogError(
             f"the data of clean model {clean.id} ({clean.dataset}) differ from when it was "
-            "catalogued (files or library changed): its defects cannot be replayed."
+            "catalogued (files or library changed): it and its defects cannot be reused."
         )
+
+
+def load_defect(catalog: Catalog, defect_id: int) -> DefectContext:
+    row = get_defect(catalog, defect_id)
+    clean = row.clean_model
+    splits = load_splits(clean.dataset, clean.dataset_params, clean.seed)
+    check_splits(clean, splits)
     stored = catalog.store.get(row.poisoned_test_sha256)
     try:
         view = PoisonedView(splits.test, stored["indices"], stored["x"], stored["y"])
