@@ -25,6 +25,12 @@ _STYLE = {
     "error": "red",
 }
 
+_VERDICT_STYLE = {
+    "no-backdoor-found": "green",
+    "not-screened": "yellow",
+    "inconclusive-scan": "magenta",
+}
+
 
 def _by_top_level(reports: list[Any]) -> dict[str, list[Any]]:
     groups: dict[str, list[Any]] = {}
@@ -155,7 +161,8 @@ def manifest_verify(
 def audit(
     model: Annotated[Path, typer.Argument(help="Model file (safetensors or torch checkpoint).")],
     arch: Annotated[
-        str | None, typer.Option(help="Architecture the weights belong to (screening).")
+        str | None,
+        typer.Option(help="Architecture the weights belong to (without it: no screening)."),
     ] = None,
     data: Annotated[
         str | None, typer.Option(help="Clean data set for Neural Cleanse (e.g. mnist5k).")
@@ -167,8 +174,9 @@ def audit(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Scan, then (if safe) load with weights_only and screen for a backdoor; write an HTML
-    report. Exit code: 0 no backdoor found, 1 dangerous file or backdoor suspected, 2 error,
-    3 inconclusive scan."""
+    report. Exit code: 0 no backdoor found, or not screened (no --arch: verdict not-screened)
+    after a clean scan; 1 dangerous or suspicious file, or backdoor suspected; 2 error (weights
+    or data that do not fit, a checkpoint weights_only refuses); 3 inconclusive scan."""
     from trojanscope.cli import _threads
     from trojanscope.database.store import write_atomic
     from trojanscope.report.audit import audit_model
@@ -183,7 +191,7 @@ def audit(
     if as_json:
         _print_json({**result.as_dict(), "report": str(report)})
     else:
-        style = "green" if result.exit_code == 0 else "bold red"
+        style = _VERDICT_STYLE.get(result.verdict, "bold red")
         out.print(styled("verdict: ", (result.verdict, style)))
         if result.nc:
             out.print(
