@@ -69,6 +69,8 @@ def test_list_kinds(kind, expected, capsys, monkeypatch):
         ({"--attack-param": "size=20"}, "does not fit the 8x8 image"),
         ({"--attack-param": "colour=red"}, "'colour' extra inputs are not permitted"),
         ({"--attack-param": "size"}, "'size' is not of the form KEY=VALUE"),
+        ({"--seed": "-1"}, "--seed must be between 0 and 4294967295, not -1"),
+        ({"--seed": str(2**32)}, "--seed must be between 0 and 4294967295, not 4294967296"),
     ],
 )
 def test_inject_bad_input(override, message, tmp_path, capsys, monkeypatch):
@@ -90,6 +92,30 @@ def test_unknown_criterion_and_kind(tmp_path, capsys, monkeypatch):
     assert_one_sentence(code, err, "unknown criterion 'magic'; valid names: anp, clp, dstar")
     code, _, err = run(["list", "gizmos"], capsys, monkeypatch)
     assert_one_sentence(code, err, "unknown kind 'gizmos'")
+
+
+def test_quickstart_refuses_a_bad_seed_before_any_work(tmp_path, capsys, monkeypatch):
+    code, _, err = run(
+        ["quickstart", "--db", tmp_path / "db", "--seed", "0", "--seed", "-5"], capsys, monkeypatch
+    )
+    assert_one_sentence(code, err, "--seed must be between 0 and 4294967295, not -5")
+    assert not (tmp_path / "db").exists()
+
+
+def test_a_data_set_with_one_class_is_refused(tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    from tests.data.test_idx import write_idx
+
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", np.full((n, 12, 12), 7, np.uint8))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.full(n, 3, np.uint8))
+    args = ["--dataset", "mnist", "--data-param", f"data_dir={tmp_path}", "--db", tmp_path / "db"]
+    code, _, err = run(
+        ["inject", *args, "--arch", "cnn-small", "--attack", "badnets"], capsys, monkeypatch
+    )
+    assert_one_sentence(code, err, "data set 'mnist' holds only one class (3 in its training")
+    assert not (tmp_path / "db").exists()
 
 
 def test_json_output_to_a_folder_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
@@ -154,6 +180,8 @@ def test_db_list_and_show(injected, capsys, monkeypatch):
     assert code == 0 and "infected neurons" in out
     code, _, err = run(["db", "show", "999", "--db", db], capsys, monkeypatch)
     assert_one_sentence(code, err, "no defect with id 999")
+    code, _, err = run(["db", "show", "99999999999999999999999", "--db", db], capsys, monkeypatch)
+    assert_one_sentence(code, err, "no defect with id 99999999999999999999999")
 
 
 def test_corrupt_weights_file(injected, tmp_path, capsys, monkeypatch):
@@ -216,10 +244,170 @@ def test_quickstart_json_schema(tmp_path, capsys, monkeypatch):
     assert "oracle" in out  # the table
 
 
-def test_console_script_entry_point():
+@pytest.mark.parametrize("module", ["trojanscope", "trojanscope.cli"])
+def test_console_script_entry_point(module):
     proc = subprocess.run(
-        [sys.executable, "-m", "trojanscope", "list", "nothing"], capture_output=True, text=True
+        [sys.executable, "-m", module, "list", "nothing"], capture_output=True, text=True
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: unknown kind 'nothing'")
     assert "Traceback" not in proc.stderr
+    # commands defined in cli_scan and cli_study exist whichever module runs the app
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "scan", "/nonexistent.pt"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("error: /nonexistent.pt does not exist")
+
+
+def test_files_the_user_asked_for_follow_the_umask(injected, tmp_path, capsys, monkeypatch):
+    import os
+    import stat
+
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"\x80\x02}q\x00.")  # an empty dict, protocol 2
+    old = os.umask(0o022)
+    try:
+        code, _, _ = run(["scan", model, "--sarif", tmp_path / "s.sarif"], capsys, monkeypatch)
+        assert code == 0
+        code, _, _ = run(
+            ["db", "export", injected[1]["id"], "--db", injected[0], "--out", tmp_path / "w.st"],
+            capsys,
+            monkeypatch,
+        )
+        assert code == 0
+    finally:
+        os.umask(old)
+    for name in ("s.sarif", "w.st"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+def _pickle_file(path):
+    """A tiny clean model file (an empty dict, protocol 2) at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x80\x02}q\x00.")
+    return path
+
+
+def test_names_are_printed_literally_in_scan_tables(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "a[/]b"
+    names = [
+        _pickle_file(folder / "m.pt"),
+        _pickle_file(tmp_path / "[bold red]x.pt"),
+        _pickle_file(tmp_path / "\x1b[31mred.pt"),
+        _pickle_file(tmp_path / "evil\u202egnp.pt"),
+    ]
+    code, out, err = run(["scan", *names], capsys, monkeypatch)
+    assert code == 0, err
+    assert "a[/]b/m.pt" in out and "[bold red]x.pt" in out
+    assert "\x1b" not in out and "\\x1b[31mred.pt" in out  # no escape sequence reaches the tty
+    assert "\u202e" not in out and "evil\\u202egnp.pt" in out
+    assert "verdict: clean" in out
+
+
+def test_names_are_printed_literally_by_manifest_verify(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "a[/]b"
+    _pickle_file(folder / "m.pt")
+    code, _, err = run(["manifest", "create", folder], capsys, monkeypatch)
+    assert code == 0, err
+    _pickle_file(folder / "[red]y.pt")
+    _pickle_file(folder / "two\nlines.pt")
+    code, out, err = run(["manifest", "verify", folder], capsys, monkeypatch)
+    assert code == 1, err
+    assert "extra   [red]y.pt" in out and "extra   two\\nlines.pt" in out
+    assert out.splitlines()[-1] == "mismatch"
+
+
+def test_names_are_printed_literally_in_errors(tmp_path, capsys, monkeypatch):
+    code, _, err = run(["db", "list", "--db", tmp_path / "[bold]db[/]"], capsys, monkeypatch)
+    assert_one_sentence(code, err, "[bold]db[/]")
+    code, _, err = run(["scan", tmp_path / "gone[/].pt"], capsys, monkeypatch)
+    assert_one_sentence(code, err, "gone[/].pt does not exist")
+
+
+def test_ctrl_c_exits_130_with_the_documented_sentence(tmp_path):
+    import os
+    import signal
+    import time
+
+    db = tmp_path / "db"
+    args = ["quickstart", "--db", db, "--dataset", "digits", "--seed", "0", "--seed", "1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trojanscope", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TROJANSCOPE_THREADS": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (db / "catalog.sqlite").exists():  # the command is running: it made its catalog
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, err
+    assert err.rstrip().endswith("interrupted: finished entries are kept, nothing half-written.")
+    assert "Traceback" not in err and "Aborted" not in err
+    listed = subprocess.run(
+        [sys.executable, "-m", "trojanscope", "db", "list", "--db", str(db), "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert listed.returncode == 0, listed.stderr  # the catalog is intact
+    assert isinstance(json.loads(listed.stdout), list)
+
+
+def test_catalogs_that_are_not_ours_or_damaged_are_one_sentence(tmp_path, capsys, monkeypatch):
+    import sqlite3
+
+    from trojanscope.database.catalog import Catalog
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    sqlite3.connect(foreign / "catalog.sqlite").execute("CREATE TABLE notes (body TEXT)").close()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "catalog.sqlite").touch()
+    damaged = tmp_path / "damaged"
+    Catalog.open(damaged, create=True)
+    data = (damaged / "catalog.sqlite").read_bytes()
+    page = int.from_bytes(data[16:18], "big")
+    (damaged / "catalog.sqlite").write_bytes(data[:page] + b"\xff" * (len(data) - page))
+    for db, message in (
+        (foreign, "holds another application's tables (notes)"),
+        (empty, "it is an empty file (0 bytes)"),
+        (damaged, "is damaged (database disk image is malformed)"),
+    ):
+        code, _, err = run(["db", "list", "--db", db], capsys, monkeypatch)
+        assert_one_sentence(code, err, message)
+        assert len(err.strip().splitlines()) == 1
+    code, _, err = run(
+        ["inject", "--db", foreign, *DIGITS_BADNETS, "--level", "narrow"], capsys, monkeypatch
+    )
+    assert_one_sentence(code, err, "never adds its own to a foreign database")
+    tables = sqlite3.connect(foreign / "catalog.sqlite").execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'"
+    )
+    assert [name for (name,) in tables] == ["notes"]
+
+
+def test_a_clean_model_catalogued_on_other_data_is_not_reused(
+    injected, tmp_path, capsys, monkeypatch
+):
+    import shutil
+
+    from trojanscope.database.catalog import Catalog
+    from trojanscope.database.schema import CleanModel
+
+    db = tmp_path / "db"
+    shutil.copytree(injected[0], db)
+    with Catalog.open(db).transaction() as s:
+        row = s.query(CleanModel).one()
+        row.input_shape = {**row.input_shape, "splits_sha256": "0" * 64}
+    code, _, err = run(
+        ["inject", "--db", db, *DIGITS_BADNETS, "--level", "narrow"], capsys, monkeypatch
+    )
+    assert_one_sentence(code, err, "differ from when it was catalogued")

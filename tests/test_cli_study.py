@@ -93,14 +93,21 @@ def test_repair_json_schema(db, capsys, monkeypatch):
         (["localize", "{id}", "--criterion", "nc", "--param", "steps=0"], "'steps'"),
         (["repair", "{id}", "--method", "finetune"], "needs a criterion"),
         (["repair", "{id}", "--method", "burn", "--criterion", "clp"], "unknown repair 'burn'"),
+        (
+            ["repair", "{id}", "--method", "prune", "--criterion", "clp", "--k", "100000"],
+            "--k 100000 is more than the 176 eligible neurons of defect",
+        ),
+        (["repair", "{id}", "--method", "prune", "--criterion", "clp", "--k", "0"], "at least 1"),
+        (["bench", "repair", "--methods", "prune", "--k", "177"], "--k 177 is more than the 176"),
         (["bench", "localize", "--where", "colour=red"], "cannot filter on 'colour'"),
         (["bench", "localize", "--where", "level=large"], "no defect"),
         (["bench", "repair", "--methods", "prune,burn"], "unknown repair 'burn'"),
+        (["bench", "localize", "--plots", "{db}/catalog.sqlite"], "it is a file, not a folder"),
     ],
 )
 def test_bad_study_input(args, message, db, capsys, monkeypatch):
     path, defect_id = db
-    args = [a.replace("{id}", str(defect_id)) for a in args]
+    args = [a.replace("{id}", str(defect_id)).replace("{db}", str(path)) for a in args]
     code, _, err = run([*args, "--db", path], capsys, monkeypatch)
     assert_one_sentence(code, err, message)
 
@@ -152,3 +159,40 @@ def test_db_export_writes_the_stored_weights(db, tmp_path, capsys, monkeypatch):
         ["db", "export", defect_id, "--out", out_file, "--db", path], capsys, monkeypatch
     )
     assert code == 0 and "conv1.weight" in load_file(out_file)
+
+
+def _run_unprivileged(args):
+    """The CLI in a subprocess that file permissions bind (root keeps its powers otherwise)."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "trojanscope", *map(str, args)]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: permissions cannot bind")
+        cmd = [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner", *cmd]
+    env = {**os.environ, "TROJANSCOPE_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+
+@pytest.mark.parametrize(
+    ("read_only", "message"),
+    [
+        ("catalog.sqlite", "cannot write to the catalog {db}/catalog.sqlite (attempt to write a"),
+        ("objects", "cannot write to the catalog's store {db}/objects: "),
+    ],
+)
+def test_writing_to_a_read_only_catalog_is_one_sentence(db, read_only, message):
+    path, defect_id = db
+    targets = [path / read_only, *(path / read_only).rglob("*")]
+    dirs = [p for p in targets if p.is_dir()]
+    for p in targets:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        proc = _run_unprivileged(["localize", defect_id, "--criterion", "fp", "--db", path])
+    finally:
+        for p in targets:
+            p.chmod(0o755 if p in dirs else 0o644)
+    assert_one_sentence(proc.returncode, proc.stderr, message.format(db=path))

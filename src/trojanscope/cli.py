@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from trojanscope.errors import TrojanscopeError
 
@@ -31,9 +33,44 @@ app = typer.Typer(
 db_app = typer.Typer(no_args_is_help=True, help="Inspect the catalog.")
 app.add_typer(db_app, name="db")
 
+#: Characters that restyle, hide or reorder what a terminal shows: C0 and C1 controls (ESC
+#: sequences, carriage returns), zero-width characters and bidirectional overrides.
+_HIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+#: The same, except line breaks and tabs (trojanscope's own text may span lines).
+_HIDDEN_INLINE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]"
+)
+
+
+def _escape(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+def shown(value: object) -> str:
+    """``value`` as one line a terminal shows literally: control, zero-width and bidi characters
+    are written as escapes (``\\x1b``, ``\\n``, ``\\u202e``), so a name cannot disguise itself."""
+    return _HIDDEN.sub(_escape, str(value))
+
+
+class LiteralConsole(Console):
+    """A console that never interprets the strings it prints: no Rich markup (a file named
+    ``[bold red]x.pt`` is shown as such), no emoji codes, control characters escaped. Styles
+    come only from :class:`rich.text.Text` objects (see :func:`styled`)."""
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        """Render ``text`` literally (markup and emoji codes off, controls escaped)."""
+        kwargs.update(markup=False, emoji=False)
+        return super().render_str(_HIDDEN_INLINE.sub(_escape, text), **kwargs)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """One line from plain parts and ``(text, style)`` parts, every text shown literally."""
+    return Text.assemble(*(shown(p) if isinstance(p, str) else (shown(p[0]), p[1]) for p in parts))
+
+
 # Tables keep their columns when piped to a file (Rich would otherwise assume 80 columns).
-out = Console(width=None if sys.stdout.isatty() else 132)
-err = Console(stderr=True)
+out = LiteralConsole(width=None if sys.stdout.isatty() else 132)
+err = LiteralConsole(stderr=True)
 
 DbOption = Annotated[Path, typer.Option("--db", help="Catalog folder.")]
 AttackParamOption = Annotated[
@@ -64,7 +101,7 @@ def _print_json(data: Any) -> None:
 @contextmanager
 def _progress(total: int) -> Iterator[Any]:
     columns = (
-        TextColumn("{task.description:<44}"),
+        TextColumn("{task.description:<44}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -77,7 +114,7 @@ def _progress(total: int) -> Iterator[Any]:
             if started[0]:
                 progress.advance(task)
             started[0] = True
-            progress.update(task, description=message)
+            progress.update(task, description=shown(message))
 
         yield step
         progress.update(task, completed=total, description="done")
@@ -88,11 +125,24 @@ SHOW_METRICS = ("precision", "recall", "f1", "wji", "auroc", "ap", "seconds", "c
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
+    """A table cell: floats rounded, None as '-', anything else shown literally."""
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
-    return str(value)
+    return shown(value)
+
+
+#: Seeds reach NumPy and scikit-learn, which take 32-bit unsigned integers.
+MAX_SEED = 2**32 - 1
+
+
+def _check_seeds(seeds: list[int]) -> list[int]:
+    """The seeds, each checked to lie in [0, 2**32 - 1]."""
+    for seed in seeds:
+        if not 0 <= seed <= MAX_SEED:
+            raise TrojanscopeError(f"--seed must be between 0 and {MAX_SEED}, not {seed}.")
+    return seeds
 
 
 def _check_output_file(path: Path) -> None:
@@ -116,7 +166,9 @@ def quickstart(
     dataset: str = "mnist5k",
     arch: str = "cnn-small",
     width: float = 1.0,
-    seed: Annotated[list[int] | None, typer.Option(help="Defect seeds (repeatable).")] = None,
+    seed: Annotated[
+        list[int] | None, typer.Option(help="Defect seeds, 0 to 2**32-1 (repeatable).")
+    ] = None,
     level: Annotated[list[str] | None, typer.Option(help="Levels (repeatable).")] = None,
     criterion: Annotated[
         list[str] | None,
@@ -142,7 +194,7 @@ def quickstart(
     if json_file is not None:
         _check_output_file(json_file)
     levels = _check_levels(level or list(LEVELS))
-    seeds = seed or [0, 1]
+    seeds = _check_seeds(seed or [0, 1])
     criteria = criterion or quick_criteria()
     for name in criteria:
         CRITERIA.get(name)
@@ -171,7 +223,7 @@ def quickstart(
         write_atomic(json_file, (json.dumps(result, indent=2) + "\n").encode())
     _render_quickstart(result)
     if json_file is not None:
-        err.print(f"wrote {json_file}")
+        err.print(f"wrote {shown(json_file)}")
 
 
 def _check_levels(levels: list[str]) -> list[str]:
@@ -186,7 +238,7 @@ def _check_levels(levels: list[str]) -> list[str]:
 def _render_quickstart(result: dict[str, Any]) -> None:
     clean = result["clean_model"]
     out.print(
-        f"clean model {clean['id']}: {clean['arch']} on {clean['dataset']}, "
+        f"clean model {clean['id']}: {shown(clean['arch'])} on {shown(clean['dataset'])}, "
         f"accuracy {clean['clean_acc']:.3f}"
     )
     table = Table(
@@ -218,9 +270,9 @@ def _render_quickstart(result: dict[str, Any]) -> None:
     for d in result["defects"]:
         head = [
             str(d["id"]),
-            d["level"],
+            _fmt(d["level"]),
             str(d["seed"]),
-            d["status"],
+            _fmt(d["status"]),
             _fmt(d["clean_acc"]),
             _fmt(d["asr"]),
             _fmt(d["masked_asr"]),
@@ -228,12 +280,12 @@ def _render_quickstart(result: dict[str, Any]) -> None:
         ]
         rows = by_defect.get(d["id"], [])
         if not rows:
-            table.add_row(*head, d["reason"] or "-")
+            table.add_row(*head, _fmt(d["reason"] or "-"))
         for i, loc in enumerate(rows):
             cells = head if i == 0 else [""] * len(head)
             table.add_row(
                 *cells,
-                loc["criterion"],
+                _fmt(loc["criterion"]),
                 *(_fmt(loc[m], 2) for m in ("precision", "wji", "auroc", "ap", "seconds")),
                 end_section=i == len(rows) - 1,
             )
@@ -265,7 +317,9 @@ def inject(
     arch: Annotated[str, typer.Option(help="Architecture (see `trojanscope list architectures`).")],
     attack: Annotated[str, typer.Option(help="Attack (see `trojanscope list attacks`).")],
     level: Annotated[str, typer.Option(help="narrow, small, middle or large.")] = "small",
-    seed: Annotated[int, typer.Option(help="Seed of the clean model and of the defect.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the clean model and of the defect (0 to 2**32-1).")
+    ] = 0,
     db: DbOption = DEFAULT_DB,
     width: Annotated[float, typer.Option(help="Architecture width multiplier.")] = 1.0,
     target: Annotated[int | None, typer.Option(help="Target label (default 0).")] = None,
@@ -294,6 +348,7 @@ def inject(
     from trojanscope.registry import validate_params
 
     _threads()
+    _check_seeds([seed])
     _check_levels([level])
     given = {"target": target, "target_mode": target_mode, "poison_rate": poison_rate}
     # Only what the user gave: each attack keeps its own defaults (and catalog identity).
@@ -339,11 +394,11 @@ def _render_defect(row: Any, reused: bool = False) -> None:
     for key, value in defect_summary(row).items():
         table.add_row(key, _fmt(value))
     clean = row.clean_model
-    table.add_row("dataset / arch", f"{clean.dataset} / {clean.arch} {clean.arch_params}")
+    table.add_row("dataset / arch", shown(f"{clean.dataset} / {clean.arch} {clean.arch_params}"))
     table.add_row("clean model acc", _fmt(row.clean_acc_before))
     table.add_row("epochs", str(row.epochs))
-    table.add_row("weights sha256", row.weights_sha256)
-    table.add_row("trigger sha256", row.trigger_sha256)
+    table.add_row("weights sha256", _fmt(row.weights_sha256))
+    table.add_row("trigger sha256", _fmt(row.trigger_sha256))
     out.print(table)
 
 
@@ -386,7 +441,7 @@ def list_kind(
         _print_json(names)
     else:
         for name in names:
-            out.print(name)
+            out.print(shown(name))
 
 
 # -- db --------------------------------------------------------------------------------------
@@ -405,7 +460,7 @@ def db_list(
     if as_json:
         _print_json([defect_summary(r) for r in rows])
         return
-    table = Table(title=f"defects in {db}")
+    table = Table(title=f"defects in {shown(db)}")
     for col in (
         "id",
         "dataset",
@@ -423,12 +478,12 @@ def db_list(
     for r in rows:
         table.add_row(
             str(r.id),
-            r.clean_model.dataset,
-            r.clean_model.arch,
-            r.attack,
-            r.level,
+            _fmt(r.clean_model.dataset),
+            _fmt(r.clean_model.arch),
+            _fmt(r.attack),
+            _fmt(r.level),
             str(r.seed),
-            r.status,
+            _fmt(r.status),
             _fmt(r.clean_acc),
             _fmt(r.asr),
             _fmt(r.masked_asr),
@@ -493,7 +548,7 @@ def db_show(
         table.add_column(col)
     for n in neurons:
         table.add_row(
-            n["neuron"], str(n["rank"]), _fmt(n["contribution"]), _fmt(n["activation_shift"])
+            _fmt(n["neuron"]), str(n["rank"]), _fmt(n["contribution"]), _fmt(n["activation_shift"])
         )
     out.print(table)
     if locs:
@@ -501,7 +556,7 @@ def db_show(
         for col in ("criterion", "P", "R", "F1", "WJI", "AUROC", "AP", "s", "cost"):
             table.add_column(col)
         for loc in locs:
-            table.add_row(loc["criterion"], *(_fmt(loc[m], 2) for m in SHOW_METRICS))
+            table.add_row(_fmt(loc["criterion"]), *(_fmt(loc[m], 2) for m in SHOW_METRICS))
         out.print(table)
 
 
@@ -522,31 +577,56 @@ def db_export(
     row = get_defect(catalog, defect_id)
     sha = row.clean_model.weights_sha256 if clean else row.weights_sha256
     write_atomic(out_file, catalog.store.read_bytes(sha))
-    out.print(f"wrote {out_file} ({'clean model' if clean else 'defect'} {defect_id}, {sha[:12]})")
+    kind = "clean model" if clean else "defect"
+    out.print(f"wrote {shown(out_file)} ({kind} {defect_id}, {sha[:12]})")
 
 
 # The study and audit commands (localize, repair, bench, scan, manifest, audit) live in their
 # own modules.
 from trojanscope import cli_scan, cli_study  # noqa: E402, F401
 
+#: What an interrupted command prints (the README promises it).
+INTERRUPTED = "interrupted: finished entries are kept, nothing half-written."
+
+
+def _by_interrupt(exc: BaseException) -> bool:
+    """True when ``exc`` (Typer's exit) was caused by a KeyboardInterrupt: Typer turns Ctrl-C
+    into a silent exit with code 130, so the cause is found in the exception chain."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        item = todo.pop()
+        if item is None or id(item) in seen:
+            continue
+        if isinstance(item, KeyboardInterrupt):
+            return True
+        seen.add(id(item))
+        todo += [item.__cause__, item.__context__]
+    return False
+
 
 def main() -> None:
-    """Entry point: user errors become one sentence and exit code 2, never a traceback."""
+    """Entry point: user errors become one sentence and exit code 2, never a traceback;
+    Ctrl-C ends with exit code 130 and a sentence saying what was kept."""
     try:
         app()
     except TrojanscopeError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        err.print(f"error: {shown(exc)}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        err.print("interrupted: finished entries are kept, nothing half-written.")
+        err.print(INTERRUPTED, highlight=False, soft_wrap=True)
         raise SystemExit(130) from None
+    except SystemExit as exc:
+        if exc.code == 130 and _by_interrupt(exc):
+            err.print(INTERRUPTED, highlight=False, soft_wrap=True)
+            raise SystemExit(130) from None
+        raise
     except Exception as exc:
         if os.environ.get("TROJANSCOPE_DEBUG"):
             raise
         err.print(
-            f"internal error: {type(exc).__name__}: {exc} "
+            f"internal error: {type(exc).__name__}: {shown(exc)} "
             "(set TROJANSCOPE_DEBUG=1 for the traceback)",
-            markup=False,
             highlight=False,
             soft_wrap=True,
         )
@@ -554,4 +634,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m trojanscope.cli` runs this file as __main__, but the commands of cli_scan and
+    # cli_study register on the app of the module trojanscope.cli: run that one.
+    from trojanscope.cli import main as _main
+
+    _main()

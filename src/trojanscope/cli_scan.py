@@ -11,7 +11,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from trojanscope.cli import _check_output_file, _print_json, app, out
+from trojanscope.cli import _check_output_file, _print_json, app, out, shown, styled
 from trojanscope.errors import TrojanscopeError
 
 manifest_app = typer.Typer(no_args_is_help=True, help="Integrity manifests of model folders.")
@@ -23,6 +23,12 @@ _STYLE = {
     "dangerous": "bold red",
     "inconclusive": "magenta",
     "error": "red",
+}
+
+_VERDICT_STYLE = {
+    "no-backdoor-found": "green",
+    "not-screened": "yellow",
+    "inconclusive-scan": "magenta",
 }
 
 
@@ -95,9 +101,11 @@ def _render_scan(reports: list[Any], verdict: str) -> None:
             + [f"inconclusive: {i}" for i in incomplete[:2]]
             + errors
         )
-        table.add_row(top, members[0].format, f"[{_STYLE[worst]}]{worst}[/]", text or "-")
+        table.add_row(
+            shown(top), shown(members[0].format), styled((worst, _STYLE[worst])), shown(text or "-")
+        )
     out.print(table)
-    out.print(f"verdict: [{_STYLE[verdict]}]{verdict}[/]")
+    out.print(styled("verdict: ", (verdict, _STYLE[verdict])))
 
 
 @manifest_app.command("create")
@@ -111,7 +119,7 @@ def manifest_create(
     if not directory.is_dir():
         raise TrojanscopeError(f"{directory} is not a folder.")
     path = create_manifest(directory, output)
-    out.print(f"manifest written to {path}")
+    out.print(f"manifest written to {shown(path)}")
 
 
 @manifest_app.command("verify")
@@ -134,14 +142,18 @@ def manifest_verify(
         _print_json(result.as_dict())
     else:
         for item in result.edited:
-            out.print(f"[red]edited[/]  {item.path}")
+            out.print(styled(("edited", "red"), "  ", item.path))
         for path in result.missing:
-            out.print(f"[red]missing[/] {path}")
+            out.print(styled(("missing", "red"), " ", path))
         for path in result.extra:
-            out.print(f"[yellow]extra[/]   {path}")
+            out.print(styled(("extra", "yellow"), "   ", path))
         for item in result.refused:
-            out.print(f"[red]refused[/] {item.path}: {item.reason}")
-        out.print("[green]all files match the manifest[/]" if result.ok else "[red]mismatch[/]")
+            out.print(styled(("refused", "red"), " ", item.path, ": ", item.reason))
+        out.print(
+            styled(("all files match the manifest", "green"))
+            if result.ok
+            else styled(("mismatch", "red"))
+        )
     raise typer.Exit(0 if result.ok else 1)
 
 
@@ -149,7 +161,8 @@ def manifest_verify(
 def audit(
     model: Annotated[Path, typer.Argument(help="Model file (safetensors or torch checkpoint).")],
     arch: Annotated[
-        str | None, typer.Option(help="Architecture the weights belong to (screening).")
+        str | None,
+        typer.Option(help="Architecture the weights belong to (without it: no screening)."),
     ] = None,
     data: Annotated[
         str | None, typer.Option(help="Clean data set for Neural Cleanse (e.g. mnist5k).")
@@ -161,8 +174,9 @@ def audit(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Scan, then (if safe) load with weights_only and screen for a backdoor; write an HTML
-    report. Exit code: 0 no backdoor found, 1 dangerous file or backdoor suspected, 2 error,
-    3 inconclusive scan."""
+    report. Exit code: 0 no backdoor found, or not screened (no --arch: verdict not-screened)
+    after a clean scan; 1 dangerous or suspicious file, or backdoor suspected; 2 error (weights
+    or data that do not fit, a checkpoint weights_only refuses); 3 inconclusive scan."""
     from trojanscope.cli import _threads
     from trojanscope.database.store import write_atomic
     from trojanscope.report.audit import audit_model
@@ -177,8 +191,8 @@ def audit(
     if as_json:
         _print_json({**result.as_dict(), "report": str(report)})
     else:
-        style = "green" if result.exit_code == 0 else "bold red"
-        out.print(f"verdict: [{style}]{result.verdict}[/]")
+        style = _VERDICT_STYLE.get(result.verdict, "bold red")
+        out.print(styled("verdict: ", (result.verdict, style)))
         if result.nc:
             out.print(
                 f"Neural Cleanse: label {result.nc['candidate_label']} has anomaly index "
@@ -192,9 +206,9 @@ def audit(
         if result.clp_outliers:
             out.print(
                 f"CLP outlier neurons ({len(result.clp_outliers)}): "
-                + ", ".join(o["neuron"] for o in result.clp_outliers[:10])
+                + ", ".join(shown(o["neuron"]) for o in result.clp_outliers[:10])
             )
         for note in result.notes:
-            out.print(note)
-        out.print(f"report: {report}")
+            out.print(shown(note))
+        out.print(f"report: {shown(report)}")
     raise typer.Exit(result.exit_code)

@@ -20,6 +20,7 @@ from trojanscope.cli import (
     app,
     out,
     parse_key_values,
+    shown,
 )
 from trojanscope.errors import TrojanscopeError
 
@@ -100,7 +101,7 @@ def localize_cmd(
         _print_json(result)
         return
     out.print(
-        f"defect {defect_id}, criterion {criterion} (evidence: {row.evidence})"
+        f"defect {defect_id}, criterion {shown(criterion)} (evidence: {shown(row.evidence)})"
         + (" (stored result)" if not created else "")
     )
     table = Table(box=box.SIMPLE_HEAD)
@@ -122,7 +123,9 @@ def localize_cmd(
             f"{extra['candidate_label']}: "
             + (f"target {detected} detected" if detected is not None else "no target detected")
         )
-    out.print("top-k: " + ", ".join(f"{t['neuron']} ({t['score']:.2f})" for t in result["top"]))
+    out.print(
+        "top-k: " + ", ".join(f"{shown(t['neuron'])} ({t['score']:.2f})" for t in result["top"])
+    )
 
 
 @app.command("repair")
@@ -133,7 +136,10 @@ def repair_cmd(
         str | None, typer.Option(help="Criterion choosing the neurons (not for finetune-all).")
     ] = None,
     k: Annotated[
-        int | None, typer.Option(help="Neurons to repair (default: ground-truth size).")
+        int | None,
+        typer.Option(
+            help="Neurons to repair, 1 to the eligible neuron count (default: ground-truth size)."
+        ),
     ] = None,
     param: Annotated[
         list[str] | None,
@@ -156,8 +162,8 @@ def repair_cmd(
         _print_json(result)
         return
     out.print(
-        f"defect {defect_id}: {method}"
-        + (f" on the top {row.k} neurons of {criterion}" if row.criterion else "")
+        f"defect {defect_id}: {shown(method)}"
+        + (f" on the top {row.k} neurons of {shown(criterion)}" if row.criterion else "")
         + (" (stored result)" if not created else "")
     )
     out.print(
@@ -177,7 +183,7 @@ def _study_table(
         table.add_column(col, justify="right")
     for entry in table_rows:
         table.add_row(
-            *(str(entry[k]) if entry[k] is not None else "-" for k in keys),
+            *(shown(entry[k]) if entry[k] is not None else "-" for k in keys),
             str(entry["n"]),
             *(_mean_std(entry, key) for _, key in columns),
         )
@@ -197,6 +203,18 @@ def _selection(db: Path, where: str | None) -> tuple[Any, list[Any]]:
     return catalog, defects
 
 
+def _plots_folder(folder: Path) -> Path:
+    """``folder``, made now if missing: a path that is a file or cannot be made fails before
+    any work is done."""
+    if folder.exists() and not folder.is_dir():
+        raise TrojanscopeError(f"cannot write plots to {folder}: it is a file, not a folder.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrojanscopeError(f"cannot write plots to {folder}: {exc.strerror or exc}.") from None
+    return folder
+
+
 @bench_app.command("localize")
 def bench_localize_cmd(
     criteria: Annotated[str, typer.Option(help="'all' or a comma-separated list.")] = "all",
@@ -214,6 +232,7 @@ def bench_localize_cmd(
 
     names = _names(criteria, CRITERIA)
     catalog, defects = _selection(db, where)
+    folder = _plots_folder(plots or db / "plots")
     with _progress(len(defects) * len(names)) as step:
         rows = bench_localize(catalog, defects, names, step)
     keys = ["criterion", "level", "attack"]
@@ -221,13 +240,13 @@ def bench_localize_cmd(
     table = sorted(
         aggregate(rows, keys, metrics), key=lambda e: (e["criterion"], e["attack"], e["level"])
     )
-    written = wji_by_level(rows, plots or db / "plots")
+    written = wji_by_level(rows, folder)
     if as_json:
         _print_json({"rows": rows, "table": table, "plots": [str(p) for p in written]})
         return
     columns = (*LOC_COLUMNS, ("cost (fwd)", "cost_forward"))
     out.print(_study_table("localization study (mean±std)", table, keys, columns))
-    out.print(f"plots: {', '.join(str(p) for p in written)}")
+    out.print(f"plots: {', '.join(shown(p) for p in written)}")
 
 
 @bench_app.command("repair")

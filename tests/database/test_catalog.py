@@ -1,4 +1,5 @@
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import time
 
 import pytest
 import torch
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, text
 
 from trojanscope.database.build import (
     CleanSpec,
@@ -197,6 +198,8 @@ def test_changed_data_are_detected(built):
         row.input_shape = {**row.input_shape, "splits_sha256": "0" * 64}
     with pytest.raises(CatalogError, match="differ from when it was catalogued"):
         load_defect(catalog, defect.id)
+    with pytest.raises(CatalogError, match=f"the data of clean model {clean.id} \\(digits\\)"):
+        ensure_clean_model(catalog, CleanSpec("digits", "cnn-small"))  # not reused silently
 
 
 def test_a_racing_builder_reuses_the_first_entry(built):
@@ -218,3 +221,89 @@ def test_a_racing_builder_reuses_the_first_entry(built):
         build.get_defect_by_key = real
     assert not created and row.id == defect.id
     assert len(list_defects(catalog)) == 1
+
+
+def _foreign_database(path):
+    import sqlite3
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    connection.execute("INSERT INTO notes (body) VALUES ('mine')")
+    connection.commit()
+    connection.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("create", [False, True])
+def test_a_foreign_database_is_refused_and_left_untouched(tmp_path, create):
+    before = _foreign_database(tmp_path / "db" / "catalog.sqlite")
+    with pytest.raises(CatalogError, match="another application's tables \\(notes\\)"):
+        Catalog.open(tmp_path / "db", create=create)
+    assert (tmp_path / "db" / "catalog.sqlite").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "db").iterdir()) == ["catalog.sqlite"]
+
+
+@pytest.mark.parametrize("create", [False, True])
+def test_an_empty_catalog_file_is_refused_not_recreated(tmp_path, create):
+    (tmp_path / "db").mkdir()
+    (tmp_path / "db" / "catalog.sqlite").touch()
+    with pytest.raises(CatalogError, match="empty file \\(0 bytes\\)"):
+        Catalog.open(tmp_path / "db", create=create)
+    assert (tmp_path / "db" / "catalog.sqlite").stat().st_size == 0
+
+
+def test_an_interrupted_creation_leaves_no_catalog_file(tmp_path, monkeypatch):
+    from trojanscope.database.schema import Base
+
+    real = Base.metadata.create_all
+
+    def interrupted(engine, *args, **kwargs):
+        engine.connect().close()  # SQLite has made its (empty) file
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Base.metadata, "create_all", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Catalog.open(tmp_path / "db", create=True)
+    assert sorted(p.name for p in (tmp_path / "db").iterdir()) == ["objects"]
+    monkeypatch.setattr(Base.metadata, "create_all", real)
+    catalog = Catalog.open(tmp_path / "db", create=True)  # the rerun starts afresh
+    assert list_defects(catalog) == []
+    assert sorted(p.name for p in (tmp_path / "db").iterdir()) == ["catalog.sqlite", "objects"]
+
+
+def test_a_damaged_catalog_is_one_sentence(template, tmp_path):
+    root, *_ = template
+    shutil.copytree(root, tmp_path / "db")
+    path = tmp_path / "db" / "catalog.sqlite"
+    data = path.read_bytes()
+    page = int.from_bytes(data[16:18], "big")
+    path.write_bytes(data[:page] + b"\xff" * (len(data) - page))  # every page but the schema
+    catalog = Catalog.open(tmp_path / "db")
+    with pytest.raises(CatalogError) as info:
+        list_defects(catalog)
+    message = str(info.value)
+    assert message == f"the catalog {path} is damaged (database disk image is malformed)."
+
+
+def test_an_older_catalog_is_upgraded_in_place(template, tmp_path):
+    import sqlite3
+
+    root, _, defect_id, _ = template
+    shutil.copytree(root, tmp_path / "db")
+    connection = sqlite3.connect(tmp_path / "db" / "catalog.sqlite")
+    connection.execute("DROP TABLE repairs")
+    connection.execute("ALTER TABLE defects DROP COLUMN masked_clean_acc")
+    connection.commit()
+    connection.close()
+    catalog = Catalog.open(tmp_path / "db")
+    assert get_defect(catalog, defect_id).masked_clean_acc is None
+    with catalog.session() as s:
+        assert s.execute(text("SELECT count(*) FROM repairs")).scalar() == 0
+
+
+def test_ids_beyond_sqlite_integers_are_not_found(built):
+    catalog, *_ = built
+    for defect_id in (2**63, 10**23, 0, -1):
+        with pytest.raises(CatalogError, match=f"no defect with id {defect_id} in"):
+            get_defect(catalog, defect_id)

@@ -321,3 +321,13 @@ def test_result_as_dict_is_json_ready(model: Path) -> None:
 def test_empty_result_is_ok() -> None:
     assert ManifestResult().ok
     assert not ManifestResult(missing=["x"]).ok
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_manifest_mode_follows_the_umask(model: Path, umask: int, mode: int) -> None:
+    old = os.umask(umask)
+    try:
+        out = create_manifest(model)
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == mode

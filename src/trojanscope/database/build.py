@@ -24,15 +24,17 @@ from trojanscope.data.base import DATASETS, Splits
 from trojanscope.data.poison import PoisonedView
 from trojanscope.database.catalog import Catalog, content_key
 from trojanscope.database.schema import CleanModel, Defect, InfectedNeuronRow, Localization
-from trojanscope.errors import CatalogError, CorruptArtifactError
+from trojanscope.errors import CatalogError, ConfigError, CorruptArtifactError
 from trojanscope.injection.pipeline import InjectionConfig, inject_defect
 from trojanscope.localization.base import CRITERIA, EvidenceData
 from trojanscope.localization.metrics import layer_hit_rate, score
 from trojanscope.models.base import ARCHITECTURES
 from trojanscope.models.training import CleanTraining, accuracy, train_clean
-from trojanscope.neurons import NeuronRef
+from trojanscope.neurons import NeuronRef, all_neurons
 
 T = TypeVar("T")
+#: The largest row id SQLite stores (a signed 64-bit integer).
+SQLITE_MAX_ID = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,14 @@ class CleanSpec:
 def load_splits(dataset: str, params: dict[str, Any], seed: int) -> Splits:
     """The splits of a data set (cached: every defect of a clean model shares them; callers
     never modify them in place)."""
-    return _cached_splits(dataset, json.dumps(params, sort_keys=True), seed)
+    splits = _cached_splits(dataset, json.dumps(params, sort_keys=True), seed)
+    labels = splits.train.y.unique().tolist()
+    if len(labels) < 2:
+        raise ConfigError(
+            f"data set '{dataset}' holds only one class ({', '.join(map(str, labels)) or 'none'}"
+            " in its training split); a classifier needs at least 2."
+        )
+    return splits
 
 
 @functools.lru_cache(maxsize=4)
@@ -74,6 +83,11 @@ def _build_model(row: CleanModel) -> nn.Module:
     shape = row.input_shape
     arch = ARCHITECTURES.create(row.arch, **row.arch_params)
     return arch.build(shape["channels"], shape["num_classes"], min(shape["height"], shape["width"]))
+
+
+def eligible_neuron_count(clean: CleanModel) -> int:
+    """How many eligible neurons the network of ``clean`` has (its architecture, no weights)."""
+    return len(all_neurons(_build_model(clean)))
 
 
 def load_weights(catalog: Catalog, clean: CleanModel, sha256: str) -> nn.Module:
@@ -97,6 +111,7 @@ def ensure_clean_model(catalog: Catalog, spec: CleanSpec) -> tuple[CleanModel, n
     splits = load_splits(spec.dataset, ds_params, spec.seed)
     row = find_by_key(catalog, CleanModel, key)
     if row is not None:
+        check_splits(row, splits)
         return row, load_weights(catalog, row, row.weights_sha256), splits
     started = time.perf_counter()
     arch = ARCHITECTURES.create(spec.arch, **arch_params)
@@ -218,6 +233,8 @@ def get_defect_by_key(catalog: Catalog, key: str) -> Defect | None:
 
 def get_defect(catalog: Catalog, defect_id: int) -> Defect:
     """A defect with its clean model and infected neurons loaded."""
+    if not 0 < defect_id <= SQLITE_MAX_ID:  # SQLite cannot even look such an id up
+        raise CatalogError(f"no defect with id {defect_id} in {catalog.root}.")
     with catalog.session() as session:
         row = session.get(Defect, defect_id)
         if row is None:
@@ -268,16 +285,22 @@ def splits_fingerprint(splits: Splits) -> str:
     return h.hexdigest()
 
 
-def load_defect(catalog: Catalog, defect_id: int) -> DefectContext:
-    row = get_defect(catalog, defect_id)
-    clean = row.clean_model
-    splits = load_splits(clean.dataset, clean.dataset_params, clean.seed)
+def check_splits(clean: CleanModel, splits: Splits) -> None:
+    """Refuse ``splits`` unless they are the data ``clean`` was catalogued with (its stored
+    fingerprint): a model, its defects and their poisoned indices only make sense on them."""
     expected = clean.input_shape.get("splits_sha256")
     if expected is not None and splits_fingerprint(splits) != expected:
         raise CatalogError(
             f"the data of clean model {clean.id} ({clean.dataset}) differ from when it was "
-            "catalogued (files or library changed): its defects cannot be replayed."
+            "catalogued (files or library changed): it and its defects cannot be reused."
         )
+
+
+def load_defect(catalog: Catalog, defect_id: int) -> DefectContext:
+    row = get_defect(catalog, defect_id)
+    clean = row.clean_model
+    splits = load_splits(clean.dataset, clean.dataset_params, clean.seed)
+    check_splits(clean, splits)
     stored = catalog.store.get(row.poisoned_test_sha256)
     try:
         view = PoisonedView(splits.test, stored["indices"], stored["x"], stored["y"])

@@ -4,19 +4,33 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load, save
 
-from trojanscope.errors import CorruptArtifactError
+from trojanscope.errors import CatalogError, CorruptArtifactError
+
+#: Flags of a new temporary file (binary on Windows, not inherited by child processes).
+_O_NEW = (
+    os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    """Write ``data`` to ``path`` via a temporary file and rename: readers never see half a file.
+
+    The file gets the mode an ordinary ``open(path, "w")`` would give it (0o666 less the umask),
+    not the private 0o600 of ``tempfile.mkstemp``: reports and exports are meant to be read."""
+    while True:
+        tmp = path.parent / f".tmp-{secrets.token_hex(8)}"
+        try:  # the kernel applies the umask to 0o666, as for any file the user creates
+            fd = os.open(tmp, _O_NEW, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -29,7 +43,7 @@ def write_atomic(path: Path, data: bytes) -> None:
         finally:
             os.close(dir_fd)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -51,8 +65,13 @@ class ArtifactStore:
         sha = hashlib.sha256(data).hexdigest()
         path = self.path(sha)
         if not (path.exists() and _sha256_of(path) == sha):  # also repairs a damaged copy
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, data)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(path, data)
+            except OSError as exc:
+                raise CatalogError(
+                    f"cannot write to the catalog's store {self.root}: {exc.strerror or exc}."
+                ) from None
         return sha
 
     def read_bytes(self, sha256: str) -> bytes:

@@ -10,6 +10,7 @@ from typing import Any
 from trojanscope.database.build import (
     DefectContext,
     _insert,
+    eligible_neuron_count,
     find_by_key,
     get_defect,
     list_defects,
@@ -107,6 +108,12 @@ def repair_defect(
         k = len(defect.infected) if k is None else k
         if k < 1:
             raise ConfigError(f"--k must be at least 1, not {k}.")
+        eligible = eligible_neuron_count(defect.clean_model)
+        if k > eligible:
+            raise ConfigError(
+                f"--k {k} is more than the {eligible} eligible neurons of defect {defect_id}'s "
+                f"network ({defect.clean_model.arch})."
+            )
     params = repair.params.model_dump(mode="json")
     key = content_key("repair", defect_id, method, params, criterion, criterion_params, k)
     existing = find_by_key(catalog, RepairRow, key)

@@ -8,6 +8,8 @@ layer, and with clean data Neural Cleanse's label anomaly index (the reversed tr
 
 from __future__ import annotations
 
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,18 +22,23 @@ from trojanscope.errors import CorruptArtifactError, TrojanscopeError
 from trojanscope.localization.base import CRITERIA, EvidenceData
 from trojanscope.models.base import ARCHITECTURES
 from trojanscope.models.training import accuracy
+from trojanscope.neurons import classifier_name, eligible_layers
 from trojanscope.scan.findings import FileReport, overall_verdict
 from trojanscope.scan.scanner import Scanner
 
 #: CLP flags channels whose standardised Lipschitz bound exceeds this (the CLP paper's u = 3).
 CLP_THRESHOLD = 3.0
 _WIDTHS = (1.0, 0.5, 0.25, 0.125, 2.0, 0.75)
+#: Terminal escape sequences (torch puts some in its error messages).
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 @dataclass
 class AuditResult:
     model: str
-    verdict: str  # dangerous-file, inconclusive-scan, backdoor-suspected, no-backdoor-found, ...
+    #: dangerous-file, suspicious-file, inconclusive-scan, not-screened, backdoor-suspected or
+    #: no-backdoor-found
+    verdict: str
     scan_verdict: str
     scan: list[FileReport]
     arch: str | None = None
@@ -45,7 +52,11 @@ class AuditResult:
 
     @property
     def exit_code(self) -> int:
-        return {"no-backdoor-found": 0, "inconclusive-scan": 3}.get(self.verdict, 1)
+        """0 no backdoor found, or not screened (no --arch) after a clean scan; 3 inconclusive
+        scan; 1 otherwise (dangerous or suspicious file, backdoor suspected)."""
+        return {"no-backdoor-found": 0, "not-screened": 0, "inconclusive-scan": 3}.get(
+            self.verdict, 1
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +77,8 @@ class AuditResult:
 def load_state(path: Path, fmt: str) -> dict[str, torch.Tensor]:
     """The tensors of a scanned model file: safetensors, or a torch checkpoint read with
     ``weights_only=True`` (unwrapping the usual {"state_dict": ...} containers)."""
+    if path.stat().st_size == 0:
+        raise CorruptArtifactError(f"{path} is an empty file (0 bytes): it holds no weights.")
     try:
         if fmt == "safetensors":
             from safetensors.torch import load_file
@@ -73,9 +86,7 @@ def load_state(path: Path, fmt: str) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types on bad or refused checkpoints
-        raise CorruptArtifactError(
-            f"cannot load weights from {path}: {exc}".split("\n")[0]
-        ) from None
+        raise CorruptArtifactError(_load_failure(path, exc)) from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -84,32 +95,104 @@ def load_state(path: Path, fmt: str) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _load_failure(path: Path, exc: Exception) -> str:
+    """One sentence for a file torch (or safetensors) would not load. torch's own text for a
+    refused checkpoint advises re-running with weights_only=False, i.e. running the payload:
+    it is never relayed, only the names of the refused globals."""
+    text = _ANSI.sub("", str(exc))
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text:
+        names = sorted(set(re.findall(r"GLOBAL ([\w.]+)", text)))
+        if names:
+            return (
+                f"the checkpoint {path} needs classes outside PyTorch's weights-only allow-list "
+                f"({', '.join(names)}); it was not loaded."
+            )
+        return (
+            f"the checkpoint {path} uses pickle constructs outside PyTorch's weights-only "
+            "allow-list; it was not loaded."
+        )
+    detail = text.strip().split("\n")[0].strip().rstrip(".") or type(exc).__name__
+    return f"cannot load weights from {path} ({detail})."
+
+
+def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    """The first convolution the network runs (execution order, not key order: safetensors
+    sorts names, and a depthwise kernel may come first)."""
+    modules = dict(model.named_modules())
+    for layer in eligible_layers(model):
+        if layer.kind == "conv":
+            return layer.name, modules[layer.name]
+    raise TrojanscopeError(f"{type(model).__name__} has no convolution to read its input from.")
+
+
+def _classifier(model: nn.Module) -> nn.Linear:
+    """The final classifier (the last Linear layer executed)."""
+    return dict(model.named_modules())[classifier_name(model)]
+
+
+def _mismatch(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str | None:
+    """How ``state`` differs from the tensors ``expected`` (names, then shapes), or None."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of its tensors are missing (first: '{missing[0]}')")
+        if unexpected:
+            parts.append(f"{len(unexpected)} tensors are not its own (first: '{unexpected[0]}')")
+        return " and ".join(parts)
+    for key, value in expected.items():
+        if tuple(value.shape) != tuple(state[key].shape):
+            return (
+                f"'{key}' has shape {tuple(state[key].shape)} where it expects {tuple(value.shape)}"
+            )
+    return None
+
+
 def build_for(
     arch: str, state: dict[str, torch.Tensor], size: int, width: float | None
-) -> nn.Module:
-    """The architecture with ``state`` loaded; input channels, classes and width inferred."""
-    convs = [v for v in state.values() if v.dim() == 4]
-    linears = [v for k, v in state.items() if v.dim() == 2 and k.endswith("weight")]
-    if not convs or not linears:
-        raise TrojanscopeError(
-            f"the weights do not look like a '{arch}' network (no conv or linear)."
-        )
-    # Key order is not reliable (safetensors sorts names): try every plausible shape.
-    channels = sorted({int(v.shape[1]) for v in convs} & {1, 3}) or [int(convs[0].shape[1])]
-    classes = sorted({int(v.shape[0]) for v in linears})
-    for w in [width] if width is not None else _WIDTHS:
-        for c in channels:
-            for k in classes:
-                model = ARCHITECTURES.create(arch, width=w).build(c, k, size)
-                try:
-                    model.load_state_dict(state, strict=True)
-                except RuntimeError:
-                    continue
-                return model.eval(), w
+) -> tuple[nn.Module, float]:
+    """The architecture with ``state`` loaded, and the width it fits. Input channels and classes
+    are read off the tensors of the architecture's own first convolution and final classifier;
+    any difference in tensor names or shapes is one sentence (a TrojanscopeError)."""
+    widths = [width] if width is not None else list(_WIDTHS)
+    problems: list[str] = []
+    for w in widths:
+        probe = ARCHITECTURES.create(arch, width=w).build(3, 2, size)  # names do not depend on
+        conv_name, conv = _first_conv(probe)  # channels or classes, shapes do
+        conv_key, head_key = f"{conv_name}.weight", f"{classifier_name(probe)}.weight"
+        conv_w, head_w = state.get(conv_key), state.get(head_key)
+        if conv_w is None or head_w is None or conv_w.dim() != 4 or head_w.dim() != 2:
+            problems.append(
+                _mismatch(probe.state_dict(), state)
+                or f"'{conv_key}' or '{head_key}' is not a weight of the right rank"
+            )
+            continue
+        channels, classes = int(conv_w.shape[1]) * conv.groups, int(head_w.shape[0])
+        model = ARCHITECTURES.create(arch, width=w).build(channels, classes, size)
+        problem = _mismatch(model.state_dict(), state)
+        if problem is None:
+            model.load_state_dict(state, strict=True)
+            return model.eval(), w
+        problems.append(problem)
+    tried = ", ".join(map(str, widths))
     raise TrojanscopeError(
-        f"the weights do not fit architecture '{arch}' at any width tried "
-        f"({', '.join(map(str, [width] if width is not None else _WIDTHS))})."
+        f"the weights do not fit architecture '{arch}' at any width tried ({tried}): {problems[0]}."
     )
+
+
+def _check_data_fits(model: nn.Module, data: str, shape: tuple[int, ...], classes: int) -> None:
+    """Refuse a data set whose channels or classes differ from the model's (one sentence)."""
+    in_channels = _first_conv(model)[1].in_channels
+    if shape[0] != in_channels:
+        raise TrojanscopeError(
+            f"data set '{data}' has {shape[0]} input channel(s) but the model takes {in_channels}."
+        )
+    out = _classifier(model).out_features
+    if classes != out:
+        raise TrojanscopeError(
+            f"data set '{data}' has {classes} classes but the model has {out} outputs."
+        )
 
 
 def audit_model(
@@ -119,6 +202,9 @@ def audit_model(
     width: float | None = None,
     nc_params: dict[str, Any] | None = None,
 ) -> AuditResult:
+    """Scan ``path``; if it is safe and ``arch`` is given, load and screen it (see the module)."""
+    if path.stat().st_size == 0:
+        raise CorruptArtifactError(f"{path} is an empty file (0 bytes): it holds no weights.")
     reports = Scanner().scan_file(path)
     scan_verdict = overall_verdict(reports)
     result = AuditResult(str(path), "", scan_verdict, reports)
@@ -131,13 +217,25 @@ def audit_model(
         result.notes.append("the scan could not finish: the file was not loaded.")
         return result
     if arch is None:
-        result.verdict = "scanned-only"
-        result.notes.append("no --arch given: the weights were not screened for a backdoor.")
+        if scan_verdict == "suspicious":
+            result.verdict = "suspicious-file"
+            result.notes.append(
+                "the scan found imports outside the allow-list; with no --arch the weights were "
+                "not screened for a backdoor."
+            )
+        else:
+            result.verdict = "not-screened"
+            result.notes.append(
+                "the file scanned clean, but with no --arch its weights were not screened for a "
+                "backdoor: give --arch (and --data) to screen them."
+            )
         return result
     splits = DATASETS.create(data).load(0) if data else None
     size = min(splits.shape[1:]) if splits else 28
     state = load_state(path, reports[0].format)
     model, found_width = build_for(arch, state, size, width)
+    if splits is not None:
+        _check_data_fits(model, data, splits.shape, splits.num_classes)
     result.arch = arch
     result.arch_params = {"width": found_width}
     clp = CRITERIA.create("clp").run(model, EvidenceData())
@@ -147,8 +245,6 @@ def audit_model(
             result.clp_outliers.append({"neuron": str(ref), "clp_z": z})
     suspected = False
     if splits is not None:
-        if splits.shape[0] != next(v for v in state.values() if v.dim() == 4).shape[1]:
-            raise TrojanscopeError(f"data set '{data}' does not fit the model's input channels.")
         result.clean_acc = accuracy(model, splits.test)
         nc = CRITERIA.create("nc", **(nc_params or {})).run(model, EvidenceData(clean=splits.test))
         result.nc = {k: v for k, v in nc.extra.items()}

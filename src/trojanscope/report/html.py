@@ -109,7 +109,7 @@ def _trigger_plot(result: AuditResult) -> str | None:
 
 
 def render_audit(result: AuditResult) -> str:
-    css = {"no-backdoor-found": "ok", "scanned-only": "warn", "inconclusive-scan": "warn"}.get(
+    css = {"no-backdoor-found": "ok", "not-screened": "warn", "inconclusive-scan": "warn"}.get(
         result.verdict, "bad"
     )
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)

@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no screen on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
+from trojanscope.errors import TrojanscopeError  # noqa: E402
+
 #: Levels in their natural order; others follow alphabetically.
 LEVEL_ORDER = ("narrow", "small", "middle", "large")
 
@@ -23,7 +25,10 @@ def _level_key(level: str) -> tuple[int, str]:
 def wji_by_level(rows: Sequence[dict[str, Any]], folder: Path) -> list[Path]:
     """For each criterion, mean +- std of WJI per level (one line per attack), written as
     ``wji-<criterion>.png`` in ``folder``; returns the paths written."""
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrojanscopeError(f"cannot write plots to {folder}: {exc.strerror or exc}.") from None
     levels = sorted({r["level"] for r in rows}, key=_level_key)
     written = []
     for criterion in sorted({r["criterion"] for r in rows}):
@@ -50,7 +55,11 @@ def wji_by_level(rows: Sequence[dict[str, Any]], folder: Path) -> list[Path]:
         ax.legend(fontsize="small")
         fig.tight_layout()
         path = folder / f"wji-{criterion}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        try:
+            fig.savefig(path, dpi=100)
+        except OSError as exc:
+            raise TrojanscopeError(f"cannot write plot {path}: {exc.strerror or exc}.") from None
+        finally:
+            plt.close(fig)
         written.append(path)
     return written

@@ -13,8 +13,8 @@ import errno
 import hashlib
 import json
 import os
+import secrets
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -38,6 +38,9 @@ _OPEN_FLAGS = (
     | getattr(os, "O_NONBLOCK", 0)
     | getattr(os, "O_BINARY", 0)
     | getattr(os, "O_CLOEXEC", 0)
+)
+_NEW_FLAGS = (
+    os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 )
 
 
@@ -271,27 +274,35 @@ def create_manifest(directory: Path, output: Path | None = None) -> Path:
 
 
 def _write_atomic(output: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file in ``output``'s folder, then rename it into place."""
+    """Write ``data`` to a temporary file in ``output``'s folder, then rename it into place.
+
+    The manifest gets the mode of any file the user creates (0o666 less the umask): it is meant
+    to be shared, and a user whose umask keeps files private gets a private manifest."""
     folder = output.parent
     if not folder.is_dir():
         raise TrojanscopeError(f"Folder {folder} for the manifest does not exist.")
-    tmp_name: str | None = None
+    tmp: Path | None = None
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=".trojanscope-manifest-", suffix=".tmp", dir=folder)
+        while tmp is None:
+            candidate = folder / f".trojanscope-manifest-{secrets.token_hex(8)}.tmp"
+            try:  # the kernel applies the umask to 0o666
+                fd = os.open(candidate, _NEW_FLAGS, 0o666)
+            except FileExistsError:
+                continue
+            tmp = candidate
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp_name, 0o644)  # a manifest is meant to be shared, unlike mkstemp's 0600
-        os.replace(tmp_name, output)
-        tmp_name = None
+        os.replace(tmp, output)
+        tmp = None
     except OSError as exc:
         raise TrojanscopeError(
             f"Manifest {output} could not be written ({exc.strerror or exc})."
         ) from None
     finally:
-        if tmp_name is not None:
-            Path(tmp_name).unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- verify
