@@ -154,8 +154,15 @@ def test_without_arch_a_clean_file_is_not_screened_and_exits_0(weights, tmp_path
     assert 'class="verdict warn"' in render_audit(result)
 
 
+class TrainingConfig:
+    """A class of the training script pickled into its checkpoint: not on the allow-list."""
+
+
 def test_without_arch_a_suspicious_file_exits_1(tmp_path, capsys, monkeypatch):
-    model = _checkpoint_with_args(tmp_path / "ckpt.pt", legacy=False)
+    import torch
+
+    model = tmp_path / "ckpt.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "config": TrainingConfig()}, model)
     code, out, _ = run(
         ["audit", model, "--report", tmp_path / "r.html", "--json"], capsys, monkeypatch
     )
@@ -216,3 +223,13 @@ def test_build_for_reads_channels_and_classes_off_the_first_convolution(mobilene
     model, width = build_for("mobilenetv2", state, 8, None)
     assert width == 0.25 and model.stem.in_channels == 3 and model.fc.out_features == 10
     assert typing.get_type_hints(build_for)["return"] == tuple[torch.nn.Module, float]
+
+
+def test_screening_never_makes_a_suspicious_file_look_clean(weights, monkeypatch):
+    import trojanscope.report.audit as audit_module
+
+    root, _ = weights
+    monkeypatch.setattr(audit_module, "overall_verdict", lambda reports: "suspicious")
+    result = audit_model(root / "clean.safetensors", "cnn-small")
+    assert result.layer_scores  # it was screened (no backdoor found in the weights) ...
+    assert result.verdict == "suspicious-file" and result.exit_code == 1  # ... yet not clean

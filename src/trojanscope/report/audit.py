@@ -254,5 +254,14 @@ def audit_model(
         result.notes.append(
             "no --data given: only data-free CLP screening (outlier neurons are hints, not proof)."
         )
-    result.verdict = "backdoor-suspected" if suspected else "no-backdoor-found"
+    if suspected:
+        result.verdict = "backdoor-suspected"
+    elif scan_verdict == "suspicious":  # screening never makes a file look better than its scan
+        result.verdict = "suspicious-file"
+        result.notes.append(
+            "no backdoor was found in the weights, but the scan found imports outside the "
+            "allow-list."
+        )
+    else:
+        result.verdict = "no-backdoor-found"
     return result
