@@ -142,3 +142,22 @@ def test_concatenated_gzip_members_are_all_read():
     data = gzip.compress(b"\x80\x02].") + gzip.compress(evil)
     reports = Scanner().scan_bytes(data, "x.gz")
     assert overall_verdict(reports) == "dangerous"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [laughs_by_memo(40), laughs_by_dup(40), laughs_by_mark(9)],
+    ids=["memo", "dup", "mark"],
+)
+def test_billion_laughs_are_a_finding_when_values_are_tracked(data):
+    # the same structures in a joblib stream, which the scanner reads a second time with values
+    report = scan(JOBLIB + data[2:])
+    assert report.metadata["format_detail"] == "joblib"
+    assert "pickle.expansion-bomb" in [f.rule for f in report.findings]
+    assert report.metadata["work"] <= 8 * len(data)
+
+
+def test_a_cycle_is_not_a_bomb():
+    data = b"\x80\x02]\x94h\x00a."  # a list that contains itself
+    assert scan(data).verdict == "clean"
+    assert scan(JOBLIB + data[2:]).verdict == "clean"

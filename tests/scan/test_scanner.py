@@ -202,3 +202,31 @@ def test_directory_links(tmp_path):
     assert "up" not in by_name
     assert by_name["secret"].findings[0].rule == "file.symlink-escape"
     assert overall_verdict(reports) == "dangerous"
+
+
+def test_old_joblib_companion_files_are_scanned_with_their_pickle(tmp_path):
+    import pickle
+
+    from joblib import numpy_pickle_compat as compat
+
+    np = pytest.importorskip("numpy")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    pkl = folder / "model.pkl"
+    pkl.write_bytes(pickle.dumps([compat.NDArrayWrapper("model.pkl_01.npy", np.ndarray)], 2))
+    # the pickle alone cannot be judged: joblib.load would np.load(allow_pickle=True) the file
+    assert overall_verdict(Scanner().scan_paths([pkl])) == "inconclusive"
+    np.save(folder / "model.pkl_01.npy", np.arange(3.0))
+    reports = Scanner().scan_paths([pkl])
+    assert overall_verdict(reports) == "clean"
+    assert [Path(r.location).name for r in reports] == ["model.pkl", "model.pkl_01.npy"]
+    evil = b"\x93NUMPY\x01\x00" + _object_npy_header() + b"cos\nsystem\n(S'x'\ntR."
+    (folder / "model.pkl_01.npy").write_bytes(evil)
+    assert overall_verdict(Scanner().scan_paths([pkl])) == "dangerous"
+    assert len(Scanner().scan_paths([folder])) == 3  # the folder scan reads each file once
+
+
+def _object_npy_header() -> bytes:
+    body = b"{'descr': '|O', 'fortran_order': False, 'shape': (1,), }"
+    header = body + b" " * (117 - len(body)) + b"\n"
+    return len(header).to_bytes(2, "little") + header

@@ -224,6 +224,43 @@ def _companion_escape(name: str) -> str | None:
     return None
 
 
+def _children(value: object) -> list[object] | tuple[object, ...] | None:
+    """The values a value-tracking container holds (None for a leaf)."""
+    kind = type(value)
+    if kind is list or kind is tuple:
+        return value  # type: ignore[return-value]
+    if kind is dict:
+        return [*value.keys(), *value.values()]  # type: ignore[attr-defined]
+    if kind is Called:
+        return None if value.args is None else [value.args]  # type: ignore[attr-defined]
+    return None
+
+
+def _tree_size(root: object) -> tuple[int, int]:
+    """The size of ``root`` as a tree and the edges visited to find it: each shared node is
+    sized once, so the work is linear in the graph, never in the expansion. A reference back
+    to a node still being sized (a cycle) counts as one node."""
+    sizes: dict[int, int] = {}
+    pending: list[tuple[object, bool]] = [(root, False)]
+    visited = 0
+    while pending:
+        node, ready = pending.pop()
+        children = _children(node)
+        if children is None or (not ready and id(node) in sizes):
+            continue
+        visited += len(children)
+        if not ready:
+            sizes[id(node)] = 1  # in progress: a cycle back here counts once
+            pending.append((node, True))
+            pending.extend(
+                (c, False) for c in children if id(c) not in sizes and _children(c) is not None
+            )
+            continue
+        total = 1 + sum(sizes.get(id(c), 1) for c in children)
+        sizes[id(node)] = total if total < _CAP else _CAP
+    return sizes.get(id(root), 1), visited
+
+
 # An undecoded string argument is pushed as a plain tuple (start, end, is_text): no other stack
 # value is a tuple in the fast mode, and tuples are the cheapest object Python makes.
 
@@ -444,13 +481,17 @@ class PickleMachine:
         finally:
             self.opcodes = lim.max_opcodes - budget
             self.work += first - budget + moved
-        if result.complete and not self.track:
+        if result.complete:
             self._check_expansion(result, first - budget)
         result.imports = list(self.seen.values())
         return result
 
     def _check_expansion(self, result: PickleResult, opcodes: int) -> None:
-        tree = _size(result.value)
+        if self.track:
+            tree, visited = _tree_size(result.value)
+            self.work += visited
+        else:
+            tree = _size(result.value)
         lim = self.limits
         if tree > max(lim.min_expansion, lim.max_expansion_ratio * opcodes):
             self.report.add(

@@ -32,8 +32,9 @@ from trojanscope.scan.limits import BombDetected, Budget, Limits
 from trojanscope.scan.numpy_check import NpyError, read_layout
 from trojanscope.scan.pickle_scan import PickleMachine, scan_pickle_stream
 
-#: Members of a PyTorch zip checkpoint holding raw storage bytes (never unpickled by torch).
-_TORCH_STORAGE = re.compile(r"(^|/)data/\d+$")
+#: Members of PyTorch zip and TorchScript archives holding raw storage bytes (never unpickled):
+#: ``data/N``, and a mobile (lite interpreter) archive's ``constants/N`` and ``bytecode/N``.
+_TORCH_STORAGE = re.compile(r"(^|/)(data|constants|bytecode)/\d+$")
 _IMPORT_RULES = ("pickle.dangerous-import", "pickle.unknown-import")
 _ZIP_ERRORS = (
     zipfile.BadZipFile,
@@ -75,7 +76,32 @@ class Scanner:
                 reports.extend(self.scan_directory(path))
             else:
                 reports.extend(self.scan_file(path))
+        reports.extend(self._companions(reports))
         return reports
+
+    def _companions(self, reports: list[FileReport]) -> list[FileReport]:
+        """The files old joblib pickles make joblib.load read (``np.load(allow_pickle=True)``
+        of a name next to the pickle): scanned too, and a missing one leaves the pickle
+        inconclusive, since what joblib would load from it cannot be judged."""
+        scanned = {os.path.realpath(r.location) for r in reports if "!" not in r.location}
+        added: list[FileReport] = []
+        queue = [r for r in reports if "!" not in r.location]
+        while queue:
+            report = queue.pop()
+            for name in report.metadata.get("companion_files", []):
+                path = Path(report.location).parent / name
+                if os.path.realpath(path) in scanned:
+                    continue
+                if not path.is_file():
+                    report.incomplete = report.incomplete or (
+                        f"joblib.load also reads {name!r}, which is missing here"
+                    )
+                    continue
+                scanned.add(os.path.realpath(path))
+                found = self.scan_file(path)
+                added.extend(found)
+                queue.extend(found[:1])
+        return added
 
     def scan_directory(self, root: Path) -> list[FileReport]:
         reports: list[FileReport] = []
