@@ -9,7 +9,11 @@ in-process (``Scanner().scan_paths``), reported separately.
 1. Throughput (MB = 10^6 bytes, best of N wall-clock runs) on large benign checkpoints (torch
    zip, legacy torch, safetensors, ~200 MB each), opcode-dense pickles (protocol 4 and 2) and a
    tiny pickle (start-up cost). Every verdict must be clean: anything else is a false positive.
-2. Detection on the corpus of ``tests/scan/corpus.py``: flagged or not per sample and tool, with
+2. Start-up: ``trojanscope scan tiny.pkl`` (its default, human-readable output) against
+   ``picklescan -p tiny.pkl``, run in turn (A B A B ...) so that the machine's drift hits both,
+   with every tool's modules compiled to bytecode as a normal install has them; the median
+   wall time of each and the median of the pairwise ratios.
+3. Detection on the corpus of ``tests/scan/corpus.py``: flagged or not per sample and tool, with
    the tool's own reasoning; errors and skipped (unsupported) files are never counted as
    detections. The canary file that any payload would create must not exist afterwards.
 
@@ -369,6 +373,43 @@ def make_runners(
     return runners
 
 
+# --- start-up ------------------------------------------------------------------------------------
+
+
+def startup(peers: dict[str, dict[str, Any]], tiny: Path, cwd: Path, runs: int) -> dict:
+    """Median wall seconds of `scan` on a tiny pickle, trojanscope and picklescan in turn."""
+    import statistics
+
+    # pip compiles an installed package's modules; an editable install (and an environment
+    # with PYTHONDONTWRITEBYTECODE) would otherwise compile trojanscope's on every start
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(ROOT / "src" / "trojanscope")],
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+    )
+    commands = {"trojanscope": [str(Path(sys.executable).parent / "trojanscope"), "scan"]}
+    if peers.get("picklescan", {}).get("installed"):
+        commands["picklescan"] = [peers["picklescan"]["cli"], "-p"]
+    times: dict[str, list[float]] = {tool: [] for tool in commands}
+    for _ in range(runs + 1):  # the first round warms the file cache and is dropped
+        for tool, command in commands.items():
+            code, _, _, measures = _run([*command, str(tiny)], cwd)
+            if code not in (0, None):
+                raise RuntimeError(f"{tool} exited {code} on {tiny}")
+            times[tool].append(measures["seconds"])
+    result: dict[str, Any] = {
+        tool: {"median_s": statistics.median(t[1:]), "min_s": min(t[1:])}
+        for tool, t in times.items()
+    }
+    if "picklescan" in times:
+        ratios = [
+            a / b for a, b in zip(times["trojanscope"][1:], times["picklescan"][1:], strict=True)
+        ]
+        result["ratio_median"] = statistics.median(ratios)
+    result["runs"] = runs
+    return result
+
+
 # --- throughput ----------------------------------------------------------------------------------
 
 
@@ -697,6 +738,27 @@ def markdown(report: dict[str, Any]) -> str:
         ]
         lines += ["", f"False positives on the benign throughput files: {', '.join(fps) or 'none'}"]
         lines.append("")
+    if report.get("startup"):
+        start = report["startup"]
+        lines += [
+            f"## Start-up (`scan tiny.pkl`, median of {start['runs']} runs in turn, modules "
+            "compiled)",
+            "",
+            "| tool | median s | min s |",
+            "| --- | ---: | ---: |",
+            *(
+                f"| {tool} | {e['median_s']:.3f} | {e['min_s']:.3f} |"
+                for tool, e in start.items()
+                if isinstance(e, dict)
+            ),
+            "",
+        ]
+        if "ratio_median" in start:
+            lines += [
+                f"trojanscope / picklescan, median of the pairwise ratios: "
+                f"{start['ratio_median']:.2f}",
+                "",
+            ]
     if report.get("detection"):
         lines += [
             "## Detection on the tests/scan/corpus.py corpus",
@@ -773,6 +835,7 @@ def main() -> None:
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-peers", action="store_true", help="run trojanscope only")
     parser.add_argument("--runs", type=int, default=3, help="throughput runs per tool and file")
+    parser.add_argument("--startup-runs", type=int, default=15, help="start-up runs per tool")
     parser.add_argument(
         "--keep-corpus", action="store_true", help="keep the malicious corpus files afterwards"
     )
@@ -827,6 +890,8 @@ def main() -> None:
         if not args.skip_throughput:
             files = throughput_files(results / "scan-files")
             report["throughput"] = throughput(files, runners, args.runs)
+            tiny = next(path for name, path, _ in files if name == "tiny.pkl")
+            report["startup"] = startup(peers, tiny, cwd, args.startup_runs)
         corpus_dir, canary = results / "scan-corpus", results / "scan-corpus-canary"
         canary_before = canary.exists()
         canary.unlink(missing_ok=True)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from trojanscope import cli
+from trojanscope import cli, entry
 from trojanscope.localization.base import quick_criteria
 
 DIGITS_BADNETS = ["--dataset", "digits", "--arch", "cnn-small", "--attack", "badnets"]
@@ -26,7 +26,7 @@ DEFECT_KEYS = {
 def run(args, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["trojanscope", *map(str, args)])
     try:
-        cli.main()
+        entry.main()
         code = 0
     except SystemExit as exc:
         code = exc.code or 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +22,8 @@ from rich.table import Table
 from rich.text import Text
 
 from trojanscope.errors import TrojanscopeError
+from trojanscope.fileio import check_output_file as _check_output_file
+from trojanscope.textsafe import HIDDEN_INLINE, escape_match, shown
 
 app = typer.Typer(
     add_completion=False,
@@ -33,25 +34,6 @@ app = typer.Typer(
 db_app = typer.Typer(no_args_is_help=True, help="Inspect the catalog.")
 app.add_typer(db_app, name="db")
 
-#: Characters that restyle, hide or reorder what a terminal shows: C0 and C1 controls (ESC
-#: sequences, carriage returns), zero-width characters and bidirectional overrides.
-_HIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
-#: The same, except line breaks and tabs (trojanscope's own text may span lines).
-_HIDDEN_INLINE = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]"
-)
-
-
-def _escape(match: re.Match[str]) -> str:
-    return match.group().encode("unicode_escape").decode("ascii")
-
-
-def shown(value: object) -> str:
-    """``value`` as one line a terminal shows literally: control, zero-width and bidi characters
-    are written as escapes (``\\x1b``, ``\\n``, ``\\u202e``), so a name cannot disguise itself."""
-    return _HIDDEN.sub(_escape, str(value))
-
-
 class LiteralConsole(Console):
     """A console that never interprets the strings it prints: no Rich markup (a file named
     ``[bold red]x.pt`` is shown as such), no emoji codes, control characters escaped. Styles
@@ -60,7 +42,7 @@ class LiteralConsole(Console):
     def render_str(self, text: str, **kwargs: Any) -> Text:
         """Render ``text`` literally (markup and emoji codes off, controls escaped)."""
         kwargs.update(markup=False, emoji=False)
-        return super().render_str(_HIDDEN_INLINE.sub(_escape, text), **kwargs)
+        return super().render_str(HIDDEN_INLINE.sub(escape_match, text), **kwargs)
 
 
 def styled(*parts: str | tuple[str, str]) -> Text:
@@ -145,15 +127,6 @@ def _check_seeds(seeds: list[int]) -> list[int]:
     return seeds
 
 
-def _check_output_file(path: Path) -> None:
-    if path.is_dir():
-        raise TrojanscopeError(f"cannot write {path}: it is a folder.")
-    if not path.parent.is_dir():
-        raise TrojanscopeError(f"cannot write {path}: folder {path.parent} does not exist.")
-    if not os.access(path.parent, os.W_OK):
-        raise TrojanscopeError(f"cannot write {path}: permission denied.")
-
-
 # -- quickstart ------------------------------------------------------------------------------
 
 
@@ -187,7 +160,7 @@ def quickstart(
     from trojanscope.database.build import CleanSpec
     from trojanscope.database.catalog import Catalog
     from trojanscope.database.quickstart import LEVELS, plan_size, run_quickstart
-    from trojanscope.database.store import write_atomic
+    from trojanscope.fileio import write_atomic
     from trojanscope.localization.base import CRITERIA, quick_criteria
 
     _threads()
@@ -570,7 +543,7 @@ def db_export(
     """Write a defect's weights (or its clean model's) as a safetensors file, e.g. to audit it."""
     from trojanscope.database.build import get_defect
     from trojanscope.database.catalog import Catalog
-    from trojanscope.database.store import write_atomic
+    from trojanscope.fileio import write_atomic
 
     _check_output_file(out_file)
     catalog = Catalog.open(db)

@@ -3,27 +3,17 @@ Registered on the main app by ``trojanscope.cli``."""
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich import box
-from rich.table import Table
 
 from trojanscope.cli import _check_output_file, _print_json, app, out, shown, styled
 from trojanscope.errors import TrojanscopeError
 
 manifest_app = typer.Typer(no_args_is_help=True, help="Integrity manifests of model folders.")
 app.add_typer(manifest_app, name="manifest")
-
-_STYLE = {
-    "clean": "green",
-    "suspicious": "yellow",
-    "dangerous": "bold red",
-    "inconclusive": "magenta",
-    "error": "red",
-}
 
 _VERDICT_STYLE = {
     "no-backdoor-found": "green",
@@ -32,80 +22,17 @@ _VERDICT_STYLE = {
 }
 
 
-def _by_top_level(reports: list[Any]) -> dict[str, list[Any]]:
-    groups: dict[str, list[Any]] = {}
-    for report in reports:
-        groups.setdefault(report.location.split("!", 1)[0], []).append(report)
-    return groups
-
-
-@app.command()
-def scan(
-    paths: Annotated[list[Path], typer.Argument(help="Model files or folders.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
-    sarif: Annotated[
-        Path | None, typer.Option(help="Also write a SARIF 2.1.0 report to this file.")
-    ] = None,
-    hashes: Annotated[
-        bool, typer.Option("--hash", help="Also report the sha256 of every file and member.")
-    ] = False,
-) -> None:
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def scan(ctx: typer.Context) -> None:
     """Scan model files without running them. Exit code: 0 clean, 1 findings, 2 error,
-    3 inconclusive (a limit or a parse error stopped the scan: never reported as clean)."""
-    from trojanscope.scan.findings import EXIT_CODES, overall_verdict
-    from trojanscope.scan.sarif import to_sarif
-    from trojanscope.scan.scanner import Scanner
+    3 inconclusive (the scanner could not read everything: never reported as clean). See
+    `trojanscope scan --help`."""
+    from trojanscope.scan.command import run
 
-    for path in paths:
-        if not path.exists() and not path.is_symlink():
-            raise TrojanscopeError(f"{path} does not exist.")
-    if sarif is not None:
-        _check_output_file(sarif)
-    reports = Scanner(hashes=hashes).scan_paths(paths)
-    verdict = overall_verdict(reports)
-    if sarif is not None:
-        from trojanscope.database.store import write_atomic
-
-        write_atomic(sarif, json.dumps(to_sarif(reports), indent=2).encode())
-    if as_json:
-        _print_json(
-            {
-                "verdict": verdict,
-                "exit_code": EXIT_CODES[verdict],
-                "files": [r.as_dict() for r in reports],
-            }
-        )
-    else:
-        _render_scan(reports, verdict)
-    raise typer.Exit(EXIT_CODES[verdict])
-
-
-def _render_scan(reports: list[Any], verdict: str) -> None:
-    from trojanscope.scan.findings import overall_verdict
-
-    table = Table(box=box.SIMPLE_HEAD, title="scan")
-    for col in ("file", "format", "verdict", "findings"):
-        table.add_column(col)
-    for top, members in _by_top_level(reports).items():
-        worst = overall_verdict(members)
-        findings = [f for r in members for f in r.findings if f.severity != "info"]
-        incomplete = [r.incomplete for r in members if r.incomplete]
-        errors = [r.error for r in members if r.error]
-        text = "; ".join(
-            [
-                f"{f.severity}: {f.message}"
-                + (f" [{f.location.split('!', 1)[1]}]" if "!" in f.location else "")
-                for f in findings[:4]
-            ]
-            + ([f"(+{len(findings) - 4} more)"] if len(findings) > 4 else [])
-            + [f"inconclusive: {i}" for i in incomplete[:2]]
-            + errors
-        )
-        table.add_row(
-            shown(top), shown(members[0].format), styled((worst, _STYLE[worst])), shown(text or "-")
-        )
-    out.print(table)
-    out.print(styled("verdict: ", (verdict, _STYLE[verdict])))
+    raise typer.Exit(run(ctx.args, sys.stdout))
 
 
 @manifest_app.command("create")
@@ -178,7 +105,7 @@ def audit(
     after a clean scan; 1 dangerous or suspicious file, or backdoor suspected; 2 error (weights
     or data that do not fit, a checkpoint weights_only refuses); 3 inconclusive scan."""
     from trojanscope.cli import _threads
-    from trojanscope.database.store import write_atomic
+    from trojanscope.fileio import write_atomic
     from trojanscope.report.audit import audit_model
     from trojanscope.report.html import render_audit
 

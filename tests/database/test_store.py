@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from trojanscope.database.store import write_atomic
+from trojanscope.fileio import write_atomic
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])

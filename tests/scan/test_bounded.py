@@ -161,3 +161,11 @@ def test_a_cycle_is_not_a_bomb():
     data = b"\x80\x02]\x94h\x00a."  # a list that contains itself
     assert scan(data).verdict == "clean"
     assert scan(JOBLIB + data[2:]).verdict == "clean"
+
+
+@pytest.mark.parametrize("fmt", ["gzip", "bz2", "xz"])
+def test_corrupt_compressed_streams_are_inconclusive(fmt):
+    good = {"gzip": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}[fmt](b"data " * 200)
+    bad = good[:20] + bytes(b ^ 0x55 for b in good[20:40]) + good[40:]
+    (top, *_) = Scanner().scan_bytes(bad, f"x.{fmt}")
+    assert top.verdict == "inconclusive" and top.format == fmt

@@ -9,8 +9,6 @@ members, bz2 and xz streams) are followed; bytes after the last stream are an er
 
 from __future__ import annotations
 
-import bz2
-import lzma
 import zlib
 from typing import Any, BinaryIO
 
@@ -26,6 +24,9 @@ class TruncatedStream(ValueError):
 
 
 def _decompressor(fmt: str) -> Any:
+    import bz2  # imported on use: they cost start-up time a plain scan does not need
+    import lzma
+
     if fmt == "gzip":
         return zlib.decompressobj(wbits=31)
     if fmt == "zlib":
@@ -36,11 +37,21 @@ def _decompressor(fmt: str) -> Any:
 
 
 def decompress(fmt: str, data: bytes | memoryview, budget: Budget) -> bytes:
-    """All of ``data`` (``gzip``, ``bz2``, ``xz`` or ``zlib``), within the budget's bounds."""
+    """All of ``data`` (``gzip``, ``bz2``, ``xz`` or ``zlib``), within the budget's bounds.
+    Corrupt data raises TruncatedStream whatever the decompressor's own exception is."""
     out = bytearray()
     start, n = 0, len(data)
     while True:
-        start = _one_stream(fmt, data, start, out, budget)
+        try:
+            start = _one_stream(fmt, data, start, out, budget)
+        except TruncatedStream:
+            raise
+        except (zlib.error, OSError, EOFError, ValueError) as exc:
+            raise TruncatedStream(f"corrupt {fmt} data ({exc})") from exc
+        except Exception as exc:  # lzma.LZMAError derives from Exception only
+            if type(exc).__name__ != "LZMAError":
+                raise
+            raise TruncatedStream(f"corrupt {fmt} data ({exc})") from exc
         if start >= n:
             return bytes(out)
         if fmt == "zlib" or bytes(data[start : start + len(_MAGIC[fmt])]) != _MAGIC[fmt]:

@@ -6,14 +6,14 @@ of what it reads and never larger than the limits allow, whatever the file claim
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from trojanscope.scan.findings import LimitExceeded
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Per-scan bounds (the defaults fit multi-gigabyte checkpoints on a laptop)."""
+class Limits(NamedTuple):
+    """Per-scan bounds (the defaults fit multi-gigabyte checkpoints on a laptop); immutable,
+    ``limits._replace(max_opcodes=...)`` gives a variant."""
 
     max_opcodes: int = 200_000_000  # pickle opcodes per top-level file
     max_stack: int = 5_000_000  # values on the pickle stack (all MARK levels together)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from trojanscope.scan.findings import FileReport, LimitExceeded
 from trojanscope.scan.limits import Limits
@@ -34,13 +33,25 @@ _CHECK_EVERY = 0x3FFF
 _MAX_NESTED_ARRAYS = 8  # joblib object arrays nest pickles inside pickles
 
 
-@dataclass(frozen=True)
 class Global:
-    module: str
-    name: str
+    """A name the pickle imports (GLOBAL, STACK_GLOBAL, INST)."""
+
+    __slots__ = ("module", "name")
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
 
     def __str__(self) -> str:
         return f"{self.module}.{self.name}"
+
+    def __repr__(self) -> str:
+        return f"Global({self.module!r}, {self.name!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Global) and (self.module, self.name) == (other.module, other.name)
+
+    def __hash__(self) -> int:
+        return hash((self.module, self.name))
 
 
 class Called:
@@ -77,12 +88,16 @@ class Str(str):
     """A string value from the pickle (only short ones are decoded)."""
 
 
-@dataclass
 class PickleResult:
-    end: int  # offset just past STOP (or where the scan stopped)
-    complete: bool
-    value: object = UNKNOWN
-    imports: list[Global] = field(default_factory=list)
+    """One pickle's run: where it ended, whether it reached STOP, its value and imports."""
+
+    __slots__ = ("end", "complete", "value", "imports")
+
+    def __init__(self, end: int, complete: bool) -> None:
+        self.end = end  # offset just past STOP (or where the scan stopped)
+        self.complete = complete
+        self.value: object = UNKNOWN
+        self.imports: list[Global] = []
 
 
 def _size(value: object) -> int:

@@ -16,28 +16,26 @@ import mmap
 import os
 import re
 import stat
-import tarfile
-import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 from trojanscope.scan import formats
 from trojanscope.scan.decompress import TruncatedStream, decompress, read_member
 from trojanscope.scan.detect import CONTAINERS, detect, hdf5_offset, image_kind
 from trojanscope.scan.findings import FileReport, LimitExceeded
 from trojanscope.scan.limits import BombDetected, Budget, Limits
-from trojanscope.scan.numpy_check import NpyError, read_layout
 from trojanscope.scan.pickle_scan import PickleMachine, scan_pickle_stream
 
 #: Members of PyTorch zip and TorchScript archives holding raw storage bytes (never unpickled):
 #: ``data/N``, and a mobile (lite interpreter) archive's ``constants/N`` and ``bytecode/N``.
 _TORCH_STORAGE = re.compile(r"(^|/)(data|constants|bytecode)/\d+$")
 _IMPORT_RULES = ("pickle.dangerous-import", "pickle.unknown-import")
+# zipfile, tarfile and the NumPy reader are imported where used: `trojanscope scan` of a
+# plain pickle must start as fast as a single-purpose scanner.
 _ZIP_ERRORS = (
-    zipfile.BadZipFile,
     zlib.error,
     OSError,
     EOFError,
@@ -47,8 +45,7 @@ _ZIP_ERRORS = (
 )
 
 
-@dataclass(frozen=True)
-class _Context:
+class _Context(NamedTuple):
     """Where a (member) file sits: output list, nesting depth, the top-level budget, the model
     folder (for ONNX external data) and what its container admits (TorchScript classes)."""
 
@@ -240,7 +237,7 @@ class Scanner:
         """A container that could also start a pickle (tar, safetensors, HDF5 after a user
         block, bz2): what a pickle loader would run from byte 0."""
         trial = FileReport(report.location, "pickle")
-        machine = PickleMachine(data, trial, replace(self.limits, max_opcodes=1_000_000))
+        machine = PickleMachine(data, trial, self.limits._replace(max_opcodes=1_000_000))
         try:
             result = machine.run(0)
         except LimitExceeded:
@@ -308,6 +305,8 @@ class Scanner:
         self._scan(data, report, child, name.rsplit("/", 1)[-1])
 
     def _zip(self, data: bytes | memoryview, report: FileReport, ctx: _Context) -> None:
+        import zipfile
+
         try:
             archive = zipfile.ZipFile(_as_file(data))
         except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
@@ -338,7 +337,7 @@ class Scanner:
             try:
                 with archive.open(info) as stream:
                     content = read_member(stream, ctx.budget, info.compress_size or 1)
-            except _ZIP_ERRORS as exc:
+            except (zipfile.BadZipFile, *_ZIP_ERRORS) as exc:
                 report.add("archive.malformed", "medium", f"member {info.filename}: {exc}")
                 report.incomplete = f"unreadable member {info.filename}"
                 continue
@@ -355,6 +354,8 @@ class Scanner:
             check_keras_archive(archive, report, self.limits, kind == "Keras v3 archive")
 
     def _tar(self, data: bytes | memoryview, report: FileReport, ctx: _Context) -> None:
+        import tarfile
+
         try:
             archive = tarfile.open(fileobj=_as_file(data), mode="r:")  # noqa: SIM115
         except tarfile.TarError as exc:
@@ -409,6 +410,8 @@ class Scanner:
         self._member(f"<{fmt}>", content, report, ctx)
 
     def _npy(self, data: bytes | memoryview, report: FileReport, ctx: _Context) -> None:
+        from trojanscope.scan.numpy_check import NpyError, read_layout
+
         try:
             layout = read_layout(data)
         except NpyError as exc:
