@@ -58,7 +58,7 @@ def detect(data: bytes | memoryview) -> str:
         head[:4] == b"RIFF" and head[8:12] == b"WEBP"
     ):
         return "image"
-    from trojanscope.scan.onnx_check import looks_like_onnx  # onnx is slow to import
+    from trojanscope.scan.onnx_sniff import looks_like_onnx
 
     if looks_like_onnx(bytes(data[: 1 << 16])):
         return "onnx"
