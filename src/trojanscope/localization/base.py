@@ -15,14 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import BaseModel
 from torch import nn
+from typing_extensions import TypeVar
 
 from trojanscope.attacks.base import Attack
 from trojanscope.data.base import TensorData
 from trojanscope.errors import TrojanscopeError
 from trojanscope.models.training import predict
 from trojanscope.neurons import NeuronRef, all_neurons, capture_activations, eligible_layers
-from trojanscope.registry import Plugin, Registry
+from trojanscope.registry import NoParams, Plugin, Registry
 
 Evidence = Literal["none", "clean", "poisoned"]
 
@@ -117,7 +119,11 @@ class _SampleCounter:
         self.samples += int(args[0].shape[0])
 
 
-class Criterion(Plugin):
+#: A criterion's parameter model (a plug-in that names none takes ``NoParams``).
+CP_co = TypeVar("CP_co", bound=BaseModel, covariant=True, default=NoParams)
+
+
+class Criterion(Plugin[CP_co]):
     """A localization criterion: implement ``layer_scores``; declare ``evidence``."""
 
     kind = "criterion"
@@ -189,7 +195,9 @@ class Criterion(Plugin):
         )
 
 
-CRITERIA: Registry[Criterion] = Registry("criterion", ["trojanscope.localization.criteria"])
+CRITERIA: Registry[Criterion[BaseModel]] = Registry(
+    "criterion", ["trojanscope.localization.criteria"]
+)
 
 
 def quick_criteria() -> list[str]:

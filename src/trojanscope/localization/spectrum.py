@@ -16,6 +16,7 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import BaseModel, Field
 from torch import nn
+from typing_extensions import TypeVar
 
 from trojanscope.localization.base import Criterion, EvidenceData
 from trojanscope.neurons import capture_activations
@@ -45,11 +46,14 @@ class Spectrum:
         self.total_passed = float(len(passing))
 
 
-class SpectrumCriterion(Criterion):
+#: The parameter model of a spectrum criterion.
+SP_co = TypeVar("SP_co", bound=SpectrumParams, covariant=True, default=SpectrumParams)
+
+
+class SpectrumCriterion(Criterion[SP_co]):
     """Implement ``formula``; coverage, thresholds and evidence are shared."""
 
     evidence = "poisoned"
-    Params = SpectrumParams
     formula_name: ClassVar[str] = ""
 
     def formula(self, s: Spectrum) -> torch.Tensor:

@@ -59,10 +59,8 @@ def _read_csv(csv_path: Path, folder: Path) -> tuple[list[Path], list[Box], list
 
 
 @DATASETS.register("gtsrb")
-class Gtsrb(OfficialSplitDataset):
+class Gtsrb(OfficialSplitDataset[GtsrbParams]):
     """GTSRB (51,839 photos of 43 German traffic signs), one of BDefects4NN's data sets."""
-
-    Params = GtsrbParams
 
     def _part(self, paths: list[Path], boxes: list[Box], labels: list[int], src: str) -> Part:
         size = self.params.size

@@ -44,9 +44,7 @@ def _shape_masks(kind: str, yy: np.ndarray, xx: np.ndarray, cy, cx, r) -> np.nda
 
 
 @DATASETS.register("synthetic")
-class Synthetic(Dataset):
-    Params = SyntheticParams
-
+class Synthetic(Dataset[SyntheticParams]):
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         p = self.params
         rng = np.random.default_rng(p.generator_seed)

@@ -65,10 +65,9 @@ class _Perturbation:
 
 
 @CRITERIA.register("anp")
-class AdversarialNeuronPruning(Criterion):
+class AdversarialNeuronPruning(Criterion[ANPParams]):
     evidence = "clean"
     expensive = True
-    Params = ANPParams
 
     def layer_scores(self, model: nn.Module, data: EvidenceData):
         p = self.params

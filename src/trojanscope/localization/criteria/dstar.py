@@ -13,9 +13,7 @@ class DStarParams(SpectrumParams):
 
 
 @CRITERIA.register("dstar")
-class DStar(SpectrumCriterion):
-    Params = DStarParams
-
+class DStar(SpectrumCriterion[DStarParams]):
     def formula(self, s: Spectrum):
         # A neuron covering every failure and no pass has ep + nf = 0 (infinitely suspicious);
         # the usual +1 in the denominator keeps it finite and first.

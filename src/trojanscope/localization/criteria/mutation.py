@@ -64,10 +64,9 @@ def _mutant_decisions(
 
 
 @CRITERIA.register("mutation")
-class NeuronMutation(Criterion):
+class NeuronMutation(Criterion[MutationParams]):
     evidence = "poisoned"
     expensive = True
-    Params = MutationParams
 
     def layer_scores(self, model: nn.Module, data: EvidenceData):
         p = self.params

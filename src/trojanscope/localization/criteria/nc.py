@@ -84,10 +84,9 @@ def anomaly_indices(norms: torch.Tensor) -> torch.Tensor:
 
 
 @CRITERIA.register("nc")
-class NeuralCleanse(Criterion):
+class NeuralCleanse(Criterion[NCParams]):
     evidence = "clean"
     expensive = True
-    Params = NCParams
 
     def layer_scores(self, model: nn.Module, data: EvidenceData):
         p = self.params

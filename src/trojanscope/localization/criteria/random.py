@@ -16,9 +16,8 @@ class RandomParams(BaseModel):
 
 
 @CRITERIA.register("random")
-class RandomBaseline(Criterion):
+class RandomBaseline(Criterion[RandomParams]):
     evidence = "none"
-    Params = RandomParams
 
     def layer_scores(self, model: nn.Module, data: EvidenceData):
         g = torch.Generator().manual_seed(self.params.seed)

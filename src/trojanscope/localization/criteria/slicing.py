@@ -45,9 +45,8 @@ def decision_contributions(
 
 
 @CRITERIA.register("slicing")
-class DynamicSlicing(Criterion):
+class DynamicSlicing(Criterion[SlicingParams]):
     evidence = "poisoned"
-    Params = SlicingParams
 
     def layer_scores(self, model: nn.Module, data: EvidenceData):
         passing, failing = data.outcomes(model, self.params.samples)
