@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from pydantic import BaseModel
@@ -54,6 +54,28 @@ class EvidenceData:
             raise TrojanscopeError("no triggered input changes the model's decision: no failures.")
         return passing[:limit], failing[:limit]
 
+    def need_clean(self) -> TensorData:
+        """The clean inputs (what a criterion of ``clean`` evidence reads)."""
+        if self.clean is None:
+            raise TrojanscopeError("this criterion needs clean data.")
+        return self.clean
+
+    def need_pairs(self) -> tuple[TensorData, TensorData]:
+        """(clean_victims, triggered): the paired inputs without and with the trigger."""
+        if self.clean_victims is None or self.triggered is None:
+            raise TrojanscopeError("this criterion needs triggered inputs.")
+        return self.clean_victims, self.triggered
+
+
+class LayerScores(NamedTuple):
+    """What a criterion's ``layer_scores`` returns."""
+
+    #: eligible layer name -> (width,) suspiciousness of its neurons (higher = more suspicious)
+    scores: dict[str, torch.Tensor]
+    #: findings to report: JSON-ready values go to the result's ``extra``, tensors (e.g. a
+    #: reversed trigger) to its ``artifacts``
+    extra: dict[str, object]
+
 
 @dataclass
 class LocalizationResult:
@@ -94,7 +116,9 @@ def frozen_weights(model: nn.Module) -> Iterator[None]:
 
 
 @torch.no_grad()
-def trigger_shift(model: nn.Module, clean_x: torch.Tensor, triggered_x: torch.Tensor) -> dict:
+def trigger_shift(
+    model: nn.Module, clean_x: torch.Tensor, triggered_x: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Per-layer (width,) z-scored mean shift of each neuron's rectified activation from clean to
     triggered inputs, in units of its clean standard deviation (float64: the activations of an
     untrained deep network can overflow float32 squares)."""
@@ -132,9 +156,7 @@ class Criterion(Plugin[CP_co]):
     #: quickstart's default set, always in the study (`bench localize`).
     expensive: ClassVar[bool] = False
 
-    def layer_scores(
-        self, model: nn.Module, data: EvidenceData
-    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def layer_scores(self, model: nn.Module, data: EvidenceData) -> LayerScores:
         """Per-layer (width,) suspiciousness, plus any extra findings to report."""
         raise NotImplementedError
 
