@@ -115,7 +115,8 @@ class MaskPatternAttack(Attack[AP_co]):
     """Triggers of the form x * (1 - mask) + pattern * mask (patch and blend attacks)."""
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.trigger(tuple(x.shape[1:]))
+        c, h, w = x.shape[1:]
+        t = self.trigger((c, h, w))
         return (x * (1 - t["mask"]) + t["pattern"] * t["mask"]).clamp(0.0, 1.0)
 
 

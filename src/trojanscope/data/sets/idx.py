@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 from pydantic import Field
@@ -24,7 +24,7 @@ IDX_FILES = {
 _CHUNK = 1 << 20
 
 
-def _read_exactly(f: BinaryIO, n: int) -> bytes:
+def _read_exactly(f: io.BufferedIOBase, n: int) -> bytes:
     """Up to ``n`` bytes, read in chunks so a lying header cannot force a huge allocation."""
     parts, left = [], n
     while left > 0:
@@ -108,8 +108,9 @@ class _IdxDataset(OfficialSplitDataset[IP_co]):
             raise TrojanscopeError(
                 f"incomplete {self.title} IDX files in {data_dir}: missing {', '.join(missing)}."
             )
+        paths = {stem: p for stem, p in found.items() if p is not None}
         (train, train_hw), (test, test_hw) = (
-            _part(found[img], found[lab]) for img, lab in IDX_FILES.values()
+            _part(paths[img], paths[lab]) for img, lab in IDX_FILES.values()
         )
         if train_hw != test_hw:
             raise TrojanscopeError(
