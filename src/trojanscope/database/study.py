@@ -212,7 +212,9 @@ def bench_repair(
     for defect in defects:
         context: DefectContext | None = None
         for method in methods:
-            pairs = criteria if REPAIRS.get(method).uses_neurons else [None]
+            pairs: list[str | None] = (
+                [*criteria] if REPAIRS.get(method).uses_neurons else [None]
+            )
             for criterion in pairs:
                 step(f"repair defect {defect.id}: {method} / {criterion or '-'}")
                 if context is None:
