@@ -47,7 +47,10 @@ class LiteralConsole(Console):
 
 def styled(*parts: str | tuple[str, str]) -> Text:
     """One line from plain parts and ``(text, style)`` parts, every text shown literally."""
-    return Text.assemble(*(shown(p) if isinstance(p, str) else (shown(p[0]), p[1]) for p in parts))
+    pieces: list[str | tuple[str, str]] = [
+        shown(p) if isinstance(p, str) else (shown(p[0]), p[1]) for p in parts
+    ]
+    return Text.assemble(*pieces)
 
 
 # Tables keep their columns when piped to a file (Rich would otherwise assume 80 columns).

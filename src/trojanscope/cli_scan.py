@@ -74,8 +74,8 @@ def manifest_verify(
             out.print(styled(("missing", "red"), " ", path))
         for path in result.extra:
             out.print(styled(("extra", "yellow"), "   ", path))
-        for item in result.refused:
-            out.print(styled(("refused", "red"), " ", item.path, ": ", item.reason))
+        for refusal in result.refused:
+            out.print(styled(("refused", "red"), " ", refusal.path, ": ", refusal.reason))
         out.print(
             styled(("all files match the manifest", "green"))
             if result.ok

@@ -174,7 +174,10 @@ def repair_cmd(
 
 
 def _study_table(
-    title: str, table_rows: list[dict[str, Any]], keys: list[str], columns: tuple
+    title: str,
+    table_rows: list[dict[str, Any]],
+    keys: list[str],
+    columns: tuple[tuple[str, str], ...],
 ) -> Table:
     table = Table(title=title, box=box.SIMPLE_HEAD)
     for key in (*keys, "n"):

@@ -17,6 +17,7 @@ from functools import total_ordering
 import torch
 from torch import nn
 from torch.fx import GraphModule, Node, symbolic_trace
+from torch.utils.hooks import RemovableHandle
 
 from trojanscope.errors import TrojanscopeError
 
@@ -104,11 +105,11 @@ def eligible_layers(model: nn.Module) -> list[EligibleLayer]:
         return _LAYER_CACHE[model]
     gm = trace(model)
     modules = dict(model.named_modules())
-    candidates: list[tuple[Node, nn.Module]] = [
-        (n, modules[n.target])
-        for n in _module_nodes(gm)
-        if isinstance(modules[n.target], (nn.Conv2d, nn.Linear))
-    ]
+    candidates: list[tuple[Node, nn.Conv2d | nn.Linear]] = []
+    for n in _module_nodes(gm):
+        module = modules[str(n.target)]
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            candidates.append((n, module))
     linear_nodes = [n for n, m in candidates if isinstance(m, nn.Linear)]
     classifier = linear_nodes[-1].target if linear_nodes else None
     layers: list[EligibleLayer] = []
@@ -124,11 +125,11 @@ def eligible_layers(model: nn.Module) -> list[EligibleLayer]:
             candidate = modules[users[0].target]
             if isinstance(candidate, _NORMS):
                 norm = str(users[0].target)
-        is_conv = isinstance(module, nn.Conv2d)
-        width = module.out_channels if is_conv else module.out_features
-        layers.append(
-            EligibleLayer(name, "conv" if is_conv else "linear", width, norm, norm or name)
-        )
+        if isinstance(module, nn.Conv2d):
+            kind, width = "conv", module.out_channels
+        else:
+            kind, width = "linear", module.out_features
+        layers.append(EligibleLayer(name, kind, width, norm, norm or name))
     if not layers:
         raise TrojanscopeError(
             f"{type(model).__name__} has no eligible layers (Conv2d or hidden Linear)."
@@ -145,6 +146,14 @@ def classifier_name(model: nn.Module) -> str:
     if not linears:
         raise TrojanscopeError(f"{type(model).__name__} has no final Linear classifier.")
     return linears[-1]
+
+
+def layer_module(model: nn.Module, layer: EligibleLayer) -> nn.Conv2d | nn.Linear:
+    """The Conv2d or Linear module of an eligible layer of ``model``."""
+    module = model.get_submodule(layer.name)
+    if not isinstance(module, (nn.Conv2d, nn.Linear)):
+        raise TrojanscopeError(f"{layer.name} is not a Conv2d or Linear layer of the model.")
+    return module
 
 
 def layer_map(model: nn.Module) -> dict[str, EligibleLayer]:
@@ -179,14 +188,16 @@ def mask_neurons(model: nn.Module, neurons: Iterable[NeuronRef]) -> Iterator[Non
     check_neurons(model, neuron_set)
     layers = layer_map(model)
     modules = dict(model.named_modules())
-    handles = []
+    handles: list[RemovableHandle] = []
     try:
         for layer_name, indices in neuron_set.by_layer().items():
             layer = layers[layer_name]
             keep = torch.ones(layer.width)
             keep[indices] = 0.0
 
-            def hook(_m: nn.Module, _i: object, out: torch.Tensor, keep=keep) -> torch.Tensor:
+            def hook(
+                _m: nn.Module, _i: object, out: torch.Tensor, keep: torch.Tensor = keep
+            ) -> torch.Tensor:
                 shape = (1, -1) + (1,) * (out.dim() - 2)
                 return out * keep.to(out.dtype).view(shape)
 
@@ -211,11 +222,13 @@ def recording(
     next layer sees in these architectures); ``detach=False`` keeps them in the autograd graph."""
     modules = dict(model.named_modules())
     store: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in layers}
-    handles = []
+    handles: list[RemovableHandle] = []
     try:
         for layer in layers:
 
-            def hook(_m: nn.Module, _i: object, out: torch.Tensor, name=layer.name) -> None:
+            def hook(
+                _m: nn.Module, _i: object, out: torch.Tensor, name: str = layer.name
+            ) -> None:
                 out = out.detach() if detach else out
                 store[name].append(_reduce(out, rectify) if reduce else out)
 

@@ -1,6 +1,7 @@
 """One registry per plug-in kind: plug-ins register a class under a stable name.
 
-A plug-in class declares its parameters as a pydantic model in ``Params``; ``create`` validates
+A plug-in class declares its parameters as a pydantic model, the type argument of its base
+(``class BadNets(Attack[BadNetsParams])``), which becomes its ``Params``; ``create`` validates
 them and fails with a sentence naming the bad parameter. Third-party packages can add plug-ins
 through the entry-point group ``trojanscope.<kind>``.
 """
@@ -9,15 +10,18 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable, Iterable
+import typing
+from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import entry_points
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Final, Generic, cast
 
 from pydantic import BaseModel, ValidationError
+from typing_extensions import TypeVar  # type-variable defaults (PEP 696) before Python 3.13
 
 from trojanscope.errors import ConfigError, UnknownNameError
 
-T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T", bound="Plugin[BaseModel]")
 
 
 def format_validation_error(owner: str, exc: ValidationError) -> str:
@@ -29,7 +33,7 @@ def format_validation_error(owner: str, exc: ValidationError) -> str:
     return f"invalid parameter for {owner}: " + "; ".join(parts) + "."
 
 
-def validate_params(owner: str, model: type[BaseModel], params: dict[str, Any]) -> BaseModel:
+def validate_params(owner: str, model: type[M], params: Mapping[str, Any]) -> M:
     """Validate ``params`` against ``model``; raise ConfigError with one sentence on failure."""
     try:
         return model(**params)
@@ -52,7 +56,7 @@ class Registry(Generic[T]):
         def decorate(cls: type[T]) -> type[T]:
             if name in self._entries and self._entries[name] is not cls:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
-            cls.name = name  # type: ignore[attr-defined]
+            cls.name = name
             self._entries[name] = cls
             return cls
 
@@ -93,15 +97,58 @@ class NoParams(BaseModel):
     model_config = {"extra": "forbid"}
 
 
-class Plugin:
-    """Base of every plug-in: validated parameters from a pydantic ``Params`` model."""
+#: A plug-in's parameter model. Covariant: parameters are read-only once validated, so an
+#: ``Attack[BadNetsParams]`` is an ``Attack[AttackParams]``. Each kind's base passes on a type
+#: variable of its own whose default is the model of a plug-in that names none.
+P_co = TypeVar("P_co", bound=BaseModel, covariant=True, default=NoParams)
 
-    name: str = "?"
-    kind: str = "plug-in"
-    Params: type[BaseModel] = NoParams
+
+def _named_model(cls: type) -> type[BaseModel] | None:
+    """The parameter model ``cls`` names as its plug-in base's type argument, or that type
+    variable's default when it passes one on (``class Attack(Plugin[AP_co])``); None when it
+    names none (a plain ``class Digits(Dataset)`` inherits its base's ``Params``)."""
+    for base in vars(cls).get("__orig_bases__", ()):
+        origin = typing.get_origin(base)
+        if not (isinstance(origin, type) and issubclass(origin, Plugin)):
+            continue
+        (arg,) = typing.get_args(base)
+        if isinstance(arg, typing.TypeVar):
+            arg = getattr(arg, "__default__", None)
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+class Plugin(Generic[P_co]):
+    """Base of every plug-in: validated parameters from a pydantic ``Params`` model.
+
+    ``Params`` is the model named as the type argument of the base class; a class may also set
+    it (to that model or a subclass), and one that names none inherits it."""
+
+    name: ClassVar[str] = "?"
+    kind: ClassVar[str] = "plug-in"
+    Params: type[P_co]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        named = _named_model(cls)
+        own = vars(cls).get("Params")
+        if own is None:
+            if named is not None:
+                # The model named in ``Plugin[...]`` is P_co for this class, by definition.
+                cls.Params = cast("type[P_co]", named)
+            elif not hasattr(cls, "Params"):
+                cls.Params = cast("type[P_co]", NoParams)
+        elif named is not None and not (isinstance(own, type) and issubclass(own, named)):
+            raise TypeError(
+                f"{cls.__name__}.Params must be {named.__name__} or a subclass of it, the "
+                "parameter model its base class names."
+            )
 
     def __init__(self, **params: Any) -> None:
-        self.params = validate_params(f"{self.kind} '{self.name}'", self.Params, params)
+        self.params: Final[P_co] = validate_params(
+            f"{self.kind} '{self.name}'", self.Params, params
+        )
 
     def describe(self) -> dict[str, Any]:
         """Name and parameters, JSON-ready (what the catalog stores)."""

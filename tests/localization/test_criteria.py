@@ -10,7 +10,7 @@ from trojanscope.injection.quantity import Quantity
 from trojanscope.localization.base import CRITERIA, EvidenceData
 from trojanscope.localization.metrics import score
 from trojanscope.models.base import ARCHITECTURES
-from trojanscope.neurons import all_neurons
+from trojanscope.neurons import all_neurons, eligible_layers
 
 
 def evidence_for(outcome, splits):
@@ -146,3 +146,13 @@ def test_quick_criteria_leave_out_the_expensive_ones():
 
     assert {"anp", "nc", "mutation"}.isdisjoint(quick_criteria())
     assert {"clp", "fp", "oracle", "random", "slicing", "tarantula"} <= set(quick_criteria())
+
+
+def test_layer_scores_called_without_its_evidence_says_what_is_missing():
+    model = ARCHITECTURES.create("cnn-small", width=0.25).build(1, 4, 8).eval()
+    with pytest.raises(TrojanscopeError, match="needs clean data"):
+        CRITERIA.create("fp").layer_scores(model, EvidenceData())
+    with pytest.raises(TrojanscopeError, match="needs triggered inputs"):
+        CRITERIA.create("oracle").layer_scores(model, EvidenceData())
+    scores, extra = CRITERIA.create("clp").layer_scores(model, EvidenceData())
+    assert set(scores) == {layer.name for layer in eligible_layers(model)} and extra == {}

@@ -9,6 +9,7 @@ import torch
 from pydantic import BaseModel, Field
 from safetensors.torch import save
 from torch import nn
+from typing_extensions import TypeVar
 
 from trojanscope.data.base import TensorData
 from trojanscope.data.poison import PoisonedView
@@ -24,11 +25,14 @@ class AttackParams(BaseModel):
     poison_rate: float = Field(0.1, gt=0.0, le=1.0, description="fraction of training data")
 
 
-class Attack(Plugin):
+#: An attack's parameter model (a plug-in that names none takes ``AttackParams``).
+AP_co = TypeVar("AP_co", bound=AttackParams, covariant=True, default=AttackParams)
+
+
+class Attack(Plugin[AP_co]):
     """A poisoning attack. Subclasses define the trigger; the base does targets and poisoning."""
 
     kind = "attack"
-    Params = AttackParams
 
     #: How the injection trains the infected neurons; None = the injection config decides.
     #: (SRA overrides it: its backdoor is a subnet cut off from the host.)
@@ -107,11 +111,12 @@ class Attack(Plugin):
         return self._view(data, self.victims(data))
 
 
-class MaskPatternAttack(Attack):
+class MaskPatternAttack(Attack[AP_co]):
     """Triggers of the form x * (1 - mask) + pattern * mask (patch and blend attacks)."""
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.trigger(tuple(x.shape[1:]))
+        c, h, w = x.shape[1:]
+        t = self.trigger((c, h, w))
         return (x * (1 - t["mask"]) + t["pattern"] * t["mask"]).clamp(0.0, 1.0)
 
 

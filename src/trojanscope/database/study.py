@@ -21,7 +21,7 @@ from trojanscope.database.build import (
 )
 from trojanscope.database.catalog import Catalog, content_key
 from trojanscope.database.schema import Defect, RepairRow
-from trojanscope.errors import ConfigError
+from trojanscope.errors import CatalogError, ConfigError
 from trojanscope.localization.base import CRITERIA
 from trojanscope.localization.metrics import top_k
 from trojanscope.repair.base import REPAIRS, run_repair
@@ -103,8 +103,8 @@ def repair_defect(
     elif criterion is None:
         raise ConfigError(f"repair '{method}' needs a criterion to choose its neurons.")
     else:
-        criterion_params = CRITERIA.create(criterion, **(criterion_params or {})).params
-        criterion_params = criterion_params.model_dump(mode="json")
+        chooser = CRITERIA.create(criterion, **(criterion_params or {}))
+        criterion_params = chooser.params.model_dump(mode="json")
         k = len(defect.infected) if k is None else k
         if k < 1:
             raise ConfigError(f"--k must be at least 1, not {k}.")
@@ -150,8 +150,11 @@ def repair_defect(
         weights_sha256=catalog.store.put(outcome.model.state_dict()),
         seconds=outcome.seconds,
     )
-    if not _insert(catalog, row):
-        return find_by_key(catalog, RepairRow, key), False
+    if not _insert(catalog, row):  # recorded meanwhile by another process: use its entry
+        existing = find_by_key(catalog, RepairRow, key)
+        if existing is None:
+            raise CatalogError(f"cannot record the repair of defect {defect_id} in {catalog.root}.")
+        return existing, False
     return row, True
 
 
@@ -209,7 +212,9 @@ def bench_repair(
     for defect in defects:
         context: DefectContext | None = None
         for method in methods:
-            pairs = criteria if REPAIRS.get(method).uses_neurons else [None]
+            pairs: list[str | None] = (
+                [*criteria] if REPAIRS.get(method).uses_neurons else [None]
+            )
             for criterion in pairs:
                 step(f"repair defect {defect.id}: {method} / {criterion or '-'}")
                 if context is None:
@@ -228,7 +233,7 @@ def aggregate(
     rows: Sequence[dict[str, Any]], by: Sequence[str], metrics: Sequence[str]
 ) -> list[dict[str, Any]]:
     """Mean and standard deviation of ``metrics`` per group of ``by`` values (None skipped)."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(tuple(row.get(b) for b in by), []).append(row)
     table = []

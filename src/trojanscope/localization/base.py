@@ -12,17 +12,19 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
+from pydantic import BaseModel
 from torch import nn
+from typing_extensions import TypeVar
 
 from trojanscope.attacks.base import Attack
 from trojanscope.data.base import TensorData
 from trojanscope.errors import TrojanscopeError
 from trojanscope.models.training import predict
 from trojanscope.neurons import NeuronRef, all_neurons, capture_activations, eligible_layers
-from trojanscope.registry import Plugin, Registry
+from trojanscope.registry import NoParams, Plugin, Registry
 
 Evidence = Literal["none", "clean", "poisoned"]
 
@@ -51,6 +53,28 @@ class EvidenceData:
         if len(failing) == 0:
             raise TrojanscopeError("no triggered input changes the model's decision: no failures.")
         return passing[:limit], failing[:limit]
+
+    def need_clean(self) -> TensorData:
+        """The clean inputs (what a criterion of ``clean`` evidence reads)."""
+        if self.clean is None:
+            raise TrojanscopeError("this criterion needs clean data.")
+        return self.clean
+
+    def need_pairs(self) -> tuple[TensorData, TensorData]:
+        """(clean_victims, triggered): the paired inputs without and with the trigger."""
+        if self.clean_victims is None or self.triggered is None:
+            raise TrojanscopeError("this criterion needs triggered inputs.")
+        return self.clean_victims, self.triggered
+
+
+class LayerScores(NamedTuple):
+    """What a criterion's ``layer_scores`` returns."""
+
+    #: eligible layer name -> (width,) suspiciousness of its neurons (higher = more suspicious)
+    scores: dict[str, torch.Tensor]
+    #: findings to report: JSON-ready values go to the result's ``extra``, tensors (e.g. a
+    #: reversed trigger) to its ``artifacts``
+    extra: dict[str, object]
 
 
 @dataclass
@@ -92,7 +116,9 @@ def frozen_weights(model: nn.Module) -> Iterator[None]:
 
 
 @torch.no_grad()
-def trigger_shift(model: nn.Module, clean_x: torch.Tensor, triggered_x: torch.Tensor) -> dict:
+def trigger_shift(
+    model: nn.Module, clean_x: torch.Tensor, triggered_x: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Per-layer (width,) z-scored mean shift of each neuron's rectified activation from clean to
     triggered inputs, in units of its clean standard deviation (float64: the activations of an
     untrained deep network can overflow float32 squares)."""
@@ -117,7 +143,11 @@ class _SampleCounter:
         self.samples += int(args[0].shape[0])
 
 
-class Criterion(Plugin):
+#: A criterion's parameter model (a plug-in that names none takes ``NoParams``).
+CP_co = TypeVar("CP_co", bound=BaseModel, covariant=True, default=NoParams)
+
+
+class Criterion(Plugin[CP_co]):
     """A localization criterion: implement ``layer_scores``; declare ``evidence``."""
 
     kind = "criterion"
@@ -126,9 +156,7 @@ class Criterion(Plugin):
     #: quickstart's default set, always in the study (`bench localize`).
     expensive: ClassVar[bool] = False
 
-    def layer_scores(
-        self, model: nn.Module, data: EvidenceData
-    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def layer_scores(self, model: nn.Module, data: EvidenceData) -> LayerScores:
         """Per-layer (width,) suspiciousness, plus any extra findings to report."""
         raise NotImplementedError
 
@@ -189,7 +217,9 @@ class Criterion(Plugin):
         )
 
 
-CRITERIA: Registry[Criterion] = Registry("criterion", ["trojanscope.localization.criteria"])
+CRITERIA: Registry[Criterion[BaseModel]] = Registry(
+    "criterion", ["trojanscope.localization.criteria"]
+)
 
 
 def quick_criteria() -> list[str]:

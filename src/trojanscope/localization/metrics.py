@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -25,7 +26,9 @@ class LocalizationMetrics:
         return asdict(self)
 
 
-def top_k(neurons: list[NeuronRef], scores: np.ndarray, k: int) -> list[NeuronRef]:
+def top_k(
+    neurons: list[NeuronRef], scores: np.ndarray | Sequence[float], k: int
+) -> list[NeuronRef]:
     """The k highest-scoring neurons; ties keep the neurons' enumeration order."""
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
     return [neurons[i] for i in order[:k]]

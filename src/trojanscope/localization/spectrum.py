@@ -16,8 +16,9 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import BaseModel, Field
 from torch import nn
+from typing_extensions import TypeVar
 
-from trojanscope.localization.base import Criterion, EvidenceData
+from trojanscope.localization.base import Criterion, EvidenceData, LayerScores
 from trojanscope.neurons import capture_activations
 
 
@@ -45,11 +46,14 @@ class Spectrum:
         self.total_passed = float(len(passing))
 
 
-class SpectrumCriterion(Criterion):
+#: The parameter model of a spectrum criterion.
+SP_co = TypeVar("SP_co", bound=SpectrumParams, covariant=True, default=SpectrumParams)
+
+
+class SpectrumCriterion(Criterion[SP_co]):
     """Implement ``formula``; coverage, thresholds and evidence are shared."""
 
     evidence = "poisoned"
-    Params = SpectrumParams
     formula_name: ClassVar[str] = ""
 
     def formula(self, s: Spectrum) -> torch.Tensor:
@@ -66,13 +70,13 @@ class SpectrumCriterion(Criterion):
         std = on_pass.std(0, unbiased=False) if len(on_pass) > 1 else torch.zeros(1)
         return on_pass.mean(0) + p.spread * std
 
-    def layer_scores(self, model: nn.Module, data: EvidenceData):
+    def layer_scores(self, model: nn.Module, data: EvidenceData) -> LayerScores:
         passing, failing = data.outcomes(model, self.params.samples)
         on_pass = capture_activations(model, passing, rectify=True)
         on_fail = capture_activations(model, failing, rectify=True)
-        scores = {}
+        scores: dict[str, torch.Tensor] = {}
         for name, a in on_pass.items():
             threshold = self.threshold(a)
             score = self.formula(Spectrum(a, on_fail[name], threshold))
             scores[name] = torch.nan_to_num(score, nan=0.0, posinf=1e6)
-        return scores, {"passing": len(passing), "failing": len(failing)}
+        return LayerScores(scores, {"passing": len(passing), "failing": len(failing)})

@@ -77,5 +77,8 @@ class SuffixRunner:
             for node, value in self.cache.items()
             if node not in later
         }
-        env[start] = mutate(expand(self.cache[start]))
+        output = expand(self.cache[start])
+        if not isinstance(output, torch.Tensor):  # a call_module node of a Conv2d, Linear, norm
+            raise TypeError(f"the output of {module_path} is not a tensor")
+        env[start] = mutate(output)
         return Interpreter(self.gm).run(torch.empty(0), initial_env=env)

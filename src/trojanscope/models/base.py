@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 from torch import nn
+from typing_extensions import TypeVar
 
 from trojanscope.registry import Plugin, Registry
 
@@ -13,11 +14,14 @@ class ArchParams(BaseModel):
     width: float = Field(1.0, gt=0.0, le=4.0, description="channel-width multiplier")
 
 
-class Architecture(Plugin):
+#: An architecture's parameter model (a plug-in that names none takes ``ArchParams``).
+ArchP_co = TypeVar("ArchP_co", bound=ArchParams, covariant=True, default=ArchParams)
+
+
+class Architecture(Plugin[ArchP_co]):
     """An architecture plug-in: ``build`` returns a freshly initialised network."""
 
     kind = "architecture"
-    Params = ArchParams
     min_size = 8
 
     def build(self, in_channels: int, num_classes: int, image_size: int) -> nn.Module:

@@ -13,11 +13,12 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, Field
 from torch import nn
+from typing_extensions import TypeVar
 
 from trojanscope.data.base import TensorData
 from trojanscope.models.training import accuracy
 from trojanscope.neurons import NeuronRef, check_neurons
-from trojanscope.registry import Plugin, Registry
+from trojanscope.registry import NoParams, Plugin, Registry
 
 
 class FineTuneBudget(BaseModel):
@@ -31,7 +32,11 @@ class FineTuneBudget(BaseModel):
     seed: int = 0
 
 
-class Repair(Plugin):
+#: A repair's parameter model (a plug-in that names none takes ``NoParams``).
+RP_co = TypeVar("RP_co", bound=BaseModel, covariant=True, default=NoParams)
+
+
+class Repair(Plugin[RP_co]):
     """Implement ``apply``; set ``uses_neurons = False`` for a baseline that ignores them."""
 
     kind = "repair"
@@ -49,7 +54,7 @@ class Repair(Plugin):
         return clean.subset(torch.randperm(len(clean), generator=g)[:n])
 
 
-REPAIRS: Registry[Repair] = Registry("repair", ["trojanscope.repair.methods"])
+REPAIRS: Registry[Repair[BaseModel]] = Registry("repair", ["trojanscope.repair.methods"])
 
 
 def der(asr_before: float, asr_after: float, acc_before: float, acc_after: float) -> float:
@@ -83,7 +88,7 @@ class RepairOutcome:
 
 
 def run_repair(
-    repair: Repair,
+    repair: Repair[BaseModel],
     model: nn.Module,
     neurons: list[NeuronRef],
     clean_train: TensorData,

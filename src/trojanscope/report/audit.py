@@ -234,7 +234,7 @@ def audit_model(
     size = min(splits.shape[1:]) if splits else 28
     state = load_state(path, reports[0].format)
     model, found_width = build_for(arch, state, size, width)
-    if splits is not None:
+    if data and splits is not None:  # (splits come from data)
         _check_data_fits(model, data, splits.shape, splits.num_classes)
     result.arch = arch
     result.arch_params = {"width": found_width}

@@ -80,10 +80,10 @@ def _layers_plot(result: AuditResult) -> str:
     return _png(fig)
 
 
-def _norms_plot(result: AuditResult) -> str:
-    norms = result.nc["mask_norms"]
+def _norms_plot(nc: dict[str, Any]) -> str:
+    norms = nc["mask_norms"]
     fig, ax = plt.subplots(figsize=(5, 3))
-    colors = ["red" if i == result.nc.get("detected_label") else "grey" for i in range(len(norms))]
+    colors = ["red" if i == nc.get("detected_label") else "grey" for i in range(len(norms))]
     ax.bar(range(len(norms)), norms, color=colors)
     ax.set_xlabel("label")
     ax.set_ylabel("reversed mask L1 norm")
@@ -118,6 +118,6 @@ def render_audit(result: AuditResult) -> str:
         css=css,
         threshold=CLP_THRESHOLD,
         layers_png=_layers_plot(result) if result.layer_scores else "",
-        norms_png=_norms_plot(result) if result.nc else "",
+        norms_png=_norms_plot(result.nc) if result.nc else "",
         trigger_png=_trigger_plot(result),
     )

@@ -15,10 +15,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from trojanscope.errors import TrojanscopeError
 from trojanscope.textsafe import shown
+
+if TYPE_CHECKING:  # imported on use at run time (start-up time)
+    from trojanscope.scan.findings import FileReport
 
 _DESCRIPTION = (
     "Scan model files and folders without running anything from them. Exit code: 0 clean, "
@@ -79,13 +82,13 @@ def run(argv: list[str], out: TextIO | None = None) -> int:
     return EXIT_CODES[verdict]
 
 
-def render(reports: list, verdict: str, colour: bool = False) -> str:
+def render(reports: list[FileReport], verdict: str, colour: bool = False) -> str:
     """One row per top-level file (its archive members folded in), then the overall verdict.
     Every name is shown literally (see trojanscope.textsafe)."""
     from trojanscope.scan.findings import overall_verdict
 
     rows = [("file", "format", "verdict", "findings")]
-    groups: dict[str, list] = {}
+    groups: dict[str, list[FileReport]] = {}
     for report in reports:
         groups.setdefault(report.location.split("!", 1)[0], []).append(report)
     for top, members in groups.items():
@@ -101,7 +104,7 @@ def render(reports: list, verdict: str, colour: bool = False) -> str:
         notes += [r.error for r in members if r.error]
         worst = overall_verdict(members)
         rows.append((top, members[0].format, worst, "; ".join(notes) or "-"))
-    rows = [tuple(shown(cell) for cell in row) for row in rows]
+    rows = [(shown(a), shown(b), shown(c), shown(d)) for a, b, c, d in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = []
     for n, row in enumerate(rows):

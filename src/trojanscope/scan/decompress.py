@@ -10,7 +10,7 @@ members, bz2 and xz streams) are followed; bytes after the last stream are an er
 from __future__ import annotations
 
 import zlib
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from trojanscope.scan.limits import Budget
 
@@ -89,7 +89,7 @@ def _one_stream(
     return pos - len(d.unused_data) - len(tail)
 
 
-def read_member(stream: BinaryIO, budget: Budget, compressed: int | None) -> bytes:
+def read_member(stream: IO[bytes], budget: Budget, compressed: int | None) -> bytes:
     """An archive member's bytes from its decompressing reader; ``compressed`` is its stored
     size (None for uncompressed archives such as tar), for the ratio check."""
     out = bytearray()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import Any
 
 from trojanscope.scan.findings import FileReport, LimitExceeded
 from trojanscope.scan.limits import Limits
@@ -109,7 +110,7 @@ def _sizes(items: list[object]) -> int:
     n = len(items)
     for v in items:
         if type(v) is _Box or type(v) is Called:
-            n += v.n - 1  # type: ignore[attr-defined]
+            n += v.n - 1
     return n if n < _CAP else _CAP
 
 
@@ -241,13 +242,12 @@ def _companion_escape(name: str) -> str | None:
 
 def _children(value: object) -> list[object] | tuple[object, ...] | None:
     """The values a value-tracking container holds (None for a leaf)."""
-    kind = type(value)
-    if kind is list or kind is tuple:
-        return value  # type: ignore[return-value]
-    if kind is dict:
-        return [*value.keys(), *value.values()]  # type: ignore[attr-defined]
-    if kind is Called:
-        return None if value.args is None else [value.args]  # type: ignore[attr-defined]
+    if type(value) is list or type(value) is tuple:
+        return value
+    if type(value) is dict:
+        return [*value.keys(), *value.values()]
+    if type(value) is Called:
+        return None if value.args is None else [value.args]
     return None
 
 
@@ -367,7 +367,9 @@ class PickleMachine:
                 break
         raise ValueError("unterminated text argument")
 
-    def _check_growth(self, stack: list[object], marks: list[list[object]], memo: dict) -> None:
+    def _check_growth(
+        self, stack: list[object], marks: list[list[object]], memo: dict[int, object]
+    ) -> None:
         lim = self.limits
         if len(stack) + sum(map(len, marks)) > lim.max_stack:
             raise LimitExceeded(f"more than {lim.max_stack} values on the stack")
@@ -580,11 +582,11 @@ class PickleMachine:
                 raise LimitExceeded(f"more than {lim.max_memo} memo entries")
             memo[len(memo)] = stack[-1]
         elif code == 0x68:  # BINGET
-            key = data[pos]
+            slot = data[pos]
             pos += 1
-            if key not in memo:
-                raise ValueError(f"memo key {key} read before it is written")
-            stack.append(memo[key])
+            if slot not in memo:
+                raise ValueError(f"memo key {slot} read before it is written")
+            stack.append(memo[slot])
         elif code == 0x28:  # MARK
             if len(marks) >= lim.max_marks:
                 raise LimitExceeded(f"more than {lim.max_marks} nested MARKs")
@@ -619,13 +621,12 @@ class PickleMachine:
             items = stack[-size:]
             del stack[-size:]
             stack.append(tuple(items))
-        elif op == "a" and len(stack) >= 2 and isinstance(stack[-2], list):  # APPEND
-            item = stack.pop()
-            stack[-1].append(item)  # type: ignore[attr-defined]
-        elif op == "s" and len(stack) >= 3 and isinstance(stack[-3], dict):  # SETITEM
+        elif op == "a" and len(stack) >= 2 and isinstance(into := stack[-2], list):  # APPEND
+            into.append(stack.pop())
+        elif op == "s" and len(stack) >= 3 and isinstance(mapping := stack[-3], dict):  # SETITEM
             value, key = stack.pop(), stack.pop()
             if type(key) in (str, Str, int, float, bool):
-                stack[-1][key] = value  # type: ignore[index]
+                mapping[key] = value
         elif op == "R" and len(stack) >= 2:  # REDUCE keeping the arguments
             args, func = stack.pop(), stack.pop()
             self._call(func, op_pos, "REDUCE")
@@ -778,6 +779,9 @@ class PickleMachine:
         """Every opcode the fast paths do not take (CPython's Unpickler, opcode by opcode)."""
         data, n = self.data, len(self.data)
         op = chr(code)
+        # The argument's type depends on the opcode (an int, a (module, name) pair, a string,
+        # a float, raw bytes or None): each branch below reads it as its opcode defines it.
+        arg: Any
         if op in _FIXED:
             size = _FIXED[op]
             if pos + size > n:
@@ -811,7 +815,7 @@ class PickleMachine:
             result.complete = True
             result.end = pos
         elif op == "c":  # GLOBAL module\nname\n
-            g = Global(*arg)  # type: ignore[misc]
+            g = Global(*arg)
             self._import(g, op_pos)
             stack.append(g)
         elif op == "\x93":  # STACK_GLOBAL
@@ -829,7 +833,7 @@ class PickleMachine:
                 )
                 stack.append(UNKNOWN)
         elif op == "i":  # INST module\nname\n: call with the items since MARK
-            g = Global(*arg)  # type: ignore[misc]
+            g = Global(*arg)
             self._import(g, op_pos)
             self._call(g, op_pos, "INST")
             items = stack
@@ -881,12 +885,12 @@ class PickleMachine:
         elif op in "pqr":  # PUT, BINPUT, LONG_BINPUT
             if len(memo) >= self.limits.max_memo:
                 raise LimitExceeded(f"more than {self.limits.max_memo} memo entries")
-            memo[int(arg)] = stack[-1]  # type: ignore[arg-type]
+            memo[int(arg)] = stack[-1]
         elif op in "ghj":  # GET, BINGET, LONG_BINGET
-            key = int(arg)  # type: ignore[arg-type]
-            if key not in memo:
-                raise ValueError(f"memo key {key} read before it is written")
-            stack.append(memo[key])
+            slot = int(arg)
+            if slot not in memo:
+                raise ValueError(f"memo key {slot} read before it is written")
+            stack.append(memo[slot])
         elif op == "0":  # POP; CPython pops a MARK when the stack is empty
             if stack:
                 stack.pop()
@@ -916,7 +920,7 @@ class PickleMachine:
         elif op in "SV":
             stack.append(arg)
         elif op in "\x80\x95":  # PROTO, FRAME: no stack effect
-            if op == "\x80" and not 0 <= int(arg) <= 5:  # type: ignore[arg-type]
+            if op == "\x80" and not 0 <= int(arg) <= 5:
                 raise ValueError(f"unsupported pickle protocol {arg}")
         elif op == "\x98":  # READONLY_BUFFER needs a value
             stack[-1]  # noqa: B018

@@ -119,7 +119,9 @@ def _is_uint(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= U64_MAX
 
 
-def check_safetensors(data: bytes, report: FileReport, max_header: int = 100 * 2**20) -> None:
+def check_safetensors(
+    data: bytes | memoryview, report: FileReport, max_header: int = 100 * 2**20
+) -> None:
     """Validate ``data`` as a safetensors file, adding findings and metadata to ``report``.
 
     Never raises on malformed input: a header that cannot be read sets ``report.incomplete``.
@@ -134,7 +136,7 @@ def check_safetensors(data: bytes, report: FileReport, max_header: int = 100 * 2
 
 
 def _read_header(
-    data: bytes, report: FileReport, out: _Capped, max_header: int
+    data: bytes | memoryview, report: FileReport, out: _Capped, max_header: int
 ) -> dict[str, Any] | None:
     """Return the parsed JSON header, or None (with a finding and ``incomplete``) if unreadable."""
     if len(data) < 8:

@@ -20,14 +20,17 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from trojanscope.scan import formats
 from trojanscope.scan.decompress import TruncatedStream, decompress, read_member
 from trojanscope.scan.detect import CONTAINERS, detect, hdf5_offset, image_kind
-from trojanscope.scan.findings import FileReport, LimitExceeded
+from trojanscope.scan.findings import FileReport, Finding, LimitExceeded
 from trojanscope.scan.limits import BombDetected, Budget, Limits
 from trojanscope.scan.pickle_scan import PickleMachine, scan_pickle_stream
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 #: Members of PyTorch zip and TorchScript archives holding raw storage bytes (never unpickled):
 #: ``data/N``, and a mobile (lite interpreter) archive's ``constants/N`` and ``bytecode/N``.
@@ -377,7 +380,7 @@ class Scanner:
                     stream = archive.extractfile(member)
                     if stream is None:
                         continue
-                    content = read_member(stream, ctx.budget, None)  # type: ignore[arg-type]
+                    content = read_member(stream, ctx.budget, None)
                     self._member(member.name, content, report, ctx)
             except (tarfile.TarError, OSError, EOFError) as exc:
                 report.add("archive.malformed", "medium", f"tar archive breaks off ({exc})")
@@ -469,7 +472,7 @@ def _special_kind(path: Path) -> str | None:
     return "not a regular file"
 
 
-def _imports(report: FileReport) -> list:
+def _imports(report: FileReport) -> list[Finding]:
     return [f for f in report.findings if f.rule in _IMPORT_RULES]
 
 
@@ -502,9 +505,10 @@ class _ViewFile(io.RawIOBase):
         self._pos = max(0, base + offset)
         return self._pos
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        chunk = self._view[self._pos : self._pos + len(buffer)]
-        buffer[: len(chunk)] = chunk
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        with memoryview(buffer) as raw, raw.cast("B") as target:
+            chunk = self._view[self._pos : self._pos + len(target)]
+            target[: len(chunk)] = chunk
         self._pos += len(chunk)
         return len(chunk)
 

@@ -21,7 +21,7 @@ class BadNetsParams(AttackParams):
 
 
 @ATTACKS.register("badnets")
-class BadNets(MaskPatternAttack):
+class BadNets(MaskPatternAttack[BadNetsParams]):
     Params = BadNetsParams
 
     def patch_size(self, h: int, w: int) -> int:

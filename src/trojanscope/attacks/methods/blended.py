@@ -52,7 +52,7 @@ def load_pattern_image(path: str, shape: tuple[int, int, int]) -> torch.Tensor:
 
 
 @ATTACKS.register("blended")
-class Blended(MaskPatternAttack):
+class Blended(MaskPatternAttack[BlendedParams]):
     Params = BlendedParams
 
     def __init__(self, seed: int = 0, **params: object) -> None:

@@ -39,7 +39,7 @@ class SigParams(AttackParams):
 
 
 @ATTACKS.register("sig")
-class Sig(Attack):
+class Sig(Attack[SigParams]):
     Params = SigParams
 
     def validate(self, shape: tuple[int, int, int], num_classes: int) -> None:

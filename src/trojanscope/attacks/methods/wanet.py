@@ -53,7 +53,7 @@ def warp(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
 
 @ATTACKS.register("wanet")
-class WaNet(Attack):
+class WaNet(Attack[WaNetParams]):
     Params = WaNetParams
 
     def validate(self, shape: tuple[int, int, int], num_classes: int) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from pydantic import BaseModel, Field
+from typing_extensions import TypeVar
 
 from trojanscope.data.base import Dataset, Splits, TensorData
 from trojanscope.errors import TrojanscopeError
@@ -77,15 +78,17 @@ def split_limit(limit: int | None, n_train: int, n_test: int) -> tuple[int | Non
     return n, limit - n
 
 
-class OfficialSplitDataset(Dataset):
+#: The parameter model of a data set with a published split.
+OP_co = TypeVar("OP_co", bound=OfficialSplitParams, covariant=True, default=OfficialSplitParams)
+
+
+class OfficialSplitDataset(Dataset[OP_co]):
     """A data set with a published train/test split; ``load(seed)`` keeps that split.
 
     With ``limit`` L, the train set keeps round(L * n_train / n_total) images and the test set
     the rest (at least one each), each a stratified subsample drawn with ``seed``; only those
     images are decoded. ``arrays()`` is train then test of ``load(0)``.
     """
-
-    Params = OfficialSplitParams
 
     def parts(self) -> tuple[Part, Part]:
         """The official train and test splits (labels and an image reader)."""

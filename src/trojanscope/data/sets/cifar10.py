@@ -63,10 +63,8 @@ def _part(paths: list[Path]) -> Part:
 
 
 @DATASETS.register("cifar10")
-class Cifar10(OfficialSplitDataset):
+class Cifar10(OfficialSplitDataset[Cifar10Params]):
     """CIFAR-10 (60,000 32x32 colour images, 10 classes), the benchmark BDefects4NN used."""
-
-    Params = Cifar10Params
 
     def parts(self) -> tuple[Part, Part]:
         root = Path(self.params.data_dir).expanduser()

@@ -45,7 +45,7 @@ def _read_csv(csv_path: Path, folder: Path) -> tuple[list[Path], list[Box], list
         where = f"{csv_path} line {rows.line_num}"
         name = row["Filename"] or ""
         try:
-            x1, y1, x2, y2, label = (int(row[c]) for c in NEEDED[1:])  # type: ignore[arg-type]
+            x1, y1, x2, y2, label = (int(row[c]) for c in NEEDED[1:])
         except (TypeError, ValueError):
             raise TrojanscopeError(f"{where}: the ROI and ClassId must be integers.") from None
         if not name or Path(name).name != name or not (folder / name).is_file():
@@ -59,10 +59,8 @@ def _read_csv(csv_path: Path, folder: Path) -> tuple[list[Path], list[Box], list
 
 
 @DATASETS.register("gtsrb")
-class Gtsrb(OfficialSplitDataset):
+class Gtsrb(OfficialSplitDataset[GtsrbParams]):
     """GTSRB (51,839 photos of 43 German traffic signs), one of BDefects4NN's data sets."""
-
-    Params = GtsrbParams
 
     def _part(self, paths: list[Path], boxes: list[Box], labels: list[int], src: str) -> Part:
         size = self.params.size
@@ -92,13 +90,17 @@ class Gtsrb(OfficialSplitDataset):
                 f"no GTSRB training set in {root} (expected Final_Training/Images/000NN/ "
                 "folders with GT-000NN.csv and .ppm images); pass the extracted GTSRB folder."
             )
-        train: tuple[list, list, list] = ([], [], [])
+        paths: list[Path] = []
+        boxes: list[Box] = []
+        labels: list[int] = []
         for d in class_dirs:
             gt = d / f"GT-{d.name}.csv"
             if not gt.is_file():
                 raise TrojanscopeError(f"GTSRB class folder {d} has no {gt.name}.")
-            for acc, values in zip(train, _read_csv(gt, d), strict=True):
-                acc.extend(values)
+            class_paths, class_boxes, class_labels = _read_csv(gt, d)
+            paths += class_paths
+            boxes += class_boxes
+            labels += class_labels
         test_dir = root / "Final_Test" / "Images"
         places = (test_dir, test_dir.parent, root)
         found = [p / TEST_CSV for p in places if (p / TEST_CSV).is_file()]
@@ -108,6 +110,6 @@ class Gtsrb(OfficialSplitDataset):
                 f"images and {TEST_CSV}, the ground truth from GTSRB_Final_Test_GT.zip)."
             )
         return (
-            self._part(*train, str(train_dir)),
+            self._part(paths, boxes, labels, str(train_dir)),
             self._part(*_read_csv(found[0], test_dir), str(test_dir)),
         )

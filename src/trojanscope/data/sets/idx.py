@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 from pydantic import Field
+from typing_extensions import TypeVar
 
 from trojanscope.data.base import DATASETS
 from trojanscope.data.sets._subsample import OfficialSplitDataset, OfficialSplitParams, Part
@@ -23,7 +24,7 @@ IDX_FILES = {
 _CHUNK = 1 << 20
 
 
-def _read_exactly(f: BinaryIO, n: int) -> bytes:
+def _read_exactly(f: io.BufferedIOBase, n: int) -> bytes:
     """Up to ``n`` bytes, read in chunks so a lying header cannot force a huge allocation."""
     parts, left = [], n
     while left > 0:
@@ -78,7 +79,16 @@ def _find(data_dir: Path, stem: str) -> Path | None:
     return None
 
 
-class _IdxDataset(OfficialSplitDataset):
+class IdxParams(OfficialSplitParams):
+    """Parameters of a data set read from IDX files."""
+
+    data_dir: str = Field(description="folder of the IDX files")
+
+
+IP_co = TypeVar("IP_co", bound=IdxParams, covariant=True, default=IdxParams)
+
+
+class _IdxDataset(OfficialSplitDataset[IP_co]):
     """Images and labels from the four standard IDX files; train-* is train, t10k-* is test."""
 
     title = "?"
@@ -98,8 +108,9 @@ class _IdxDataset(OfficialSplitDataset):
             raise TrojanscopeError(
                 f"incomplete {self.title} IDX files in {data_dir}: missing {', '.join(missing)}."
             )
+        paths = {stem: p for stem, p in found.items() if p is not None}
         (train, train_hw), (test, test_hw) = (
-            _part(found[img], found[lab]) for img, lab in IDX_FILES.values()
+            _part(paths[img], paths[lab]) for img, lab in IDX_FILES.values()
         )
         if train_hw != test_hw:
             raise TrojanscopeError(
@@ -130,7 +141,7 @@ def _part(images_path: Path, labels_path: Path) -> tuple[Part, tuple[int, int]]:
     return part, (images.shape[1], images.shape[2])
 
 
-class FashionMnistParams(OfficialSplitParams):
+class FashionMnistParams(IdxParams):
     data_dir: str = Field(
         "/usr/share/datasets/fashion-mnist",
         description="folder of the IDX files (default: where Debian's dataset-fashion-mnist puts "
@@ -138,23 +149,21 @@ class FashionMnistParams(OfficialSplitParams):
     )
 
 
-class MnistParams(OfficialSplitParams):
+class MnistParams(IdxParams):
     data_dir: str = Field(description="folder of the MNIST IDX files")
 
 
 @DATASETS.register("fashion-mnist")
-class FashionMnist(_IdxDataset):
+class FashionMnist(_IdxDataset[FashionMnistParams]):
     """Fashion-MNIST (70,000 28x28 grey images, 10 classes): a harder drop-in for MNIST."""
 
-    Params = FashionMnistParams
     title = "Fashion-MNIST"
     hint = "install Debian's dataset-fashion-mnist or pass data_dir"
 
 
 @DATASETS.register("mnist")
-class Mnist(_IdxDataset):
+class Mnist(_IdxDataset[MnistParams]):
     """The full MNIST (70,000 28x28 digits, 10 classes) from IDX files the user supplies."""
 
-    Params = MnistParams
     title = "MNIST"
     hint = "pass data_dir, the folder that holds the MNIST IDX files"

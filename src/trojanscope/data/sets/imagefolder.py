@@ -28,15 +28,13 @@ def _visible(name: str) -> bool:
 
 
 @DATASETS.register("imagefolder")
-class ImageFolder(Dataset):
+class ImageFolder(Dataset[ImageFolderParams]):
     """Images in ``data_dir/<class>/...`` (any format Pillow reads, found by content), labelled
     by class folder in sorted order; every file below a class folder except hidden ones counts.
 
     ``load(seed)`` draws the ``limit`` subsample (stratified, seeded) before decoding anything,
     then makes the usual stratified ``test_fraction`` split.
     """
-
-    Params = ImageFolderParams
 
     def classes(self) -> list[str]:
         """Class names, in label order."""

@@ -19,7 +19,9 @@ class SyntheticParams(SplitParams):
     generator_seed: int = 0
 
 
-def _shape_masks(kind: str, yy: np.ndarray, xx: np.ndarray, cy, cx, r) -> np.ndarray:
+def _shape_masks(
+    kind: str, yy: np.ndarray, xx: np.ndarray, cy: np.ndarray, cx: np.ndarray, r: np.ndarray
+) -> np.ndarray:
     """Boolean masks (N, H, W) of one shape kind, centred at (cy, cx) with half-size r."""
     dy, dx = yy[None] - cy[:, None, None], xx[None] - cx[:, None, None]
     r = r[:, None, None]
@@ -44,9 +46,7 @@ def _shape_masks(kind: str, yy: np.ndarray, xx: np.ndarray, cy, cx, r) -> np.nda
 
 
 @DATASETS.register("synthetic")
-class Synthetic(Dataset):
-    Params = SyntheticParams
-
+class Synthetic(Dataset[SyntheticParams]):
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         p = self.params
         rng = np.random.default_rng(p.generator_seed)

@@ -11,12 +11,21 @@ task can do without under perturbation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
-from trojanscope.localization.base import CRITERIA, Criterion, EvidenceData, frozen_weights
+from trojanscope.localization.base import (
+    CRITERIA,
+    Criterion,
+    EvidenceData,
+    LayerScores,
+    frozen_weights,
+)
 from trojanscope.neurons import eligible_layers
 
 
@@ -41,14 +50,16 @@ class _Perturbation:
         self.delta = {la.name: torch.zeros(la.width, requires_grad=True) for la in self.layers}
         self.xi = {la.name: torch.zeros(la.width, requires_grad=True) for la in self.layers}
         self.noisy = False
-        self.handles = []
+        self.handles: list[RemovableHandle] = []
         for layer in self.layers:
             module = modules[layer.output]
             bias = getattr(module, "bias", None)
             bias = bias.detach() if bias is not None else torch.zeros(layer.width)
             self.handles.append(module.register_forward_hook(self._hook(layer.name, bias)))
 
-    def _hook(self, name: str, bias: torch.Tensor):
+    def _hook(
+        self, name: str, bias: torch.Tensor
+    ) -> Callable[[nn.Module, object, torch.Tensor], torch.Tensor]:
         def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
             shape = (1, -1) + (1,) * (out.dim() - 2)
             scale, shift = self.mask[name], torch.ones_like(self.mask[name])
@@ -65,14 +76,14 @@ class _Perturbation:
 
 
 @CRITERIA.register("anp")
-class AdversarialNeuronPruning(Criterion):
+class AdversarialNeuronPruning(Criterion[ANPParams]):
     evidence = "clean"
     expensive = True
-    Params = ANPParams
 
-    def layer_scores(self, model: nn.Module, data: EvidenceData):
+    def layer_scores(self, model: nn.Module, data: EvidenceData) -> LayerScores:
         p = self.params
-        x, y = data.clean.x[: p.samples], data.clean.y[: p.samples]
+        clean = data.need_clean()
+        x, y = clean.x[: p.samples], clean.y[: p.samples]
         generator = torch.Generator().manual_seed(p.seed)
         with frozen_weights(model):  # only masks and perturbations are optimised
             hooks = _Perturbation(model)
@@ -81,7 +92,7 @@ class AdversarialNeuronPruning(Criterion):
             finally:
                 hooks.remove()
         scores = {name: (1 - m.detach()).double() for name, m in hooks.mask.items()}
-        return scores, {}
+        return LayerScores(scores, {})
 
     def _optimise(
         self,

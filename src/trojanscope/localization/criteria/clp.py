@@ -10,16 +10,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trojanscope.localization.base import CRITERIA, Criterion, EvidenceData, standardize
-from trojanscope.neurons import eligible_layers
+from trojanscope.errors import TrojanscopeError
+from trojanscope.localization.base import (
+    CRITERIA,
+    Criterion,
+    EvidenceData,
+    LayerScores,
+    standardize,
+)
+from trojanscope.neurons import eligible_layers, layer_module
 
 
-def channel_lipschitz(module: nn.Module, norm: nn.Module | None) -> torch.Tensor:
+def channel_lipschitz(module: nn.Conv2d | nn.Linear, norm: nn.Module | None) -> torch.Tensor:
     """Upper bound of each output channel's Lipschitz constant, (width,)."""
     w = module.weight.detach()
     kernels = w.reshape(w.shape[0], w.shape[1], -1)  # (out, in, kh*kw) or (out, in, 1)
     bound = torch.linalg.matrix_norm(kernels, ord=2)
     if isinstance(norm, (nn.BatchNorm1d, nn.BatchNorm2d)) and norm.affine:
+        if norm.running_var is None:
+            raise TrojanscopeError(
+                "CLP needs the running variance of each batch norm; this one keeps none "
+                "(track_running_stats=False)."
+            )
         scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
         bound = bound * scale.abs()
     return bound
@@ -29,12 +41,12 @@ def channel_lipschitz(module: nn.Module, norm: nn.Module | None) -> torch.Tensor
 class ChannelLipschitz(Criterion):
     evidence = "none"
 
-    def layer_scores(self, model: nn.Module, data: EvidenceData):
+    def layer_scores(self, model: nn.Module, data: EvidenceData) -> LayerScores:
         modules = dict(model.named_modules())
         scores = {
             layer.name: standardize(
-                channel_lipschitz(modules[layer.name], modules.get(layer.norm or ""))
+                channel_lipschitz(layer_module(model, layer), modules.get(layer.norm or ""))
             )
             for layer in eligible_layers(model)
         }
-        return scores, {}
+        return LayerScores(scores, {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from pydantic import Field
 
 from trojanscope.localization.base import CRITERIA
@@ -13,10 +14,8 @@ class DStarParams(SpectrumParams):
 
 
 @CRITERIA.register("dstar")
-class DStar(SpectrumCriterion):
-    Params = DStarParams
-
-    def formula(self, s: Spectrum):
+class DStar(SpectrumCriterion[DStarParams]):
+    def formula(self, s: Spectrum) -> torch.Tensor:
         # A neuron covering every failure and no pass has ep + nf = 0 (infinitely suspicious);
         # the usual +1 in the denominator keeps it finite and first.
         return s.ef**self.params.star / (s.ep + s.nf + 1.0)

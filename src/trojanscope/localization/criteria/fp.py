@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from trojanscope.localization.base import CRITERIA, Criterion, EvidenceData, standardize
+from trojanscope.localization.base import (
+    CRITERIA,
+    Criterion,
+    EvidenceData,
+    LayerScores,
+    standardize,
+)
 from trojanscope.neurons import capture_activations
 
 
@@ -16,6 +22,6 @@ from trojanscope.neurons import capture_activations
 class FinePruning(Criterion):
     evidence = "clean"
 
-    def layer_scores(self, model: nn.Module, data: EvidenceData):
-        acts = capture_activations(model, data.clean.x, rectify=True)
-        return {name: standardize(-a.mean(0)) for name, a in acts.items()}, {}
+    def layer_scores(self, model: nn.Module, data: EvidenceData) -> LayerScores:
+        acts = capture_activations(model, data.need_clean().x, rectify=True)
+        return LayerScores({name: standardize(-a.mean(0)) for name, a in acts.items()}, {})

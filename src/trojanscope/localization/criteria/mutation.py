@@ -21,19 +21,24 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
-from trojanscope.localization.base import CRITERIA, Criterion, EvidenceData, standardize
+from trojanscope.localization.base import (
+    CRITERIA,
+    Criterion,
+    EvidenceData,
+    LayerScores,
+    standardize,
+)
 from trojanscope.localization.suffix import SuffixRunner
 from trojanscope.neurons import EligibleLayer, eligible_layers
 
 Operator = Literal["zero", "negate", "scale"]
+OPERATORS: tuple[Operator, ...] = ("zero", "negate", "scale")
 
 
 class MutationParams(BaseModel):
     model_config = {"extra": "forbid"}
     samples: int = Field(16, ge=1, description="Failing and passing inputs used (each).")
-    operators: list[Operator] = Field(
-        default_factory=lambda: ["zero", "negate", "scale"], min_length=1
-    )
+    operators: list[Operator] = Field(default_factory=lambda: list(OPERATORS), min_length=1)
     scale: float = Field(3.0, description="Factor of the 'scale' operator.")
     max_batch: int = Field(1024, ge=1, description="Samples per forward pass.")
 
@@ -52,7 +57,7 @@ def _mutant_decisions(
     for first in range(0, layer.width, per_pass):
         chunk = torch.arange(first, min(first + per_pass, layer.width))
 
-        def mutate(out: torch.Tensor, chunk=chunk) -> torch.Tensor:
+        def mutate(out: torch.Tensor, chunk: torch.Tensor = chunk) -> torch.Tensor:
             grouped = out.view(len(chunk), n, *out.shape[1:])
             groups = torch.arange(len(chunk))
             grouped[groups, :, chunk] = grouped[groups, :, chunk] * factor
@@ -64,18 +69,17 @@ def _mutant_decisions(
 
 
 @CRITERIA.register("mutation")
-class NeuronMutation(Criterion):
+class NeuronMutation(Criterion[MutationParams]):
     evidence = "poisoned"
     expensive = True
-    Params = MutationParams
 
-    def layer_scores(self, model: nn.Module, data: EvidenceData):
+    def layer_scores(self, model: nn.Module, data: EvidenceData) -> LayerScores:
         p = self.params
         passing, failing = data.outcomes(model, p.samples)
         runners = [SuffixRunner(model, x) for x in (failing, passing) if len(x)]
         self.add_cost(sum(r.n for r in runners))
         failure_labels = runners[0].logits.argmax(1).unique()
-        scores = {}
+        scores: dict[str, torch.Tensor] = {}
         for layer in eligible_layers(model):
             total = torch.zeros(layer.width, dtype=torch.float64)
             for op in p.operators:
@@ -90,4 +94,4 @@ class NeuronMutation(Criterion):
                         to_failure = changed & torch.isin(decisions, failure_labels)
                         total += (to_failure.double() - (changed & ~to_failure).double()).mean(1)
             scores[layer.name] = standardize(total / len(p.operators))
-        return scores, {"passing": len(passing), "failing": len(failing)}
+        return LayerScores(scores, {"passing": len(passing), "failing": len(failing)})

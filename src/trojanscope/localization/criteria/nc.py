@@ -20,6 +20,7 @@ from trojanscope.localization.base import (
     CRITERIA,
     Criterion,
     EvidenceData,
+    LayerScores,
     frozen_weights,
     trigger_shift,
 )
@@ -47,7 +48,8 @@ def reverse_trigger(
     pattern_raw = torch.zeros(c, h, w, requires_grad=True)
     optimizer = torch.optim.Adam([mask_raw, pattern_raw], lr=p.lr, betas=(0.5, 0.9))
     cost = p.init_cost
-    best = (None, None, float("inf"))
+    best: tuple[torch.Tensor, torch.Tensor] | None = None
+    best_norm = float("inf")
     target = torch.full((p.batch_size,), label, dtype=torch.long)
     for step in range(p.steps):
         idx = torch.randint(len(x), (p.batch_size,), generator=generator)
@@ -60,8 +62,9 @@ def reverse_trigger(
         (ce + cost * l1).backward()
         optimizer.step()
         rate = float((logits.argmax(1) == label).float().mean())
-        if rate >= p.success and float(l1.detach()) < best[2]:
-            best = (mask.detach().clone(), pattern.detach().clone(), float(l1.detach()))
+        if rate >= p.success and float(l1.detach()) < best_norm:
+            best = (mask.detach().clone(), pattern.detach().clone())
+            best_norm = float(l1.detach())
         # Adaptive cost (the paper's schedule, simplified): every 10 steps, push the mask
         # smaller while the trigger works, relax the penalty while it does not.
         if step % 10 == 9:
@@ -69,10 +72,10 @@ def reverse_trigger(
                 cost = cost * 1.5 if cost > 0 else p.init_cost or 1e-3
             else:
                 cost /= 1.5**1.5
-    if best[0] is None:  # never succeeded: its norm is that of the final mask, not small
+    if best is None:  # never succeeded: its norm is that of the final mask, not small
         mask = (torch.tanh(mask_raw) / 2 + 0.5).detach()
         return mask, (torch.tanh(pattern_raw) / 2 + 0.5).detach(), float(mask.sum())
-    return best  # type: ignore[return-value]
+    return best[0], best[1], best_norm
 
 
 def anomaly_indices(norms: torch.Tensor) -> torch.Tensor:
@@ -84,14 +87,13 @@ def anomaly_indices(norms: torch.Tensor) -> torch.Tensor:
 
 
 @CRITERIA.register("nc")
-class NeuralCleanse(Criterion):
+class NeuralCleanse(Criterion[NCParams]):
     evidence = "clean"
     expensive = True
-    Params = NCParams
 
-    def layer_scores(self, model: nn.Module, data: EvidenceData):
+    def layer_scores(self, model: nn.Module, data: EvidenceData) -> LayerScores:
         p = self.params
-        clean = data.clean
+        clean = data.need_clean()
         x = clean.x[: p.samples]
         generator = torch.Generator().manual_seed(p.seed)
         with frozen_weights(model):  # only the trigger is optimised
@@ -107,7 +109,7 @@ class NeuralCleanse(Criterion):
         triggered = (1 - mask) * victims + mask * pattern
         scores = trigger_shift(model, victims, triggered)
         flagged = -float(index[candidate]) > p.threshold
-        extra = {
+        extra: dict[str, object] = {
             "detected_label": candidate if flagged else None,
             "candidate_label": candidate,
             "anomaly_index": -float(index[candidate]),
@@ -115,4 +117,4 @@ class NeuralCleanse(Criterion):
             "reversed_mask": mask,
             "reversed_pattern": pattern,
         }
-        return scores, extra
+        return LayerScores(scores, extra)

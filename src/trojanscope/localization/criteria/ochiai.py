@@ -10,5 +10,5 @@ from trojanscope.localization.spectrum import Spectrum, SpectrumCriterion
 
 @CRITERIA.register("ochiai")
 class Ochiai(SpectrumCriterion):
-    def formula(self, s: Spectrum):
+    def formula(self, s: Spectrum) -> torch.Tensor:
         return s.ef / torch.sqrt(s.total_failed * (s.ef + s.ep))

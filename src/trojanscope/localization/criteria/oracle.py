@@ -11,12 +11,19 @@ from __future__ import annotations
 
 from torch import nn
 
-from trojanscope.localization.base import CRITERIA, Criterion, EvidenceData, trigger_shift
+from trojanscope.localization.base import (
+    CRITERIA,
+    Criterion,
+    EvidenceData,
+    LayerScores,
+    trigger_shift,
+)
 
 
 @CRITERIA.register("oracle")
 class Oracle(Criterion):
     evidence = "poisoned"
 
-    def layer_scores(self, model: nn.Module, data: EvidenceData):
-        return trigger_shift(model, data.clean_victims.x, data.triggered.x), {}
+    def layer_scores(self, model: nn.Module, data: EvidenceData) -> LayerScores:
+        clean_victims, triggered = data.need_pairs()
+        return LayerScores(trigger_shift(model, clean_victims.x, triggered.x), {})

@@ -6,7 +6,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from trojanscope.localization.base import CRITERIA, Criterion, EvidenceData
+from trojanscope.localization.base import CRITERIA, Criterion, EvidenceData, LayerScores
 from trojanscope.neurons import eligible_layers
 
 
@@ -16,13 +16,13 @@ class RandomParams(BaseModel):
 
 
 @CRITERIA.register("random")
-class RandomBaseline(Criterion):
+class RandomBaseline(Criterion[RandomParams]):
     evidence = "none"
-    Params = RandomParams
 
-    def layer_scores(self, model: nn.Module, data: EvidenceData):
+    def layer_scores(self, model: nn.Module, data: EvidenceData) -> LayerScores:
         g = torch.Generator().manual_seed(self.params.seed)
-        return {
+        scores = {
             layer.name: torch.rand(layer.width, generator=g, dtype=torch.float64)
             for layer in eligible_layers(model)
-        }, {}
+        }
+        return LayerScores(scores, {})

@@ -13,7 +13,13 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
-from trojanscope.localization.base import CRITERIA, Criterion, EvidenceData, standardize
+from trojanscope.localization.base import (
+    CRITERIA,
+    Criterion,
+    EvidenceData,
+    LayerScores,
+    standardize,
+)
 from trojanscope.neurons import eligible_layers, recording
 
 
@@ -45,13 +51,12 @@ def decision_contributions(
 
 
 @CRITERIA.register("slicing")
-class DynamicSlicing(Criterion):
+class DynamicSlicing(Criterion[SlicingParams]):
     evidence = "poisoned"
-    Params = SlicingParams
 
-    def layer_scores(self, model: nn.Module, data: EvidenceData):
+    def layer_scores(self, model: nn.Module, data: EvidenceData) -> LayerScores:
         passing, failing = data.outcomes(model, self.params.samples)
         on_fail = decision_contributions(model, failing, self.params.batch_size)
         on_pass = decision_contributions(model, passing, self.params.batch_size)
         scores = {name: standardize(on_fail[name] - on_pass[name]) for name in on_fail}
-        return scores, {"passing": len(passing), "failing": len(failing)}
+        return LayerScores(scores, {"passing": len(passing), "failing": len(failing)})

@@ -43,8 +43,9 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = x
-        if self.expand is not None:  # structural, fixed at construction (fx-traceable)
-            out = self.act(self.expand_bn(self.expand(out)))
+        expand, expand_bn = self.expand, self.expand_bn
+        if expand is not None and expand_bn is not None:  # structural: fixed when built
+            out = self.act(expand_bn(expand(out)))
         out = self.act(self.depthwise_bn(self.depthwise(out)))
         out = self.project_bn(self.project(out))
         return out + x if self.residual else out

@@ -22,9 +22,7 @@ class NeuronFineTuneParams(FineTuneBudget):
 
 
 @REPAIRS.register("finetune")
-class NeuronFineTuning(Repair):
-    Params = NeuronFineTuneParams
-
+class NeuronFineTuning(Repair[NeuronFineTuneParams]):
     def apply(self, model: nn.Module, neurons: list[NeuronRef], clean: TensorData) -> nn.Module:
         p = self.params
         masks = trainable_masks(model, neurons, p.edges)

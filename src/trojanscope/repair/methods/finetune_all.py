@@ -15,8 +15,7 @@ from trojanscope.repair.base import REPAIRS, FineTuneBudget, Repair
 
 
 @REPAIRS.register("finetune-all")
-class FineTuneAll(Repair):
-    Params = FineTuneBudget
+class FineTuneAll(Repair[FineTuneBudget]):
     uses_neurons = False
 
     def apply(self, model: nn.Module, neurons: list[NeuronRef], clean: TensorData) -> nn.Module:
