@@ -1,5 +1,5 @@
 """``python -m trojanscope``: the command line."""
 
-from trojanscope.cli import main
+from trojanscope.entry import main
 
 main()

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich import box
@@ -565,6 +565,16 @@ from trojanscope import cli_scan, cli_study  # noqa: E402, F401
 INTERRUPTED = "interrupted: finished entries are kept, nothing half-written."
 
 
+def _exit_interrupted() -> NoReturn:
+    """Say what was kept and exit 130 at once. Every ``finally`` has run by now (nothing is
+    half-written); ``os._exit`` skips only the interpreter's teardown, where CPython turns a
+    Ctrl-C it once saw inside nested evaluated code into death by SIGINT (exit -2, no code)."""
+    err.print(INTERRUPTED, highlight=False, soft_wrap=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
+
+
 def _by_interrupt(exc: BaseException) -> bool:
     """True when ``exc`` (Typer's exit) was caused by a KeyboardInterrupt: Typer turns Ctrl-C
     into a silent exit with code 130, so the cause is found in the exception chain."""
@@ -584,20 +594,23 @@ def _by_interrupt(exc: BaseException) -> bool:
 def main() -> None:
     """Entry point: user errors become one sentence and exit code 2, never a traceback;
     Ctrl-C ends with exit code 130 and a sentence saying what was kept."""
+    from trojanscope import interrupt
+
+    interrupt.install()
     try:
         app()
     except TrojanscopeError as exc:
         err.print(f"error: {shown(exc)}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        err.print(INTERRUPTED, highlight=False, soft_wrap=True)
-        raise SystemExit(130) from None
+        _exit_interrupted()
     except SystemExit as exc:
-        if exc.code == 130 and _by_interrupt(exc):
-            err.print(INTERRUPTED, highlight=False, soft_wrap=True)
-            raise SystemExit(130) from None
+        if exc.code == 130 and (interrupt.seen() or _by_interrupt(exc)):
+            _exit_interrupted()
         raise
     except Exception as exc:
+        if interrupt.seen() or _by_interrupt(exc):
+            _exit_interrupted()  # e.g. an import interrupted while a C extension initialised
         if os.environ.get("TROJANSCOPE_DEBUG"):
             raise
         err.print(

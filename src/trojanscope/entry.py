@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 
 def main() -> None:
     """Dispatch: `trojanscope scan ...` to the fast path, anything else to the Typer app."""
-    if sys.argv[1:2] != ["scan"]:
-        from trojanscope.cli import main as full
+    from trojanscope import interrupt
 
+    interrupt.install()  # first: Ctrl-C during the imports below is an interrupt too
+    if sys.argv[1:2] != ["scan"]:
+        try:
+            from trojanscope.cli import main as full
+        except BaseException:
+            if interrupt.seen():
+                _interrupted("interrupted: nothing was done.")
+            raise
         full()
         return
     from trojanscope.errors import TrojanscopeError
@@ -24,9 +32,10 @@ def main() -> None:
         sys.stderr.write(f"error: {shown(exc)}\n")
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted: nothing was written.\n")
-        raise SystemExit(130) from None
+        _interrupted("interrupted: nothing was written.")
     except Exception as exc:
+        if interrupt.seen():
+            _interrupted("interrupted: nothing was written.")
         if os.environ.get("TROJANSCOPE_DEBUG"):
             raise
         sys.stderr.write(
@@ -36,6 +45,15 @@ def main() -> None:
         raise SystemExit(1) from None
     sys.stdout.flush()
     raise SystemExit(code)
+
+
+def _interrupted(message: str) -> NoReturn:
+    """Exit 130 at once, as trojanscope.cli does (no teardown that could turn the interrupt
+    into death by SIGINT)."""
+    sys.stderr.write(message + "\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 if __name__ == "__main__":
