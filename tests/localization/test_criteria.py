@@ -156,3 +156,25 @@ def test_layer_scores_called_without_its_evidence_says_what_is_missing():
         CRITERIA.create("oracle").layer_scores(model, EvidenceData())
     scores, extra = CRITERIA.create("clp").layer_scores(model, EvidenceData())
     assert set(scores) == {layer.name for layer in eligible_layers(model)} and extra == {}
+
+
+def test_ablation_of_the_infected_neurons_is_their_ground_truth(narrow_defect, digits):
+    """Ablation applies the ground truth's measure to every neuron: on the infected ones, its
+    margin drops clipped at 0 and normalised are exactly their contributions."""
+    data = evidence_for(narrow_defect, digits)
+    result = CRITERIA.create("ablation", samples=len(data.triggered)).run(narrow_defect.model, data)
+    scores = result.score_of()
+    drops = torch.tensor(
+        [max(0.0, scores[n.ref]) for n in narrow_defect.infected], dtype=torch.float64
+    )
+    expected = torch.tensor([n.contribution for n in narrow_defect.infected], dtype=torch.float64)
+    if drops.sum() > 0:
+        assert torch.allclose(drops / drops.sum(), expected, atol=1e-4)
+    assert result.cost_forward < len(result.neurons) + 1  # one suffix pass per neuron at most
+
+
+def test_ablation_ranks_carrying_neurons_above_chance(narrow_defect, digits):
+    data = evidence_for(narrow_defect, digits)
+    result = CRITERIA.create("ablation").run(narrow_defect.model, data)
+    metrics = score(result.neurons, result.scores.numpy(), truth_of(narrow_defect))
+    assert metrics.auroc > 0.6

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from trojanscope.data.base import TensorData
-from trojanscope.models.training import predict
+from trojanscope.models.training import predict, target_margin
 from trojanscope.neurons import NeuronRef, activation_shift, layer_map, mask_neurons
 
 
@@ -18,14 +17,6 @@ class InfectedNeuron:
     rank: int  # position in the injection order
     contribution: float
     activation_shift: float
-
-
-def target_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Target-class logit minus the largest other logit, per sample."""
-    t = logits.gather(1, target[:, None]).squeeze(1)
-    others = logits.clone()
-    others.scatter_(1, target[:, None], float("-inf"))
-    return t - others.max(1).values
 
 
 def ground_truth(

@@ -42,6 +42,14 @@ def accuracy(model: nn.Module, data: TensorData) -> float:
     return float((predict(model, data.x).argmax(1) == data.y).float().mean())
 
 
+def target_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Target-class logit minus the largest other logit, per sample."""
+    t = logits.gather(1, target[:, None]).squeeze(1)
+    others = logits.clone()
+    others.scatter_(1, target[:, None], float("-inf"))
+    return t - others.max(1).values
+
+
 def train_epochs(
     model: nn.Module,
     data: TensorData,
