@@ -10,7 +10,10 @@ from trojanscope.neurons import (
     capture_activations,
     classifier_name,
     eligible_layers,
+    layer_outputs,
     mask_neurons,
+    patch_neurons,
+    patched_logits,
 )
 
 
@@ -92,3 +95,32 @@ def test_capture_shapes():
     acts = capture_activations(model, torch.rand(5, 1, 16, 16))
     for layer in eligible_layers(model):
         assert acts[layer.name].shape == (5, layer.width)
+
+
+@pytest.mark.parametrize("arch", ["cnn-small", "resnet18", "mobilenetv2"])
+def test_patching_every_neuron_or_none(arch):
+    """Keeping every neuron is the plain forward pass on the triggered batch; keeping none is
+    the forward pass on the clean batch (the input reaches the decision only through neurons)."""
+    torch.manual_seed(0)
+    model = _model(arch, 12)
+    clean, triggered = torch.rand(6, 1, 12, 12), torch.rand(6, 1, 12, 12)
+    with torch.no_grad():
+        plain_triggered, plain_clean = model(triggered), model(clean)
+    every = all_neurons(model)
+    assert torch.equal(patched_logits(model, every, clean, triggered), plain_triggered)
+    assert torch.allclose(patched_logits(model, [], clean, triggered), plain_clean, atol=1e-6)
+    assert torch.equal(model(triggered).detach(), plain_triggered)  # hooks are gone
+
+
+def test_patching_lets_gradients_through_the_kept_neurons_only():
+    torch.manual_seed(0)
+    model = ARCHITECTURES.create("cnn-small", width=0.25).build(1, 10, 12).eval()
+    clean = torch.rand(4, 1, 12, 12)
+    first = eligible_layers(model)[0].name
+    every = all_neurons(model)
+    after_first = [ref for ref in every if ref.layer != first]
+    for keep, moves in (([], False), (after_first, False), (every, True)):
+        x = torch.rand(4, 1, 12, 12, requires_grad=True)
+        with patch_neurons(model, keep, layer_outputs(model, clean)):
+            model(x).sum().backward()
+        assert bool(x.grad.abs().sum() > 0) is moves

@@ -209,6 +209,73 @@ def mask_neurons(model: nn.Module, neurons: Iterable[NeuronRef]) -> Iterator[Non
 
 
 @contextmanager
+def patch_neurons(
+    model: nn.Module, keep: Iterable[NeuronRef], source: dict[str, torch.Tensor]
+) -> Iterator[None]:
+    """Activation patching for the block: every eligible neuron outside ``keep`` takes the
+    activation ``source`` holds for it (each layer's full output on a paired batch of the same
+    size, as :func:`layer_outputs` gives), so only ``keep`` carries what differs between the
+    running batch and the source one. Gradients flow through the kept neurons only."""
+    keep_set = NeuronSet(keep)
+    check_neurons(model, keep_set)
+    kept = keep_set.by_layer()
+    modules = dict(model.named_modules())
+    handles: list[RemovableHandle] = []
+    try:
+        for layer in eligible_layers(model):
+            mask = torch.zeros(layer.width, dtype=torch.bool)
+            mask[kept.get(layer.name, [])] = True
+
+            def hook(
+                _m: nn.Module,
+                _i: object,
+                out: torch.Tensor,
+                mask: torch.Tensor = mask,
+                name: str = layer.name,
+            ) -> torch.Tensor:
+                held = source[name]
+                if held.shape != out.shape:
+                    raise ValueError(
+                        f"{name}: patch source {tuple(held.shape)} for output {tuple(out.shape)}"
+                    )
+                shape = (1, -1) + (1,) * (out.dim() - 2)
+                return torch.where(mask.to(out.device).view(shape), out, held.to(out.dtype))
+
+            handles.append(modules[layer.output].register_forward_hook(hook))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def layer_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each eligible layer's full output (where neurons are read and masked) on one batch."""
+    with recording(model, eligible_layers(model), reduce=False) as store:
+        model(x)
+    return {name: chunks[0] for name, chunks in store.items()}
+
+
+@torch.no_grad()
+def patched_logits(
+    model: nn.Module,
+    keep: Iterable[NeuronRef],
+    clean_x: torch.Tensor,
+    triggered_x: torch.Tensor,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Logits of ``triggered_x`` with every neuron outside ``keep`` held at the activation it has
+    on the paired clean input: what reaches the decision through ``keep`` alone."""
+    keep = list(keep)
+    out = []
+    for start in range(0, len(triggered_x), batch_size):
+        source = layer_outputs(model, clean_x[start : start + batch_size])
+        with patch_neurons(model, keep, source):
+            out.append(model(triggered_x[start : start + batch_size]))
+    return torch.cat(out)
+
+
+@contextmanager
 def recording(
     model: nn.Module,
     layers: Sequence[EligibleLayer],
@@ -226,9 +293,7 @@ def recording(
     try:
         for layer in layers:
 
-            def hook(
-                _m: nn.Module, _i: object, out: torch.Tensor, name: str = layer.name
-            ) -> None:
+            def hook(_m: nn.Module, _i: object, out: torch.Tensor, name: str = layer.name) -> None:
                 out = out.detach() if detach else out
                 store[name].append(_reduce(out, rectify) if reduce else out)
 
