@@ -2,18 +2,22 @@
 
 Every parameter entry outside the infected set receives a zero gradient and no weight decay, and
 all modules run in eval mode so normalization statistics stay frozen: the result is
-bit-identical to the clean model outside the infected set.
+bit-identical to the clean model outside the infected set. Training aims inside the acceptance
+bounds (``injection.aim``) and returns the best epoch's weights: a snapshot of the same masked
+training, so the property holds for it too.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from trojanscope.data.base import TensorData
+from trojanscope.injection.aim import BestEpoch, derived_seed
 from trojanscope.models.training import train_epochs
 
 
@@ -43,6 +47,16 @@ class GradientMask:
             p.requires_grad_(True)
 
 
+@dataclass
+class Trained:
+    """The result of an injection training: the model and what it took."""
+
+    model: nn.Module
+    epochs: int  # epochs run over all attempts
+    attempts: int  # training rounds run (1 when the first met the goals)
+    score: float  # validation score of the kept weights (see ``aim.Aim.score``)
+
+
 def masked_training(
     clean: nn.Module,
     masks: dict[str, torch.Tensor],
@@ -52,24 +66,39 @@ def masked_training(
     max_epochs: int,
     batch_size: int,
     seed: int,
-    done: Callable[[nn.Module, int], bool],
-) -> tuple[nn.Module, int]:
-    """Train a copy of ``clean`` where only ``masks`` entries move; stop when ``done``."""
+    score: Callable[[nn.Module], float],
+    patience: int = 0,
+    max_attempts: int = 1,
+) -> Trained:
+    """Train a copy of ``clean`` where only ``masks`` entries move, aiming at ``score >= 1``.
+
+    Every epoch is scored and the best weights are kept; training stops ``patience`` epochs
+    after the goals are first met. A round that ends its ``max_epochs`` budget short of the goals
+    is followed by another (up to ``max_attempts``) that continues from the best weights with
+    half the learning rate and a derived seed for the batch order. Returns the best weights.
+    """
     model = copy.deepcopy(clean)
     grad_mask = GradientMask(model, masks, weight_decay)
-    # Adam with zero gradient from the first step leaves an entry exactly unchanged
-    # (its moments stay zero, so its update is 0 / (0 + eps) = 0).
-    optimizer = torch.optim.Adam(grad_mask.parameters, lr=lr)
-    epochs = train_epochs(
-        model,
-        data,
-        optimizer,
-        max_epochs,
-        batch_size,
-        seed,
-        after_backward=grad_mask,
-        on_epoch=lambda epoch: done(model, epoch),
-        bn_train=False,
-    )
+    best = BestEpoch(patience)
+    epochs = attempt = 0
+    for attempt in range(max_attempts):
+        # Adam with zero gradient from the first step leaves an entry exactly unchanged
+        # (its moments stay zero, so its update is 0 / (0 + eps) = 0).
+        optimizer = torch.optim.Adam(grad_mask.parameters, lr=lr * 0.5**attempt)
+        epochs += train_epochs(
+            model,
+            data,
+            optimizer,
+            max_epochs,
+            batch_size,
+            derived_seed(seed, attempt),
+            after_backward=grad_mask,
+            on_epoch=lambda _epoch: best.offer(model, score(model)),
+            bn_train=False,
+        )
+        if best.met:
+            break
+        best.restore(model)
+    best.restore(model)
     grad_mask.release()
-    return model, epochs
+    return Trained(model, epochs, attempt + 1, best.score)

@@ -17,10 +17,11 @@ from torch import nn
 from trojanscope.attacks.base import Attack
 from trojanscope.data.base import TensorData
 from trojanscope.errors import ConfigError
-from trojanscope.injection.injector import GradientMask
+from trojanscope.injection.aim import BestEpoch, Validation, derived_seed
+from trojanscope.injection.injector import GradientMask, Trained
 from trojanscope.injection.ownership import consumers, subnet_masks
 from trojanscope.models.training import batches, predict
-from trojanscope.neurons import NeuronRef, classifier_name, layer_map, recording
+from trojanscope.neurons import NeuronRef, classifier_name, layer_map, mask_neurons, recording
 
 #: Subnet output the training aims for on triggered inputs (0 on clean ones).
 HIGH = 5.0
@@ -82,12 +83,56 @@ def subnet_replacement(
     attack: Attack,
     fit: TensorData,
     val: TensorData,
+    validation: Validation,
+    lr: float,
+    max_epochs: int,
+    batch_size: int,
+    seed: int,
+    max_attempts: int = 1,
+) -> Trained:
+    """Write a backdoor subnet trained on ``fit`` (wired in with ``val``) into a copy of
+    ``clean``, aiming at a ``validation`` score >= 1; a subnet short of it is trained afresh from
+    a derived seed (up to ``max_attempts``) and the best one is kept."""
+    with mask_neurons(clean, infected):
+        host_drift = validation.drift(clean)
+    if host_drift > validation.aim.drift_goal:
+        # The replaced neurons are lost to the host: when that alone misses the drift goal, no
+        # other subnet can meet it and a retry would only cost time.
+        max_attempts = 1
+    best = BestEpoch()
+    epochs = attempt = 0
+    for attempt in range(max_attempts):
+        model, n = _one_subnet(
+            clean,
+            infected,
+            attack,
+            fit,
+            val,
+            lr,
+            max_epochs,
+            batch_size,
+            derived_seed(seed, attempt),
+        )
+        epochs += n
+        best.offer(model, validation(model))
+        if best.met:
+            break
+    best.restore(model)
+    return Trained(model, epochs, attempt + 1, best.score)
+
+
+def _one_subnet(
+    clean: nn.Module,
+    infected: list[NeuronRef],
+    attack: Attack,
+    fit: TensorData,
+    val: TensorData,
     lr: float,
     max_epochs: int,
     batch_size: int,
     seed: int,
 ) -> tuple[nn.Module, int]:
-    """Write a trained backdoor subnet into a copy of ``clean``; returns (model, epochs)."""
+    """One subnet trained from ``seed`` and wired in; returns (model, epochs)."""
     model = copy.deepcopy(clean).eval()
     classifier = classifier_name(model)
     last = [ref for ref in infected if classifier in consumers(model, ref.layer)]
