@@ -47,6 +47,38 @@ class GradientMask:
             p.requires_grad_(True)
 
 
+def masked_training(
+    clean: nn.Module,
+    masks: dict[str, torch.Tensor],
+    data: TensorData,
+    lr: float,
+    weight_decay: float,
+    max_epochs: int,
+    batch_size: int,
+    seed: int,
+    done: Callable[[nn.Module, int], bool],
+) -> tuple[nn.Module, int]:
+    """Train a copy of ``clean`` where only ``masks`` entries move; stop when ``done``."""
+    model = copy.deepcopy(clean)
+    grad_mask = GradientMask(model, masks, weight_decay)
+    # Adam with zero gradient from the first step leaves an entry exactly unchanged
+    # (its moments stay zero, so its update is 0 / (0 + eps) = 0).
+    optimizer = torch.optim.Adam(grad_mask.parameters, lr=lr)
+    epochs = train_epochs(
+        model,
+        data,
+        optimizer,
+        max_epochs,
+        batch_size,
+        seed,
+        after_backward=grad_mask,
+        on_epoch=lambda epoch: done(model, epoch),
+        bn_train=False,
+    )
+    grad_mask.release()
+    return model, epochs
+
+
 @dataclass
 class Trained:
     """The result of an injection training: the model and what it took."""
@@ -54,10 +86,10 @@ class Trained:
     model: nn.Module
     epochs: int  # epochs run over all attempts
     attempts: int  # training rounds run (1 when the first met the goals)
-    score: float  # validation score of the kept weights (see ``aim.Aim.score``)
+    score: float  # score of the kept weights (see ``aim.Aim.score``)
 
 
-def masked_training(
+def aimed_training(
     clean: nn.Module,
     masks: dict[str, torch.Tensor],
     data: TensorData,
@@ -70,35 +102,30 @@ def masked_training(
     patience: int = 0,
     max_attempts: int = 1,
 ) -> Trained:
-    """Train a copy of ``clean`` where only ``masks`` entries move, aiming at ``score >= 1``.
+    """Masked training of a copy of ``clean`` aiming at ``score >= 1`` (see ``aim``).
 
     Every epoch is scored and the best weights are kept; training stops ``patience`` epochs
     after the goals are first met. A round that ends its ``max_epochs`` budget short of the goals
     is followed by another (up to ``max_attempts``) that continues from the best weights with
     half the learning rate and a derived seed for the batch order. Returns the best weights.
     """
-    model = copy.deepcopy(clean)
-    grad_mask = GradientMask(model, masks, weight_decay)
     best = BestEpoch(patience)
-    epochs = attempt = 0
+    start, epochs, attempt = clean, 0, 0
     for attempt in range(max_attempts):
-        # Adam with zero gradient from the first step leaves an entry exactly unchanged
-        # (its moments stay zero, so its update is 0 / (0 + eps) = 0).
-        optimizer = torch.optim.Adam(grad_mask.parameters, lr=lr * 0.5**attempt)
-        epochs += train_epochs(
-            model,
+        model, ran = masked_training(
+            start,
+            masks,
             data,
-            optimizer,
+            lr * 0.5**attempt,
+            weight_decay,
             max_epochs,
             batch_size,
             derived_seed(seed, attempt),
-            after_backward=grad_mask,
-            on_epoch=lambda _epoch: best.offer(model, score(model)),
-            bn_train=False,
+            lambda m, _epoch: best.offer(m, score(m)),
         )
+        epochs += ran
+        best.restore(model)
         if best.met:
             break
-        best.restore(model)
-    best.restore(model)
-    grad_mask.release()
+        start = model
     return Trained(model, epochs, attempt + 1, best.score)

@@ -16,7 +16,7 @@ from trojanscope.injection.acceptance import Acceptance
 from trojanscope.injection.aim import Aim, Validation
 from trojanscope.injection.contribution import clean_contributions
 from trojanscope.injection.groundtruth import InfectedNeuron, ground_truth
-from trojanscope.injection.injector import Trained, masked_training
+from trojanscope.injection.injector import Trained, aimed_training
 from trojanscope.injection.ownership import Edges, trainable_masks
 from trojanscope.injection.quantity import Order, Quantity, select_infected
 from trojanscope.injection.subnet import subnet_replacement
@@ -118,7 +118,7 @@ def _poison_and_train(
 ) -> Trained:
     """Masked-gradient training on clean data mixed with poisoned data (rule 3)."""
     masks = trainable_masks(clean, infected, attack.injection_edges or config.edges)
-    return masked_training(
+    return aimed_training(
         clean,
         masks,
         poisoned.materialize(),
