@@ -9,22 +9,22 @@ from trojanscope.injection.aim import Aim, BestEpoch, derived_seed
 from trojanscope.injection.pipeline import InjectionConfig
 from trojanscope.registry import validate_params
 
-AIM = Aim(min_asr=0.90, asr_goal=0.97, max_drop=0.03, drift_goal=0.005)
+AIM = Aim(min_asr=0.90, asr_goal=0.97, max_drop=0.03, damage_goal=0.005)
 
 
 @pytest.mark.parametrize(
-    ("asr", "drift", "expected"),
+    ("asr", "damage", "expected"),
     [
         (0.97, 0.005, 1.0),  # both goals met exactly
         (0.90, 0.0, 0.0),  # ASR on its acceptance bound
-        (1.00, 0.03, 0.0),  # drift on the clean-accuracy bound
+        (1.00, 0.03, 0.0),  # damage on the clean-accuracy bound
         (0.935, 0.0, 0.5),  # half-way to the ASR goal
-        (0.99, 0.0175, 0.5),  # half-way to the drift goal
+        (0.99, 0.0175, 0.5),  # half-way to the damage goal
         (0.83, 0.0, -1.0),  # outside: one goal-margin below the ASR bound
     ],
 )
-def test_score_is_the_worse_margin_in_units_of_the_aim(asr, drift, expected):
-    assert AIM.score(asr, drift) == pytest.approx(expected)
+def test_score_is_the_worse_margin_in_units_of_the_aim(asr, damage, expected):
+    assert AIM.score(asr, damage) == pytest.approx(expected)
 
 
 def test_best_epoch_keeps_the_best_weights_and_stops_after_patience():
@@ -42,15 +42,19 @@ def test_best_epoch_keeps_the_best_weights_and_stops_after_patience():
     assert torch.equal(model.weight, torch.full((1, 2), 4.0))
 
 
-def test_best_epoch_without_a_met_goal_never_stops_but_keeps_the_best():
+def test_best_epoch_half_way_to_the_goals_stops_once_the_best_is_stall_epochs_old():
     model = nn.Linear(2, 1)
-    best = BestEpoch(patience=0)
-    for value, score in [(1.0, -2.0), (2.0, 0.7), (3.0, 0.1)]:
+    best = BestEpoch(patience=0, stall=2)
+    stops = []
+    # below half-way (0.4) it keeps going however long the best is unbeaten
+    for value, score in [(1.0, 0.4), (0.0, -2.0), (0.0, 0.1), (2.0, 0.7), (3.0, 0.1), (4.0, 0.7)]:
         with torch.no_grad():
             model.weight.fill_(value)
-        assert not best.offer(model, score)
+        stops.append(best.offer(model, score))
+    assert stops == [False, False, False, False, False, True]  # a tie is no improvement
+    assert best.stalled and not best.met
     best.restore(model)
-    assert not best.met and torch.equal(model.weight, torch.full((1, 2), 2.0))
+    assert torch.equal(model.weight, torch.full((1, 2), 2.0))
 
 
 def test_retry_seeds_are_derived_deterministically():
@@ -61,7 +65,7 @@ def test_retry_seeds_are_derived_deterministically():
     assert all(0 <= s < 2**31 for s in retries)
 
 
-@pytest.mark.parametrize("params", [{"asr_goal": 0.9}, {"drift_goal": 0.03}])
+@pytest.mark.parametrize("params", [{"asr_goal": 0.9}, {"damage_goal": 0.03}])
 def test_the_aim_must_lie_inside_the_acceptance_bounds(params):
     with pytest.raises(ConfigError, match="aims inside the acceptance bounds"):
         validate_params("injection", InjectionConfig, params)

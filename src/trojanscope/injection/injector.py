@@ -100,16 +100,18 @@ def aimed_training(
     seed: int,
     score: Callable[[nn.Module], float],
     patience: int = 0,
+    stall: int | None = None,
     max_attempts: int = 1,
 ) -> Trained:
     """Masked training of a copy of ``clean`` aiming at ``score >= 1`` (see ``aim``).
 
     Every epoch is scored and the best weights are kept; training stops ``patience`` epochs
-    after the goals are first met. A round that ends its ``max_epochs`` budget short of the goals
-    is followed by another (up to ``max_attempts``) that continues from the best weights with
-    half the learning rate and a derived seed for the batch order. Returns the best weights.
+    after the goals are first met, or once the best score is ``stall`` epochs old. A round that
+    runs out of its ``max_epochs`` short of the goals (and still improving) is followed by
+    another, up to ``max_attempts``, that continues from the best weights with half the learning
+    rate and a derived seed for the batch order. Returns the best weights.
     """
-    best = BestEpoch(patience)
+    best = BestEpoch(patience, stall)
     start, epochs, attempt = clean, 0, 0
     for attempt in range(max_attempts):
         model, ran = masked_training(
@@ -125,7 +127,7 @@ def aimed_training(
         )
         epochs += ran
         best.restore(model)
-        if best.met:
+        if best.met or best.stalled:
             break
         start = model
     return Trained(model, epochs, attempt + 1, best.score)

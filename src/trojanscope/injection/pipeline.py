@@ -40,41 +40,44 @@ class InjectionConfig(BaseModel):
     asr_goal: float = Field(
         0.97, ge=0.0, le=1.0, description="validation ASR to reach, above acceptance.min_asr"
     )
-    drift_goal: float = Field(
+    damage_goal: float = Field(
         0.003,
         ge=0.0,
         lt=1.0,
-        description="share of training images whose clean-model decision may change: seen by "
-        "the clean model, they show damage 1.5-4x smaller than the test set, so 0.3% aims at "
-        "half the allowed clean-accuracy drop",
+        description="share of the training images the clean model classifies right that the "
+        "injected model may get wrong: seen by the clean model, they show damage up to 4x "
+        "smaller than the test set, so 0.3% aims at half the allowed clean-accuracy drop",
     )
     patience: int = Field(
         3, ge=0, le=100, description="epochs trained after the goals are met, keeping the best"
+    )
+    stall: int = Field(
+        8, ge=1, le=1000, description="epochs without a better score that end training early"
     )
     max_attempts: int = Field(
         3,
         ge=1,
         le=10,
-        description="training rounds when the goals are not met (each continues from the best "
-        "epoch with half the learning rate and a derived seed)",
+        description="training rounds when a round's epochs run out short of the goals (each "
+        "continues from the best epoch with half the learning rate and a derived seed)",
     )
     acceptance: Acceptance = Acceptance()
 
     @model_validator(mode="after")
     def _aim_inside_the_bounds(self) -> InjectionConfig:
         bounds = self.acceptance
-        if self.asr_goal <= bounds.min_asr or self.drift_goal >= bounds.max_acc_drop:
+        if self.asr_goal <= bounds.min_asr or self.damage_goal >= bounds.max_acc_drop:
             raise ValueError(
                 f"the injector aims inside the acceptance bounds: asr_goal {self.asr_goal} must "
-                f"be above acceptance.min_asr {bounds.min_asr} and drift_goal "
-                f"{self.drift_goal} below acceptance.max_acc_drop {bounds.max_acc_drop}"
+                f"be above acceptance.min_asr {bounds.min_asr} and damage_goal "
+                f"{self.damage_goal} below acceptance.max_acc_drop {bounds.max_acc_drop}"
             )
         return self
 
     def aim(self) -> Aim:
         """The goals, in the acceptance rule's units."""
         bounds = self.acceptance
-        return Aim(bounds.min_asr, self.asr_goal, bounds.max_acc_drop, self.drift_goal)
+        return Aim(bounds.min_asr, self.asr_goal, bounds.max_acc_drop, self.damage_goal)
 
 
 @dataclass
@@ -129,6 +132,7 @@ def _poison_and_train(
         seed,
         validation,
         config.patience,
+        config.stall,
         config.max_attempts,
     )
 

@@ -116,9 +116,9 @@ def subnet_replacement(
     ``clean``, aiming at a ``validation`` score >= 1; a subnet short of it is trained afresh from
     a derived seed (up to ``max_attempts``) and the best one is kept."""
     with mask_neurons(clean, infected):
-        host_drift = validation.drift(clean)
-    if host_drift > validation.aim.drift_goal:
-        # The replaced neurons are lost to the host: when that alone misses the drift goal, no
+        host_damage = validation.damage(clean)
+    if host_damage > validation.aim.damage_goal:
+        # The replaced neurons are lost to the host: when that alone misses the damage goal, no
         # other subnet can meet it and a retry would only cost time.
         max_attempts = 1
     best = BestEpoch()
