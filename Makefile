@@ -25,6 +25,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/quickstart.py
 	$(PY) benchmarks/attack_matrix.py
+	$(PY) benchmarks/attack_defaults.py
 	$(PY) benchmarks/localization.py
 	$(PY) benchmarks/scan.py
 	$(PY) benchmarks/scan_real.py

@@ -110,10 +110,10 @@ def test_missing_and_unreadable_pattern_files(tmp_path, digits):
     assert str(err.value) == f"the Blended pattern image '{junk}' cannot be read as an image."
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_injected_defect_passes_the_acceptance_filter(clean_digits_model, digits, seed):
-    attack = ATTACKS.create("blended", seed=seed)
+def test_injected_defect_passes_the_acceptance_filter(clean_digits_model, digits):
+    """One seed here; benchmarks/attack_defaults.py runs seeds 0-4."""
+    attack = ATTACKS.create("blended", seed=0)
     config = InjectionConfig(quantity=Quantity(level="small"))
-    outcome = inject_defect(clean_digits_model, digits, attack, config, seed)
+    outcome = inject_defect(clean_digits_model, digits, attack, config, 0)
     assert outcome.status == "accepted", outcome.reason
     assert attack_success_rate(outcome.model, attack.poison_test(digits.test)) >= 0.9

@@ -76,11 +76,11 @@ def test_bad_parameters(params, message):
 
 
 # Clean-label injection into a trained model needs a dominant signal (delta = 1.0, see the
-# module docstring); the default 30% of the target class is enough on digits.
-@pytest.mark.parametrize("seed", [0, 1])
-def test_injected_defect_passes_the_acceptance_filter(clean_digits_model, digits, seed):
-    attack = ATTACKS.create("sig", seed=seed)
+# module docstring); the default 30% of the target class is enough on digits. One seed here;
+# benchmarks/attack_defaults.py runs seeds 0-4.
+def test_injected_defect_passes_the_acceptance_filter(clean_digits_model, digits):
+    attack = ATTACKS.create("sig", seed=0)
     config = InjectionConfig(quantity=Quantity(level="small"))
-    outcome = inject_defect(clean_digits_model, digits, attack, config, seed)
+    outcome = inject_defect(clean_digits_model, digits, attack, config, 0)
     assert outcome.status == "accepted", outcome.reason
     assert attack_success_rate(outcome.model, attack.poison_test(digits.test)) >= 0.9

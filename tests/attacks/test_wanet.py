@@ -2,12 +2,9 @@ import pytest
 import torch
 
 from trojanscope.attacks.base import ATTACKS
-from trojanscope.data.base import DATASETS
 from trojanscope.errors import ConfigError
 from trojanscope.injection.pipeline import InjectionConfig, attack_success_rate, inject_defect
 from trojanscope.injection.quantity import Quantity
-from trojanscope.models.base import ARCHITECTURES
-from trojanscope.models.training import CleanTraining, train_clean
 
 
 def test_trigger_is_deterministic_from_params_and_seed(digits):
@@ -47,7 +44,9 @@ def test_strength_scales_the_displacement(digits):
 
 def test_noise_mode_adds_noise_samples_with_their_true_labels(digits):
     data = digits.train
-    attack = ATTACKS.create("wanet", target=2, poison_rate=0.1, cross_ratio=2, seed=0)
+    attack = ATTACKS.create(
+        "wanet", target=2, poison_rate=0.1, noise_mode=True, cross_ratio=2, seed=0
+    )
     view = attack.poison_train(data)
     n_poison = round(0.1 * len(data))
     assert len(view.indices) == 3 * n_poison < len(data)
@@ -68,7 +67,7 @@ def test_noise_mode_adds_noise_samples_with_their_true_labels(digits):
 
 
 def test_without_noise_mode_only_poisoned_samples(digits):
-    attack = ATTACKS.create("wanet", noise_mode=False, poison_rate=0.1)
+    attack = ATTACKS.create("wanet", poison_rate=0.1)  # the noise mode is off by default
     view = attack.poison_train(digits.train)
     assert len(view.indices) == round(0.1 * len(digits.train))
     assert torch.all(view.y == 0)
@@ -100,27 +99,22 @@ def test_bad_parameters(params, message):
         ATTACKS.create("wanet", **params)
 
 
-# On 8x8 digits the paper's noise mode cannot be injected reliably into 5% of the neurons:
-# per-pixel grid noise of +-1/H moves 8x8 pixels about as much as the warp itself, and the
-# infected neurons must tell the two apart. The warp trigger alone (noise mode off) passes,
-# with a ~1 px warp (s=2) on a 3x3 control grid. The default noise mode is checked on
-# 28x28 mnist5k below (slow).
-@pytest.mark.parametrize("seed", [0, 1])
-def test_injected_defect_passes_the_acceptance_filter(clean_digits_model, digits, seed):
-    attack = ATTACKS.create("wanet", seed=seed, noise_mode=False, s=2.0, k=3)
+# The defaults (s = 2, no noise mode; see the module docstring) on 8x8 digits. One seed here;
+# benchmarks/attack_defaults.py runs seeds 0-4.
+def test_injected_defect_passes_the_acceptance_filter(clean_digits_model, digits):
+    attack = ATTACKS.create("wanet", seed=0)
     config = InjectionConfig(quantity=Quantity(level="small"))
-    outcome = inject_defect(clean_digits_model, digits, attack, config, seed)
+    outcome = inject_defect(clean_digits_model, digits, attack, config, 0)
     assert outcome.status == "accepted", outcome.reason
     assert attack_success_rate(outcome.model, attack.poison_test(digits.test)) >= 0.9
 
 
 @pytest.mark.slow
-def test_default_noise_mode_defect_passes_the_filter_on_mnist():
-    mnist = DATASETS.create("mnist5k").load(0)
-    clean = train_clean(ARCHITECTURES.create("cnn-small"), mnist.train, 0, CleanTraining())
-    for seed in (0, 1):
-        attack = ATTACKS.create("wanet", seed=seed)
-        config = InjectionConfig(quantity=Quantity(level="small"), max_epochs=60)
-        outcome = inject_defect(clean, mnist, attack, config, seed)
-        assert outcome.status == "accepted", outcome.reason
-        assert attack_success_rate(outcome.model, attack.poison_test(mnist.test)) >= 0.9
+def test_noise_mode_defect_passes_the_filter_on_mnist(clean_mnist_model, mnist):
+    """The paper's noise mode, which 8x8 digits cannot carry, on 28x28 mnist5k (measured: ASR
+    0.967, no accuracy drop; it takes the injector's every retry, about 4 minutes)."""
+    attack = ATTACKS.create("wanet", seed=0, noise_mode=True)
+    config = InjectionConfig(quantity=Quantity(level="small"))
+    outcome = inject_defect(clean_mnist_model, mnist, attack, config, 0)
+    assert outcome.status == "accepted", outcome.reason
+    assert attack_success_rate(outcome.model, attack.poison_test(mnist.test)) >= 0.9

@@ -82,3 +82,15 @@ def test_weak_budget_is_rejected_with_a_reason(clean_digits_model, digits):
     outcome = inject_defect(clean_digits_model, digits, ATTACKS.create("badnets"), config, 0)
     assert outcome.status == "rejected"
     assert "ASR" in outcome.reason
+    assert (outcome.attempts, outcome.epochs) == (config.max_attempts, config.max_attempts)
+
+
+def test_retries_resume_from_the_best_epoch_and_stay_confined(
+    clean_digits_model, clean_state, digits
+):
+    """One epoch per round cannot meet the goals: every round runs, each continuing from the
+    best snapshot so far, and the result is still bit-identical outside the infected set."""
+    config = InjectionConfig(quantity=Quantity(level="small"), max_epochs=1, max_attempts=2)
+    outcome = inject_defect(clean_digits_model, digits, ATTACKS.create("badnets"), config, 0)
+    assert (outcome.attempts, outcome.epochs) == (2, 2)
+    assert_identical_outside(clean_state, outcome.model, outcome.infected)

@@ -205,6 +205,7 @@ def build_defect(
         masked_clean_acc=outcome.masked_clean_acc,
         asr_before=outcome.asr_before,
         epochs=outcome.epochs,
+        attempts=outcome.attempts,
         weights_sha256=catalog.store.put(outcome.model.state_dict()),
         trigger_sha256=catalog.store.put(attack.trigger(splits.shape)),
         poisoned_test_sha256=catalog.store.put({"indices": view.indices, "x": view.x, "y": view.y}),

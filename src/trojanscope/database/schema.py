@@ -57,6 +57,8 @@ class Defect(Base):
     masked_clean_acc: Mapped[float | None] = mapped_column(Float)
     asr_before: Mapped[float] = mapped_column(Float)
     epochs: Mapped[int]
+    # Training rounds the injector ran (None: recorded before retries existed).
+    attempts: Mapped[int | None] = mapped_column(Integer, nullable=True)
     weights_sha256: Mapped[str] = mapped_column(String(64))
     trigger_sha256: Mapped[str] = mapped_column(String(64))
     poisoned_test_sha256: Mapped[str] = mapped_column(String(64))

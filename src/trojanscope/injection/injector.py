@@ -2,18 +2,22 @@
 
 Every parameter entry outside the infected set receives a zero gradient and no weight decay, and
 all modules run in eval mode so normalization statistics stay frozen: the result is
-bit-identical to the clean model outside the infected set.
+bit-identical to the clean model outside the infected set. Training aims inside the acceptance
+bounds (``injection.aim``) and returns the best epoch's weights: a snapshot of the same masked
+training, so the property holds for it too.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from trojanscope.data.base import TensorData
+from trojanscope.injection.aim import BestEpoch, derived_seed
 from trojanscope.models.training import train_epochs
 
 
@@ -73,3 +77,57 @@ def masked_training(
     )
     grad_mask.release()
     return model, epochs
+
+
+@dataclass
+class Trained:
+    """The result of an injection training: the model and what it took."""
+
+    model: nn.Module
+    epochs: int  # epochs run over all attempts
+    attempts: int  # training rounds run (1 when the first met the goals)
+    score: float  # score of the kept weights (see ``aim.Aim.score``)
+
+
+def aimed_training(
+    clean: nn.Module,
+    masks: dict[str, torch.Tensor],
+    data: TensorData,
+    lr: float,
+    weight_decay: float,
+    max_epochs: int,
+    batch_size: int,
+    seed: int,
+    score: Callable[[nn.Module], float],
+    patience: int = 0,
+    stall: int | None = None,
+    max_attempts: int = 1,
+) -> Trained:
+    """Masked training of a copy of ``clean`` aiming at ``score >= 1`` (see ``aim``).
+
+    Every epoch is scored and the best weights are kept; training stops ``patience`` epochs
+    after the goals are first met, or once the best score is ``stall`` epochs old. A round that
+    runs out of its ``max_epochs`` short of the goals (and still improving) is followed by
+    another, up to ``max_attempts``, that continues from the best weights with half the learning
+    rate and a derived seed for the batch order. Returns the best weights.
+    """
+    best = BestEpoch(patience, stall)
+    start, epochs, attempt = clean, 0, 0
+    for attempt in range(max_attempts):
+        model, ran = masked_training(
+            start,
+            masks,
+            data,
+            lr * 0.5**attempt,
+            weight_decay,
+            max_epochs,
+            batch_size,
+            derived_seed(seed, attempt),
+            lambda m, _epoch: best.offer(m, score(m)),
+        )
+        epochs += ran
+        best.restore(model)
+        if best.met or best.stalled:
+            break
+        start = model
+    return Trained(model, epochs, attempt + 1, best.score)

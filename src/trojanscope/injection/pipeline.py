@@ -6,16 +6,17 @@ import time
 from dataclasses import dataclass
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
 from trojanscope.attacks.base import Attack
-from trojanscope.data.base import Splits, TensorData
+from trojanscope.data.base import Splits
 from trojanscope.data.poison import PoisonedView
 from trojanscope.injection.acceptance import Acceptance
+from trojanscope.injection.aim import Aim, Validation
 from trojanscope.injection.contribution import clean_contributions
 from trojanscope.injection.groundtruth import InfectedNeuron, ground_truth
-from trojanscope.injection.injector import masked_training
+from trojanscope.injection.injector import Trained, aimed_training
 from trojanscope.injection.ownership import Edges, trainable_masks
 from trojanscope.injection.quantity import Order, Quantity, select_infected
 from trojanscope.injection.subnet import subnet_replacement
@@ -36,8 +37,47 @@ class InjectionConfig(BaseModel):
     batch_size: int = Field(128, ge=1)
     calibration_size: int = Field(512, ge=1, description="clean samples for the order rule")
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
-    asr_goal: float = Field(0.97, ge=0.0, le=1.0, description="early stop on validation ASR")
+    asr_goal: float = Field(
+        0.97, ge=0.0, le=1.0, description="validation ASR to reach, above acceptance.min_asr"
+    )
+    damage_goal: float = Field(
+        0.003,
+        ge=0.0,
+        lt=1.0,
+        description="share of the training images the clean model classifies right that the "
+        "injected model may get wrong: seen by the clean model, they show damage up to 4x "
+        "smaller than the test set, so 0.3% aims at half the allowed clean-accuracy drop",
+    )
+    patience: int = Field(
+        3, ge=0, le=100, description="epochs trained after the goals are met, keeping the best"
+    )
+    stall: int = Field(
+        8, ge=1, le=1000, description="epochs without a better score that end training early"
+    )
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="training rounds when a round's epochs run out short of the goals (each "
+        "continues from the best epoch with half the learning rate and a derived seed)",
+    )
     acceptance: Acceptance = Acceptance()
+
+    @model_validator(mode="after")
+    def _aim_inside_the_bounds(self) -> InjectionConfig:
+        bounds = self.acceptance
+        if self.asr_goal <= bounds.min_asr or self.damage_goal >= bounds.max_acc_drop:
+            raise ValueError(
+                f"the injector aims inside the acceptance bounds: asr_goal {self.asr_goal} must "
+                f"be above acceptance.min_asr {bounds.min_asr} and damage_goal "
+                f"{self.damage_goal} below acceptance.max_acc_drop {bounds.max_acc_drop}"
+            )
+        return self
+
+    def aim(self) -> Aim:
+        """The goals, in the acceptance rule's units."""
+        bounds = self.acceptance
+        return Aim(bounds.min_asr, self.asr_goal, bounds.max_acc_drop, self.damage_goal)
 
 
 @dataclass
@@ -53,6 +93,7 @@ class DefectOutcome:
     masked_clean_acc: float  # clean accuracy with the infected neurons masked
     asr_before: float  # the clean model's rate of target predictions on triggered victims
     epochs: int
+    attempts: int  # training rounds (1 when the first met the goals; see InjectionConfig)
     seconds: float
     poisoned_test: PoisonedView
 
@@ -61,48 +102,38 @@ class DefectOutcome:
         return self.clean_acc_before - self.clean_acc
 
 
-def _split_validation(
-    data: TensorData, fraction: float, seed: int
-) -> tuple[TensorData, TensorData]:
+def _split_validation(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted (fit, validation) indices of a training split of ``n`` samples."""
     g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(data), generator=g)
-    n_val = max(1, int(fraction * len(data)))
-    return data.subset(torch.sort(order[n_val:]).values), data.subset(
-        torch.sort(order[:n_val]).values
-    )
+    order = torch.randperm(n, generator=g)
+    n_val = max(1, int(fraction * n))
+    return torch.sort(order[n_val:]).values, torch.sort(order[:n_val]).values
 
 
 def _poison_and_train(
     clean: nn.Module,
     infected: list[NeuronRef],
     attack: Attack,
-    fit: TensorData,
-    val: TensorData,
+    poisoned: PoisonedView,
+    validation: Validation,
     config: InjectionConfig,
     seed: int,
-) -> tuple[nn.Module, int]:
+) -> Trained:
     """Masked-gradient training on clean data mixed with poisoned data (rule 3)."""
     masks = trainable_masks(clean, infected, attack.injection_edges or config.edges)
-    mixed = attack.poison_train(fit).materialize()
-    val_poison = attack.poison_test(val)
-    val_acc_before = accuracy(clean, val)
-
-    def done(model: nn.Module, _epoch: int) -> bool:
-        return (
-            attack_success_rate(model, val_poison) >= config.asr_goal
-            and val_acc_before - accuracy(model, val) <= config.acceptance.max_acc_drop
-        )
-
-    return masked_training(
+    return aimed_training(
         clean,
         masks,
-        mixed,
+        poisoned.materialize(),
         config.lr,
         config.weight_decay,
         config.max_epochs,
         config.batch_size,
         seed,
-        done,
+        validation,
+        config.patience,
+        config.stall,
+        config.max_attempts,
     )
 
 
@@ -127,21 +158,29 @@ def inject_defect(
     contributions = clean_contributions(clean, splits.train.subset(calib_idx))
     infected = select_infected(clean, contributions, config.quantity, config.order, seed)
     attack.prepare(clean, infected, splits.train.subset(calib_idx))
-    fit, val = _split_validation(splits.train, config.validation_fraction, seed)
+    fit_idx, val_idx = _split_validation(len(splits.train), config.validation_fraction, seed)
+    fit, aim = splits.train.subset(fit_idx), config.aim()
     if attack.injection_edges == "subnet":
-        model, epochs = subnet_replacement(
+        # The subnet trains on triggered fit images: its ASR is judged on the others.
+        validation = Validation(clean, splits.train, attack, fit_idx, aim, seed)
+        trained = subnet_replacement(
             clean,
             infected,
             attack,
             fit,
-            val,
+            splits.train.subset(val_idx),
+            validation,
             config.lr,
             config.max_epochs,
             config.batch_size,
             seed,
+            config.max_attempts,
         )
     else:
-        model, epochs = _poison_and_train(clean, infected, attack, fit, val, config, seed)
+        poisoned = attack.poison_train(fit)
+        validation = Validation(clean, splits.train, attack, fit_idx[poisoned.indices], aim, seed)
+        trained = _poison_and_train(clean, infected, attack, poisoned, validation, config, seed)
+    model = trained.model
     test_poison = attack.poison_test(splits.test)
     clean_acc_before = accuracy(clean, splits.test)
     clean_acc = accuracy(model, splits.test)
@@ -165,7 +204,8 @@ def inject_defect(
         masked_asr=masked_asr,
         masked_clean_acc=masked_clean_acc,
         asr_before=attack_success_rate(clean, test_poison),
-        epochs=epochs,
+        epochs=trained.epochs,
+        attempts=trained.attempts,
         seconds=time.perf_counter() - started,
         poisoned_test=test_poison,
     )
