@@ -34,6 +34,7 @@ app = typer.Typer(
 db_app = typer.Typer(no_args_is_help=True, help="Inspect the catalog.")
 app.add_typer(db_app, name="db")
 
+
 class LiteralConsole(Console):
     """A console that never interprets the strings it prints: no Rich markup (a file named
     ``[bold red]x.pt`` is shown as such), no emoji codes, control characters escaped. Styles

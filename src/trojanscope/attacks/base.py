@@ -25,6 +25,12 @@ class AttackParams(BaseModel):
     poison_rate: float = Field(0.1, gt=0.0, le=1.0, description="fraction of training data")
 
 
+def image_shape(x: torch.Tensor) -> tuple[int, int, int]:
+    """The (C, H, W) shape of the images in batch ``x`` (N, C, H, W)."""
+    _, c, h, w = x.shape
+    return int(c), int(h), int(w)
+
+
 #: An attack's parameter model (a plug-in that names none takes ``AttackParams``).
 AP_co = TypeVar("AP_co", bound=AttackParams, covariant=True, default=AttackParams)
 
@@ -36,7 +42,7 @@ class Attack(Plugin[AP_co]):
 
     #: How the injection trains the infected neurons; None = the injection config decides.
     #: (SRA overrides it: its backdoor is a subnet cut off from the host.)
-    injection_edges: str | None = None
+    injection_edges: Literal["fan-in+fan-out", "fan-in", "subnet"] | None = None
 
     def __init__(self, seed: int = 0, **params: object) -> None:
         super().__init__(**params)

@@ -23,7 +23,14 @@ from trojanscope.attacks.base import ATTACKS, Attack
 from trojanscope.data.base import DATASETS, Splits
 from trojanscope.data.poison import PoisonedView
 from trojanscope.database.catalog import Catalog, content_key
-from trojanscope.database.schema import CleanModel, Defect, InfectedNeuronRow, Localization
+from trojanscope.database.schema import (
+    Base,
+    CleanModel,
+    Defect,
+    InfectedNeuronRow,
+    Localization,
+    RepairRow,
+)
 from trojanscope.errors import CatalogError, ConfigError, CorruptArtifactError
 from trojanscope.injection.pipeline import InjectionConfig, inject_defect
 from trojanscope.localization.base import CRITERIA, EvidenceData
@@ -32,7 +39,8 @@ from trojanscope.models.base import ARCHITECTURES
 from trojanscope.models.training import CleanTraining, accuracy, train_clean
 from trojanscope.neurons import NeuronRef, all_neurons
 
-T = TypeVar("T")
+#: A catalog table whose entries are found by content key.
+T = TypeVar("T", CleanModel, Defect, Localization, RepairRow)
 #: The largest row id SQLite stores (a signed 64-bit integer).
 SQLITE_MAX_ID = 2**63 - 1
 
@@ -137,7 +145,7 @@ def ensure_clean_model(catalog: Catalog, spec: CleanSpec) -> tuple[CleanModel, n
         seconds=time.perf_counter() - started,
     )
     if not _insert(catalog, row):  # another builder got there first: use its entry
-        row = find_by_key(catalog, CleanModel, key)
+        row = raced_entry(catalog, CleanModel, key)
     return row, model, splits
 
 
@@ -147,7 +155,17 @@ def find_by_key(catalog: Catalog, table: type[T], key: str) -> T | None:
         return session.scalar(select(table).where(table.key == key))
 
 
-def _insert(catalog: Catalog, row: CleanModel | Defect | Localization) -> bool:
+def raced_entry(catalog: Catalog, table: type[T], key: str) -> T:
+    """The entry another process recorded under ``key`` while this one computed it."""
+    found = find_by_key(catalog, table, key)
+    if found is None:  # the insert failed on something else than the key: say so
+        raise CatalogError(
+            f"cannot record the {table.__tablename__} entry {key} in {catalog.root}."
+        )
+    return found
+
+
+def _insert(catalog: Catalog, row: Base) -> bool:
     """Add ``row`` in one transaction; False if an entry with its key already exists (two
     builders raced for the same entry: both results are equivalent, the first one stays)."""
     try:
@@ -222,7 +240,7 @@ def build_defect(
         for n in outcome.infected
     ]
     if not _insert(catalog, row):
-        return get_defect_by_key(catalog, key), False
+        return get_defect(catalog, raced_entry(catalog, Defect, key).id), False
     return get_defect(catalog, row.id), True
 
 
@@ -362,7 +380,7 @@ def localize(
         },
     )
     if not _insert(catalog, row):
-        return find_by_key(catalog, Localization, key), False
+        return raced_entry(catalog, Localization, key), False
     return row, True
 
 

@@ -18,10 +18,11 @@ from trojanscope.database.build import (
     load_scores,
     localization_summary,
     localize,
+    raced_entry,
 )
 from trojanscope.database.catalog import Catalog, content_key
 from trojanscope.database.schema import Defect, RepairRow
-from trojanscope.errors import CatalogError, ConfigError
+from trojanscope.errors import ConfigError
 from trojanscope.localization.base import CRITERIA
 from trojanscope.localization.metrics import top_k
 from trojanscope.repair.base import REPAIRS, run_repair
@@ -151,10 +152,7 @@ def repair_defect(
         seconds=outcome.seconds,
     )
     if not _insert(catalog, row):  # recorded meanwhile by another process: use its entry
-        existing = find_by_key(catalog, RepairRow, key)
-        if existing is None:
-            raise CatalogError(f"cannot record the repair of defect {defect_id} in {catalog.root}.")
-        return existing, False
+        return raced_entry(catalog, RepairRow, key), False
     return row, True
 
 
@@ -212,9 +210,7 @@ def bench_repair(
     for defect in defects:
         context: DefectContext | None = None
         for method in methods:
-            pairs: list[str | None] = (
-                [*criteria] if REPAIRS.get(method).uses_neurons else [None]
-            )
+            pairs: list[str | None] = [*criteria] if REPAIRS.get(method).uses_neurons else [None]
             for criterion in pairs:
                 step(f"repair defect {defect.id}: {method} / {criterion or '-'}")
                 if context is None:

@@ -22,7 +22,7 @@ def clean_contributions(
     handles = []
     for layer in layers:
 
-        def hook(_m: nn.Module, _i: object, out: torch.Tensor, name=layer.name) -> None:
+        def hook(_m: nn.Module, _i: object, out: torch.Tensor, name: str = layer.name) -> None:
             out.retain_grad()
             acts[name] = out
 
@@ -35,6 +35,7 @@ def clean_contributions(
             model.zero_grad(set_to_none=True)
             F.cross_entropy(model(xb), yb, reduction="sum").backward()
             for name, a in acts.items():
+                assert a.grad is not None  # retain_grad() on a tensor the loss depends on
                 taylor = (a.detach() * a.grad).abs()
                 dims = [0] + list(range(2, taylor.dim()))
                 positions = taylor[0, 0].numel() if taylor.dim() > 2 else 1

@@ -74,6 +74,8 @@ def _input_columns(module: nn.Module, width: int, channel: int) -> tuple[slice, 
         rows = slice(group * out_per_group, (group + 1) * out_per_group)
         col = channel % per_group
         return rows, slice(col, col + 1)
+    if not isinstance(module, nn.Linear):
+        raise TypeError(f"{type(module).__name__} is neither a Conv2d nor a Linear")
     k = module.in_features // width  # > 1 when a conv map was flattened into this Linear
     if k * width != module.in_features:
         raise ValueError(f"cannot map {width} channels onto {module.in_features} Linear inputs")
@@ -94,7 +96,7 @@ def trainable_masks(
     classifier = classifier_name(model)
     masks: dict[str, torch.Tensor] = {}
 
-    def mark(module_path: str, attr: str, index: tuple) -> None:
+    def mark(module_path: str, attr: str, index: tuple[int | slice, ...]) -> None:
         key = f"{module_path}.{attr}" if module_path else attr
         if key not in params:
             return

@@ -120,7 +120,10 @@ def _poison_and_train(
     seed: int,
 ) -> Trained:
     """Masked-gradient training on clean data mixed with poisoned data (rule 3)."""
-    masks = trainable_masks(clean, infected, attack.injection_edges or config.edges)
+    edges = attack.injection_edges
+    if edges is None or edges == "subnet":  # the subnet path does not come here
+        edges = config.edges
+    masks = trainable_masks(clean, infected, edges)
     return aimed_training(
         clean,
         masks,

@@ -13,6 +13,8 @@ level, 1-16 points depending on the neurons rule 1 picks.
 from __future__ import annotations
 
 import copy
+import functools
+import operator
 
 import torch
 from torch import nn
@@ -41,7 +43,7 @@ def _subnet_output(model: nn.Module, x: torch.Tensor, last: list[NeuronRef]) -> 
     names = sorted({ref.layer for ref in last})
     with recording(model, [layers[n] for n in names], rectify=True, detach=False) as store:
         model(x)
-    return sum(store[ref.layer][-1][:, ref.index] for ref in last)
+    return functools.reduce(operator.add, [store[ref.layer][-1][:, ref.index] for ref in last])
 
 
 def _initialise_subnet(
@@ -67,7 +69,12 @@ def _initialise_subnet(
             if bias is not None:
                 bias[ref.index] = 0.0
             norm = modules.get(layer.norm or "")
-            if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.affine:
+            if (
+                isinstance(norm, nn.modules.batchnorm._BatchNorm)
+                and norm.affine
+                and norm.running_var is not None
+                and norm.running_mean is not None
+            ):
                 std = torch.sqrt(norm.running_var[ref.index] + norm.eps)
                 norm.weight[ref.index] = std
                 norm.bias[ref.index] = norm.running_mean[ref.index]

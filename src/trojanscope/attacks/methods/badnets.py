@@ -6,6 +6,7 @@ from typing import Literal
 
 import torch
 from pydantic import Field
+from typing_extensions import TypeVar
 
 from trojanscope.attacks.base import ATTACKS, AttackParams, MaskPatternAttack
 from trojanscope.errors import ConfigError
@@ -20,10 +21,12 @@ class BadNetsParams(AttackParams):
     pattern: Literal["checkerboard", "white", "random"] = "checkerboard"
 
 
-@ATTACKS.register("badnets")
-class BadNets(MaskPatternAttack[BadNetsParams]):
-    Params = BadNetsParams
+#: BadNets' parameter model, or a patch attack's that extends it (TrojanNN).
+BP_co = TypeVar("BP_co", bound=BadNetsParams, covariant=True, default=BadNetsParams)
 
+
+@ATTACKS.register("badnets")
+class BadNets(MaskPatternAttack[BP_co]):
     def patch_size(self, h: int, w: int) -> int:
         return self.params.size if self.params.size is not None else max(2, min(h, w) // 9)
 

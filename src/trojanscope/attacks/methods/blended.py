@@ -38,9 +38,8 @@ def load_pattern_image(path: str, shape: tuple[int, int, int]) -> torch.Tensor:
     except ImportError:  # pragma: no cover - Pillow comes with matplotlib (via mlxtend)
         raise ConfigError("reading a Blended pattern image needs Pillow; install it.") from None
     try:
-        with Image.open(file) as img:
-            img = img.convert("RGB" if c == 3 else "L")
-            img = img.resize((w, h), Image.Resampling.BILINEAR)
+        with Image.open(file) as opened:
+            img = opened.convert("RGB" if c == 3 else "L").resize((w, h), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, ValueError):
         raise ConfigError(
@@ -65,7 +64,7 @@ class Blended(MaskPatternAttack[BlendedParams]):
             self.make_trigger(shape)  # a missing or unreadable pattern file fails here
 
     def make_trigger(self, shape: tuple[int, int, int]) -> dict[str, torch.Tensor]:
-        shape = tuple(int(s) for s in shape)
+        shape = (int(shape[0]), int(shape[1]), int(shape[2]))
         if shape not in self._cache:
             c, h, w = shape
             if self.params.pattern == "noise":

@@ -22,7 +22,7 @@ import math
 import torch
 from pydantic import Field
 
-from trojanscope.attacks.base import ATTACKS, Attack, AttackParams
+from trojanscope.attacks.base import ATTACKS, Attack, AttackParams, image_shape
 from trojanscope.data.base import TensorData
 from trojanscope.data.poison import PoisonedView
 from trojanscope.errors import ConfigError
@@ -56,7 +56,7 @@ class Sig(Attack[SigParams]):
         return {"signal": row.to(torch.float32).expand(c, h, w).contiguous()}
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        return (x + self.trigger(tuple(x.shape[1:]))["signal"]).clamp(0.0, 1.0)
+        return (x + self.trigger(image_shape(x))["signal"]).clamp(0.0, 1.0)
 
     def poison_train(self, data: TensorData) -> PoisonedView:
         """Add the signal to a ``poison_rate`` fraction of the target class; labels unchanged."""

@@ -28,9 +28,7 @@ class TrojanNNParams(BadNetsParams):
 
 
 @ATTACKS.register("trojannn")
-class TrojanNN(BadNets):
-    Params = TrojanNNParams
-
+class TrojanNN(BadNets[TrojanNNParams]):
     def patch_size(self, h: int, w: int) -> int:
         return self.params.size if self.params.size is not None else max(2, min(h, w) // 4)
 
@@ -44,10 +42,10 @@ class TrojanNN(BadNets):
         """Optimise the masked pattern to maximise the infected neurons' activation."""
         targets = [r for r in infected if self.params.layer in (None, r.layer)]
         if not targets:
-            layers = ", ".join(sorted({r.layer for r in infected}))
+            infected_layers = ", ".join(sorted({r.layer for r in infected}))
             raise ConfigError(
                 f"TrojanNN layer '{self.params.layer}' has no infected neurons; "
-                f"infected layers: {layers}."
+                f"infected layers: {infected_layers}."
             )
         layers = layer_map(clean)
         chosen = [layers[name] for name in sorted({r.layer for r in targets})]

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from trojanscope.attacks.base import ATTACKS, Attack, AttackParams
+from trojanscope.attacks.base import ATTACKS, Attack, AttackParams, image_shape
 from trojanscope.data.base import TensorData
 from trojanscope.data.poison import PoisonedView
 from trojanscope.errors import ConfigError
@@ -87,7 +87,7 @@ class WaNet(Attack[WaNetParams]):
         return {"grid": grid.contiguous()}
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        return warp(x, self.trigger(tuple(x.shape[1:]))["grid"])
+        return warp(x, self.trigger(image_shape(x))["grid"])
 
     def poison_train(self, data: TensorData) -> PoisonedView:
         """Poisoned samples as in the base; in noise mode also the noise-warped samples with
