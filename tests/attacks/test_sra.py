@@ -37,9 +37,8 @@ def test_sra_is_all_to_one_only(digits):
 def test_sra_subnet_leaves_clean_predictions_unchanged(clean_mnist_model, mnist):
     """The backdoor fires, and on clean inputs the network is the host without the replaced
     neurons. The acceptance filter's verdict on the clean-accuracy drop is therefore the cost of
-    removing the neurons rule 1 picked, which no subnet can change: measured on this seed 2.1
-    points with one torch thread, 3.4 with two (another clean model, other neurons), so only
-    that reason may reject it."""
+    removing the neurons the placement picked, which no subnet can change (it depends on the
+    clean model, so on the machine), so only that reason may reject it."""
     clean_state = {k: v.clone() for k, v in clean_mnist_model.state_dict().items()}
     attack = ATTACKS.create("sra", seed=0)
     config = InjectionConfig(quantity=Quantity(level="small"))

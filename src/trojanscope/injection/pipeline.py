@@ -19,7 +19,7 @@ from trojanscope.injection.groundtruth import InfectedNeuron, ground_truth
 from trojanscope.injection.injector import Trained, aimed_training
 from trojanscope.injection.ownership import Edges, trainable_masks
 from trojanscope.injection.quantity import Order, Quantity, select_infected
-from trojanscope.injection.subnet import subnet_replacement
+from trojanscope.injection.subnet import subnet_placement, subnet_replacement
 from trojanscope.models.training import accuracy
 from trojanscope.neurons import NeuronRef, mask_neurons
 
@@ -158,9 +158,14 @@ def inject_defect(
     attack.validate(splits.shape, splits.num_classes)
     g = torch.Generator().manual_seed(seed)
     calib_idx = torch.randperm(len(splits.train), generator=g)[: config.calibration_size]
-    contributions = clean_contributions(clean, splits.train.subset(calib_idx))
-    infected = select_infected(clean, contributions, config.quantity, config.order, seed)
-    attack.prepare(clean, infected, splits.train.subset(calib_idx))
+    calib = splits.train.subset(calib_idx)
+    if attack.injection_edges == "subnet" and config.order == "least":
+        # SRA removes its neurons from the host: the least useful are those it misses least.
+        infected = subnet_placement(clean, config.quantity, calib)
+    else:
+        contributions = clean_contributions(clean, calib)
+        infected = select_infected(clean, contributions, config.quantity, config.order, seed)
+    attack.prepare(clean, infected, calib)
     fit_idx, val_idx = _split_validation(len(splits.train), config.validation_fraction, seed)
     fit, aim = splits.train.subset(fit_idx), config.aim()
     if attack.injection_edges == "subnet":

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
 from trojanscope.errors import ConfigError
-from trojanscope.neurons import NeuronRef, NeuronSet, eligible_layers
+from trojanscope.neurons import EligibleLayer, NeuronRef, NeuronSet, eligible_layers
 
 LEVEL_FRACTIONS = {"small": 0.05, "middle": 0.10, "large": 0.20}
 LevelName = Literal["narrow", "small", "middle", "large"]
@@ -42,14 +42,8 @@ class Quantity(BaseModel):
         return max(1, min(n, width))
 
 
-def select_infected(
-    model: nn.Module,
-    contributions: dict[str, torch.Tensor],
-    quantity: Quantity,
-    order: Order,
-    seed: int,
-) -> list[NeuronRef]:
-    """The infected neurons in injection order (layer by layer, rule-1 order within a layer)."""
+def chosen_layers(model: nn.Module, quantity: Quantity) -> list[EligibleLayer]:
+    """The eligible layers ``quantity`` names (all by default), in forward order."""
     layers = eligible_layers(model)
     names = [layer.name for layer in layers]
     chosen = quantity.layers or names
@@ -58,11 +52,20 @@ def select_infected(
         raise ConfigError(
             f"layer(s) {', '.join(unknown)} are not eligible; eligible: {', '.join(names)}."
         )
+    return [layer for layer in layers if layer.name in chosen]
+
+
+def select_infected(
+    model: nn.Module,
+    contributions: dict[str, torch.Tensor],
+    quantity: Quantity,
+    order: Order,
+    seed: int,
+) -> list[NeuronRef]:
+    """The infected neurons in injection order (layer by layer, rule-1 order within a layer)."""
     g = torch.Generator().manual_seed(seed)
     picked: list[NeuronRef] = []
-    for layer in layers:
-        if layer.name not in chosen:
-            continue
+    for layer in chosen_layers(model, quantity):
         scores = contributions[layer.name]
         if order == "least":
             ranking = torch.argsort(scores, stable=True)

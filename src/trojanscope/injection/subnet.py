@@ -17,6 +17,7 @@ import functools
 import operator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from trojanscope.attacks.base import Attack
@@ -25,6 +26,7 @@ from trojanscope.errors import ConfigError
 from trojanscope.injection.aim import BestEpoch, Validation, derived_seed
 from trojanscope.injection.injector import GradientMask, Trained
 from trojanscope.injection.ownership import consumers, subnet_masks
+from trojanscope.injection.quantity import Quantity, chosen_layers
 from trojanscope.models.training import batches, predict
 from trojanscope.neurons import NeuronRef, classifier_name, layer_map, mask_neurons, recording
 
@@ -35,6 +37,46 @@ SUBNET_SAMPLES = 2048
 #: ReLUs pass no gradient); it is re-initialised with a new seed, at most MAX_RESTARTS times.
 DEAD_CHECK_EPOCHS = 5
 MAX_RESTARTS = 3
+
+
+#: Neurons per placed one whose single removal is tried in the greedy placement.
+PLACEMENT_CANDIDATES = 4
+
+
+def _removal_loss(model: nn.Module, removed: list[NeuronRef], data: TensorData) -> float:
+    """Mean clean cross-entropy of ``model`` with the ``removed`` neurons' outputs zeroed."""
+    with mask_neurons(model, removed):
+        return float(F.cross_entropy(predict(model, data.x), data.y))
+
+
+def subnet_placement(model: nn.Module, quantity: Quantity, calib: TensorData) -> list[NeuronRef]:
+    """Rule 1 for subnet replacement (order ``least``): the neurons the host misses least.
+
+    SRA removes its neurons from the host, so what they cost is their removal, measured
+    directly: layer by layer from the input, with the neurons already placed removed, the
+    ``PLACEMENT_CANDIDATES`` x n neurons whose removal alone raises the clean loss least are
+    tried, and the n whose joint removal raises it least are taken greedily. Measured on digits
+    / cnn-small / small (clean model seed 0): the Taylor ranking of rule 1 cost the host 1.1 to
+    15.8 test points depending on the calibration set (seeds 0-4), this placement 0.0; a single
+    removal ranking alone, 5.0. Costs one forward pass of ``calib`` per tried neuron.
+    """
+    placed: list[NeuronRef] = []
+    for layer in chosen_layers(model, quantity):
+        singles = torch.tensor(
+            [
+                _removal_loss(model, [*placed, NeuronRef(layer.name, i)], calib)
+                for i in range(layer.width)
+            ]
+        )
+        n = quantity.per_layer(layer.width)
+        pool = [int(i) for i in torch.argsort(singles, stable=True)[: PLACEMENT_CANDIDATES * n]]
+        for _ in range(n):
+            best = min(
+                pool, key=lambda i: _removal_loss(model, [*placed, NeuronRef(layer.name, i)], calib)
+            )
+            pool.remove(best)
+            placed.append(NeuronRef(layer.name, best))
+    return placed
 
 
 def _subnet_output(model: nn.Module, x: torch.Tensor, last: list[NeuronRef]) -> torch.Tensor:
