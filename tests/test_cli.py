@@ -89,7 +89,7 @@ def test_unknown_criterion_and_kind(tmp_path, capsys, monkeypatch):
     code, _, err = run(
         ["quickstart", "--db", tmp_path / "db", "--criterion", "magic"], capsys, monkeypatch
     )
-    assert_one_sentence(code, err, "unknown criterion 'magic'; valid names: anp, clp, dstar")
+    assert_one_sentence(code, err, "unknown criterion 'magic'; valid names: ablation, anp, clp")
     code, _, err = run(["list", "gizmos"], capsys, monkeypatch)
     assert_one_sentence(code, err, "unknown kind 'gizmos'")
 
