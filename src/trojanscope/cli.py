@@ -230,6 +230,7 @@ def _render_quickstart(result: dict[str, Any]) -> None:
         "acc",
         "ASR",
         "masked",
+        "patched",
         "k",
         "criterion",
         "P@k",
@@ -253,6 +254,7 @@ def _render_quickstart(result: dict[str, Any]) -> None:
             _fmt(d["clean_acc"]),
             _fmt(d["asr"]),
             _fmt(d["masked_asr"]),
+            _fmt(d["patched_asr"]),
             str(d["n_infected"]),
         ]
         rows = by_defect.get(d["id"], [])
@@ -493,6 +495,7 @@ def db_show(
             "rank": n.rank,
             "contribution": n.contribution,
             "activation_shift": n.activation_shift,
+            "carrying": n.carrying,
         }
         for n in row.infected
     ]
@@ -521,11 +524,15 @@ def db_show(
         return
     _render_defect(row)
     table = Table(title="infected neurons (injection order)")
-    for col in ("neuron", "rank", "contribution", "activation shift"):
+    for col in ("neuron", "rank", "contribution", "activation shift", "carrying"):
         table.add_column(col)
     for n in neurons:
         table.add_row(
-            _fmt(n["neuron"]), str(n["rank"]), _fmt(n["contribution"]), _fmt(n["activation_shift"])
+            _fmt(n["neuron"]),
+            str(n["rank"]),
+            _fmt(n["contribution"]),
+            _fmt(n["activation_shift"]),
+            _fmt(n["carrying"]),
         )
     out.print(table)
     if locs:
