@@ -310,6 +310,13 @@ def inject(
     ] = None,
     order: Annotated[str, typer.Option(help="Injection order: least, most or random.")] = "least",
     edges: Annotated[str, typer.Option(help="fan-in+fan-out or fan-in.")] = "fan-in+fan-out",
+    confine: Annotated[
+        bool,
+        typer.Option(
+            help="Train the backdoor through the infected set alone and require it to be "
+            "sufficient (patched ASR >= 0.8 x ASR); use with --edges fan-in."
+        ),
+    ] = False,
     attack_param: AttackParamOption = None,
     data_param: DataParamOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
@@ -338,7 +345,13 @@ def inject(
     config = validate_params(
         "injection",
         InjectionConfig,
-        {"quantity": {"level": level}, "order": order, "edges": edges},
+        {
+            "quantity": {"level": level},
+            "order": order,
+            "edges": edges,
+            "confine": confine,
+            **({"acceptance": {"min_patched_ratio": 0.8}} if confine else {}),
+        },
     )
     spec = CleanSpec(
         dataset=dataset,
