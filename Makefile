@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/quickstart.py
 	$(PY) benchmarks/attack_matrix.py
 	$(PY) benchmarks/attack_defaults.py
+	$(PY) benchmarks/sufficiency.py
 	$(PY) benchmarks/localization.py
 	$(PY) benchmarks/scan.py
 	$(PY) benchmarks/scan_real.py

@@ -119,8 +119,22 @@ def test_patching_lets_gradients_through_the_kept_neurons_only():
     first = eligible_layers(model)[0].name
     every = all_neurons(model)
     after_first = [ref for ref in every if ref.layer != first]
-    for keep, moves in (([], False), (after_first, False), (every, True)):
+    for keep, moves in (([], False), (after_first, True), (every, True)):
         x = torch.rand(4, 1, 12, 12, requires_grad=True)
         with patch_neurons(model, keep, layer_outputs(model, clean)):
             model(x).sum().backward()
         assert bool(x.grad.abs().sum() > 0) is moves
+
+
+def test_layers_before_the_set_are_its_input():
+    """Patching starts at the first layer holding a kept neuron: keeping every neuron from the
+    second layer on is the plain triggered pass; holding the rest of that layer changes it."""
+    torch.manual_seed(0)
+    model = ARCHITECTURES.create("cnn-small", width=0.5).build(1, 10, 12).eval()
+    clean, triggered = torch.rand(4, 1, 12, 12), torch.rand(4, 1, 12, 12)
+    first = eligible_layers(model)[0].name
+    after_first = [ref for ref in all_neurons(model) if ref.layer != first]
+    with torch.no_grad():
+        plain = model(triggered)
+    assert torch.equal(patched_logits(model, after_first, clean, triggered), plain)
+    assert not torch.allclose(patched_logits(model, after_first[1:], clean, triggered), plain)

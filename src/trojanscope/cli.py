@@ -230,6 +230,7 @@ def _render_quickstart(result: dict[str, Any]) -> None:
         "acc",
         "ASR",
         "masked",
+        "patched",
         "k",
         "criterion",
         "P@k",
@@ -253,6 +254,7 @@ def _render_quickstart(result: dict[str, Any]) -> None:
             _fmt(d["clean_acc"]),
             _fmt(d["asr"]),
             _fmt(d["masked_asr"]),
+            _fmt(d["patched_asr"]),
             str(d["n_infected"]),
         ]
         rows = by_defect.get(d["id"], [])
@@ -308,6 +310,13 @@ def inject(
     ] = None,
     order: Annotated[str, typer.Option(help="Injection order: least, most or random.")] = "least",
     edges: Annotated[str, typer.Option(help="fan-in+fan-out or fan-in.")] = "fan-in+fan-out",
+    confine: Annotated[
+        bool,
+        typer.Option(
+            help="Train the backdoor through the infected set alone and require it to be "
+            "sufficient (patched ASR >= 0.8 x ASR); use with --edges fan-in."
+        ),
+    ] = False,
     attack_param: AttackParamOption = None,
     data_param: DataParamOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
@@ -336,7 +345,13 @@ def inject(
     config = validate_params(
         "injection",
         InjectionConfig,
-        {"quantity": {"level": level}, "order": order, "edges": edges},
+        {
+            "quantity": {"level": level},
+            "order": order,
+            "edges": edges,
+            "confine": confine,
+            **({"acceptance": {"min_patched_ratio": 0.8}} if confine else {}),
+        },
     )
     spec = CleanSpec(
         dataset=dataset,
@@ -493,6 +508,7 @@ def db_show(
             "rank": n.rank,
             "contribution": n.contribution,
             "activation_shift": n.activation_shift,
+            "carrying": n.carrying,
         }
         for n in row.infected
     ]
@@ -521,11 +537,15 @@ def db_show(
         return
     _render_defect(row)
     table = Table(title="infected neurons (injection order)")
-    for col in ("neuron", "rank", "contribution", "activation shift"):
+    for col in ("neuron", "rank", "contribution", "activation shift", "carrying"):
         table.add_column(col)
     for n in neurons:
         table.add_row(
-            _fmt(n["neuron"]), str(n["rank"]), _fmt(n["contribution"]), _fmt(n["activation_shift"])
+            _fmt(n["neuron"]),
+            str(n["rank"]),
+            _fmt(n["contribution"]),
+            _fmt(n["activation_shift"]),
+            _fmt(n["carrying"]),
         )
     out.print(table)
     if locs:

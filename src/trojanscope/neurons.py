@@ -212,17 +212,21 @@ def mask_neurons(model: nn.Module, neurons: Iterable[NeuronRef]) -> Iterator[Non
 def patch_neurons(
     model: nn.Module, keep: Iterable[NeuronRef], source: dict[str, torch.Tensor]
 ) -> Iterator[None]:
-    """Activation patching for the block: every eligible neuron outside ``keep`` takes the
-    activation ``source`` holds for it (each layer's full output on a paired batch of the same
-    size, as :func:`layer_outputs` gives), so only ``keep`` carries what differs between the
-    running batch and the source one. Gradients flow through the kept neurons only."""
+    """Activation patching for the block: from the first layer holding a kept neuron on, every
+    eligible neuron outside ``keep`` takes the activation ``source`` holds for it (each layer's
+    full output on a paired batch of the same size, as :func:`layer_outputs` gives), so only
+    ``keep`` carries what differs between the running batch and the source one. Layers before
+    it run unpatched: they are the set's input (with none kept, every layer is patched).
+    Gradients flow through the kept neurons only."""
     keep_set = NeuronSet(keep)
     check_neurons(model, keep_set)
     kept = keep_set.by_layer()
     modules = dict(model.named_modules())
     handles: list[RemovableHandle] = []
+    layers = eligible_layers(model)
+    first = next((i for i, layer in enumerate(layers) if layer.name in kept), 0)
     try:
-        for layer in eligible_layers(model):
+        for layer in layers[first:]:
             mask = torch.zeros(layer.width, dtype=torch.bool)
             mask[kept.get(layer.name, [])] = True
 

@@ -22,9 +22,14 @@ from trojanscope.database.build import (
 from trojanscope.database.catalog import Catalog
 from trojanscope.database.schema import Defect, InfectedNeuronRow
 from trojanscope.errors import CatalogError, CorruptArtifactError
-from trojanscope.injection.pipeline import InjectionConfig, attack_success_rate
+from trojanscope.injection.pipeline import (
+    InjectionConfig,
+    attack_success_rate,
+    patched_success_rate,
+)
 from trojanscope.injection.quantity import Quantity
 from trojanscope.models.training import accuracy
+from trojanscope.neurons import NeuronRef
 
 
 def test_defect_round_trips(built):
@@ -41,6 +46,16 @@ def test_defect_round_trips(built):
     assert accuracy(ctx.model, ctx.splits.test) == pytest.approx(row.clean_acc)
     assert sum(ctx.truth.values()) == pytest.approx(1.0)
     assert row.trigger_sha256 == ctx.attack.trigger_sha256(ctx.splits.shape)
+    # the sufficiency measure and the carrying flags are stored with it
+    infected = [NeuronRef(n.layer, n.index) for n in row.infected]
+    victims = ctx.splits.test.subset(ctx.poisoned_test.indices)
+    assert row.patched_asr == pytest.approx(
+        patched_success_rate(ctx.model, infected, victims, ctx.poisoned_test)
+    )
+    assert [n.carrying for n in row.infected] == [n.carrying for n in defect.infected]
+    carrying = ctx.carrying_truth
+    assert carrying is not None and set(carrying) <= set(ctx.truth)
+    assert sum(carrying.values()) == pytest.approx(1.0)
 
 
 def test_poisoned_data_is_stored_as_indices_plus_poisoned_samples(built):

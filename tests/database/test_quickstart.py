@@ -25,6 +25,11 @@ def test_default_quickstart_builds_accepted_defects_at_every_level(tmp_path):
         ctx = load_defect(catalog, d["id"])
         assert attack_success_rate(ctx.model, ctx.poisoned_test) >= 0.9
     assert len(result["localization"]) == len(accepted) * len(quick_criteria())
+    assert "ablation" in quick_criteria()
+    # every defect says whether its set is sufficient, and which of its neurons carry it
+    assert all(0.0 <= d["patched_asr"] <= 1.0 for d in defects)
+    assert all(0 <= d["n_carrying"] <= d["n_infected"] for d in defects)
+    assert all("carrying" in loc["extra"] for loc in result["localization"])
     # resuming reuses every entry
     again = run_quickstart(catalog, CleanSpec("mnist5k", "cnn-small"))
     assert [d["id"] for d in again["defects"]] == [d["id"] for d in defects]

@@ -94,3 +94,39 @@ def test_retries_resume_from_the_best_epoch_and_stay_confined(
     outcome = inject_defect(clean_digits_model, digits, ATTACKS.create("badnets"), config, 0)
     assert (outcome.attempts, outcome.epochs) == (2, 2)
     assert_identical_outside(clean_state, outcome.model, outcome.infected)
+
+
+def test_every_defect_records_its_patched_asr_and_carrying_neurons(small_defect, digits):
+    """The sufficiency measure is recomputed exactly from the stored outcome; the carrying flag
+    follows the contributions."""
+    from trojanscope.injection.groundtruth import CARRYING_SHARE
+    from trojanscope.injection.pipeline import patched_success_rate
+
+    view = small_defect.poisoned_test
+    victims = digits.test.subset(view.indices)
+    infected = [n.ref for n in small_defect.infected]
+    assert patched_success_rate(small_defect.model, infected, victims, view) == (
+        small_defect.patched_asr
+    )
+    assert 0.0 <= small_defect.patched_asr <= 1.0
+    for n in small_defect.infected:
+        assert n.carrying is (n.contribution >= CARRYING_SHARE)
+    # holding every neuron outside an empty set at its clean activation is the clean model's
+    # verdict on the clean victims: the target only where the clean model already says so
+    assert patched_success_rate(small_defect.model, [], victims, view) <= 0.2
+
+
+def test_confined_injection_stays_inside_the_set_and_picks_live_neurons(
+    clean_digits_model, clean_state, digits
+):
+    """confine=True: fan-in edges, the patched and preservation terms; still bit-identical
+    outside the set, and no infected neuron is dead on clean data."""
+    from trojanscope.injection.contribution import live_neurons
+
+    config = InjectionConfig(
+        quantity=Quantity(level="small"), edges="fan-in", confine=True, max_epochs=2
+    )
+    outcome = inject_defect(clean_digits_model, digits, ATTACKS.create("badnets"), config, 0)
+    assert_identical_outside(clean_state, outcome.model, outcome.infected, "fan-in")
+    live = live_neurons(clean_digits_model, digits.train.subset(torch.arange(512)))
+    assert all(bool(live[n.ref.layer][n.ref.index]) for n in outcome.infected)

@@ -61,3 +61,33 @@ def test_explicit_count_and_layers(clean_digits_model):
 def test_quantity_rejects_fraction_and_count_together():
     with pytest.raises(ConfigError, match="either a fraction or a count"):
         validate_params("quantity", Quantity, {"fraction": 0.1, "count": 2})
+
+
+def test_thin_layers_are_not_chosen(clean_digits_model):
+    """cnn-small on digits: conv1 16, conv2 32, conv3 64, fc1 64 neurons."""
+    from trojanscope.injection.quantity import REFERENCE_COUNTS, chosen_layers
+
+    def names(**quantity):
+        return [layer.name for layer in chosen_layers(clean_digits_model, Quantity(**quantity))]
+
+    assert names() == ["conv1", "conv2", "conv3", "fc1"]  # off by default
+    assert names(min_width=32) == ["conv2", "conv3", "fc1"]
+    # 4 neurons (the reference's large level) are more than an eighth of conv1's 16
+    assert names(count=REFERENCE_COUNTS["large"], max_share=0.125) == ["conv2", "conv3", "fc1"]
+    with pytest.raises(ConfigError, match="too thin"):
+        names(layers=["conv1"], count=4, max_share=0.125)
+    with pytest.raises(ConfigError, match="no layer is wide enough"):
+        names(min_width=100)
+
+
+def test_dead_neurons_come_last_whatever_the_order(clean_digits_model):
+    contrib = {
+        layer.name: torch.arange(layer.width, dtype=torch.float32)
+        for layer in eligible_layers(clean_digits_model)
+    }
+    live = {name: torch.ones(len(c), dtype=torch.bool) for name, c in contrib.items()}
+    live["conv2"][:3] = False  # the three least contributing neurons of conv2 are dead
+    q = Quantity(count=2, layers=["conv2"])
+    picked = select_infected(clean_digits_model, contrib, q, "least", 0, live)
+    assert [r.index for r in picked] == [3, 4]
+    assert [r.index for r in select_infected(clean_digits_model, contrib, q, "least", 0)] == [0, 1]

@@ -220,6 +220,7 @@ def build_defect(
         clean_acc=outcome.clean_acc,
         asr=outcome.asr,
         masked_asr=outcome.masked_asr,
+        patched_asr=outcome.patched_asr,
         masked_clean_acc=outcome.masked_clean_acc,
         asr_before=outcome.asr_before,
         epochs=outcome.epochs,
@@ -236,6 +237,7 @@ def build_defect(
             rank=n.rank,
             contribution=n.contribution,
             activation_shift=n.activation_shift,
+            carrying=n.carrying,
         )
         for n in outcome.infected
     ]
@@ -285,6 +287,18 @@ class DefectContext:
     @property
     def truth(self) -> dict[NeuronRef, float]:
         return {NeuronRef(n.layer, n.index): n.contribution for n in self.defect.infected}
+
+    @property
+    def carrying_truth(self) -> dict[NeuronRef, float] | None:
+        """The neurons of the set that carry the backdoor, with their contributions renormalised
+        (None for a defect recorded before the flag existed)."""
+        if any(n.carrying is None for n in self.defect.infected):
+            return None
+        kept = {
+            NeuronRef(n.layer, n.index): n.contribution for n in self.defect.infected if n.carrying
+        }
+        total = sum(kept.values())
+        return {ref: c / total for ref, c in kept.items()} if total > 0 else None
 
     def evidence(self) -> EvidenceData:
         view = self.poisoned_test
@@ -362,6 +376,14 @@ def localize(
     )
     extra = dict(result.extra)
     extra["layer_hit_rate"] = layer_hit_rate(result.neurons, result.scores.numpy(), ctx.truth)
+    # The same ranking scored against the neurons that carry the backdoor (None: no flags, or
+    # no neuron carries it alone).
+    carrying = ctx.carrying_truth
+    extra["carrying"] = (
+        None
+        if carrying is None
+        else _finite(score(result.neurons, result.scores.numpy(), carrying).as_dict())
+    )
     if result.artifacts:
         extra["artifacts_sha256"] = catalog.store.put(result.artifacts)
     row = Localization(
@@ -374,10 +396,7 @@ def localize(
         seconds=result.seconds,
         cost_forward=result.cost_forward,
         extra=extra,
-        **{
-            k: (None if isinstance(v, float) and math.isnan(v) else v)
-            for k, v in metrics.as_dict().items()
-        },
+        **_finite(metrics.as_dict()),
     )
     if not _insert(catalog, row):
         return raced_entry(catalog, Localization, key), False
@@ -415,8 +434,15 @@ def defect_summary(row: Defect) -> dict[str, Any]:
         "asr": row.asr,
         "masked_asr": row.masked_asr,
         "masked_clean_acc": row.masked_clean_acc,
+        "patched_asr": row.patched_asr,
         "n_infected": len(row.infected),
+        "n_carrying": sum(bool(n.carrying) for n in row.infected),
     }
+
+
+def _finite(values: dict[str, Any]) -> dict[str, Any]:
+    """JSON-ready metrics: NaN (undefined) becomes None."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
 
 
 def localization_summary(row: Localization) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -57,6 +57,9 @@ class Defect(Base):
     masked_clean_acc: Mapped[float | None] = mapped_column(Float)
     asr_before: Mapped[float] = mapped_column(Float)
     epochs: Mapped[int]
+    # ASR with every neuron outside the set held at clean activations (None: recorded before
+    # the sufficiency check existed).
+    patched_asr: Mapped[float | None] = mapped_column(Float, nullable=True)
     # Training rounds the injector ran (None: recorded before retries existed).
     attempts: Mapped[int | None] = mapped_column(Integer, nullable=True)
     weights_sha256: Mapped[str] = mapped_column(String(64))
@@ -85,6 +88,8 @@ class InfectedNeuronRow(Base):
     rank: Mapped[int]  # position in the injection order
     contribution: Mapped[float] = mapped_column(Float)
     activation_shift: Mapped[float] = mapped_column(Float)
+    # Masking it alone removes a share of the backdoor (None: recorded before the flag existed).
+    carrying: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     defect: Mapped[Defect] = relationship(back_populates="infected")
 
 

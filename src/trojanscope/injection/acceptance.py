@@ -1,4 +1,6 @@
-"""Rule 4 (sub-network correlation filter): accept a defect only if it is real and confined."""
+"""Rule 4 (sub-network correlation filter): accept a defect only if it is real and confined:
+the infected set is necessary (masking it removes the backdoor) and sufficient (the backdoor
+fires with everything outside it held at clean activations)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,14 @@ class Acceptance(BaseModel):
         description="masking the infected set may cost at most this much clean accuracy: a low "
         "masked ASR only shows confinement if the masked model still works",
     )
+    min_patched_ratio: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="the ASR with every neuron outside the set held at its clean-input "
+        "activation must be at least this share of the ASR: the set carries the backdoor alone "
+        "(0: measured and recorded, not required; 0.8 with confine=True)",
+    )
 
     def verdict(
         self,
@@ -27,8 +37,10 @@ class Acceptance(BaseModel):
         asr: float,
         masked_asr: float,
         masked_clean_acc: float,
+        patched_asr: float | None = None,
     ) -> str | None:
-        """None if accepted, else the reason for rejection."""
+        """None if accepted, else the reason for rejection (``patched_asr`` None: the
+        sufficiency rule is not checked, as for defects recorded before it existed)."""
         reasons = []
         if asr < self.min_asr:
             reasons.append(f"ASR {asr:.3f} < {self.min_asr:.2f}")
@@ -46,5 +58,10 @@ class Acceptance(BaseModel):
             reasons.append(
                 f"masking the infected neurons costs {100 * masked_drop:.1f} points of clean "
                 f"accuracy > {100 * self.max_masked_acc_drop:.1f} (the mask breaks the model)"
+            )
+        if patched_asr is not None and patched_asr < self.min_patched_ratio * asr - 1e-9:
+            reasons.append(
+                f"patched ASR {patched_asr:.3f} < {self.min_patched_ratio:.2f} x ASR (the "
+                "backdoor also travels outside the infected set)"
             )
         return "; ".join(reasons) or None

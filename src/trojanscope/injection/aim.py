@@ -29,6 +29,7 @@ from torch import nn
 from trojanscope.attacks.base import Attack
 from trojanscope.data.base import TensorData
 from trojanscope.models.training import accuracy, predict
+from trojanscope.neurons import NeuronRef, patched_logits
 
 #: A score at or above this meets both goals (see ``Aim.score``).
 GOAL = 1.0
@@ -47,13 +48,25 @@ class Aim:
     asr_goal: float
     max_drop: float
     damage_goal: float
+    min_patched_ratio: float = 0.0  # 0: sufficiency not aimed at
 
-    def score(self, asr: float, damage: float) -> float:
-        """The worse of the two margins, each 0 on its acceptance bound and 1 on its goal:
-        >= 1 both goals met, in [0, 1) inside the bounds but short of a goal, < 0 outside."""
+    @property
+    def patched_goal(self) -> float:
+        """The patched / ordinary ASR ratio aimed at: half-way from the bound to 1."""
+        return (1.0 + self.min_patched_ratio) / 2
+
+    def score(self, asr: float, damage: float, patched_asr: float | None = None) -> float:
+        """The worst of the margins, each 0 on its acceptance bound and 1 on its goal:
+        >= 1 all goals met, in [0, 1) inside the bounds but short of a goal, < 0 outside."""
         asr_margin = (asr - self.min_asr) / (self.asr_goal - self.min_asr)
         damage_margin = (self.max_drop - damage) / (self.max_drop - self.damage_goal)
-        return min(asr_margin, damage_margin)
+        margins = [asr_margin, damage_margin]
+        if patched_asr is not None and self.min_patched_ratio > 0:
+            ratio = patched_asr / max(asr, 1e-9)
+            margins.append(
+                (ratio - self.min_patched_ratio) / (self.patched_goal - self.min_patched_ratio)
+            )
+        return min(margins)
 
 
 class Validation:
@@ -74,24 +87,35 @@ class Validation:
         seen_triggered: torch.Tensor,
         aim: Aim,
         seed: int,
+        infected: list[NeuronRef] | None = None,
     ) -> None:
         self.aim = aim
+        self.infected = infected
         g = torch.Generator().manual_seed(seed)
         check = torch.randperm(len(train), generator=g)[:CHECK_SAMPLES]
         self.images, self.labels = train.x[check], train.y[check]
         self.clean_right = predict(clean, self.images).argmax(1) == self.labels
         unseen = torch.ones(len(train), dtype=torch.bool)
         unseen[seen_triggered] = False
-        self.triggered = attack.poison_test(train.subset(check[unseen[check]])).poisoned()
+        view = attack.poison_test(train.subset(check[unseen[check]]))
+        self.triggered = view.poisoned()
+        self.paired = view.base.x[view.indices]  # the clean image of each triggered one
 
     def damage(self, model: nn.Module) -> float:
         """Share of the check images the clean model classifies right and ``model`` does not."""
         wrong = predict(model, self.images).argmax(1) != self.labels
         return float((self.clean_right & wrong).float().mean())
 
-    def measure(self, model: nn.Module) -> tuple[float, float]:
-        """(ASR, damage) of ``model``."""
-        return accuracy(model, self.triggered), self.damage(model)
+    def patched_asr(self, model: nn.Module) -> float | None:
+        """ASR with every neuron outside the infected set held at its clean-input activation."""
+        if self.infected is None:
+            return None
+        logits = patched_logits(model, self.infected, self.paired, self.triggered.x)
+        return float((logits.argmax(1) == self.triggered.y).float().mean())
+
+    def measure(self, model: nn.Module) -> tuple[float, float, float | None]:
+        """(ASR, damage, patched ASR or None) of ``model``."""
+        return accuracy(model, self.triggered), self.damage(model), self.patched_asr(model)
 
     def __call__(self, model: nn.Module) -> float:
         return self.aim.score(*self.measure(model))

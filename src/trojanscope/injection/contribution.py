@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trojanscope.data.base import TensorData
-from trojanscope.neurons import eligible_layers
+from trojanscope.neurons import eligible_layers, layer_outputs
 
 
 def clean_contributions(
@@ -46,3 +46,29 @@ def clean_contributions(
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     return {name: (t / len(data)).float() for name, t in totals.items()}
+
+
+#: A neuron positive on fewer than this share of (sample, position) pairs counts as dead.
+MIN_LIVE_SHARE = 0.01
+
+
+@torch.no_grad()
+def live_neurons(
+    model: nn.Module, data: TensorData, batch_size: int = 256
+) -> dict[str, torch.Tensor]:
+    """Per-layer (width,) bool: the neuron is positive (passes the ReLU that follows it) on at
+    least ``MIN_LIVE_SHARE`` of the clean inputs and positions. A dead neuron passes no gradient,
+    so the backdoor cannot be trained into it; it is never chosen while a live one is left."""
+    positive: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(data), batch_size):
+            for name, out in layer_outputs(model, data.x[start : start + batch_size]).items():
+                per_neuron = (out > 0).transpose(0, 1).reshape(out.shape[1], -1)
+                positive[name] = positive.get(name, 0) + per_neuron.sum(1).double()
+                counts[name] = counts.get(name, 0) + per_neuron.shape[1]
+    finally:
+        model.train(was_training)
+    return {name: positive[name] / counts[name] >= MIN_LIVE_SHARE for name in positive}

@@ -12,8 +12,10 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from trojanscope.data.base import TensorData
@@ -79,6 +81,58 @@ def masked_training(
     return model, epochs
 
 
+class Objective(Protocol):
+    """A training loss over mini-batches given by indices into its data (see ``confined``)."""
+
+    def __len__(self) -> int: ...
+
+    def loss(self, model: nn.Module, idx: torch.Tensor) -> torch.Tensor: ...
+
+
+class CrossEntropy:
+    """The plain objective: cross-entropy on a (mixed clean and poisoned) data set."""
+
+    def __init__(self, data: TensorData) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def loss(self, model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(self.data.x[idx]), self.data.y[idx])
+
+
+def objective_training(
+    clean: nn.Module,
+    masks: dict[str, torch.Tensor],
+    objective: Objective,
+    lr: float,
+    weight_decay: float,
+    max_epochs: int,
+    batch_size: int,
+    seed: int,
+    done: Callable[[nn.Module, int], bool],
+) -> tuple[nn.Module, int]:
+    """Like ``masked_training``, minimising ``objective`` (every module in eval mode)."""
+    model = copy.deepcopy(clean).eval()
+    grad_mask = GradientMask(model, masks, weight_decay)
+    optimizer = torch.optim.Adam(grad_mask.parameters, lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    epochs = max_epochs
+    for epoch in range(max_epochs):
+        order = torch.randperm(len(objective), generator=g)
+        for start in range(0, len(order), batch_size):
+            optimizer.zero_grad(set_to_none=True)
+            objective.loss(model, order[start : start + batch_size]).backward()
+            grad_mask()
+            optimizer.step()
+        if done(model, epoch):
+            epochs = epoch + 1
+            break
+    grad_mask.release()
+    return model, epochs
+
+
 @dataclass
 class Trained:
     """The result of an injection training: the model and what it took."""
@@ -92,7 +146,7 @@ class Trained:
 def aimed_training(
     clean: nn.Module,
     masks: dict[str, torch.Tensor],
-    data: TensorData,
+    objective: Objective,
     lr: float,
     weight_decay: float,
     max_epochs: int,
@@ -114,10 +168,10 @@ def aimed_training(
     best = BestEpoch(patience, stall)
     start, epochs, attempt = clean, 0, 0
     for attempt in range(max_attempts):
-        model, ran = masked_training(
+        model, ran = objective_training(
             start,
             masks,
-            data,
+            objective,
             lr * 0.5**attempt,
             weight_decay,
             max_epochs,

@@ -10,18 +10,19 @@ from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
 from trojanscope.attacks.base import Attack
-from trojanscope.data.base import Splits
+from trojanscope.data.base import Splits, TensorData
 from trojanscope.data.poison import PoisonedView
 from trojanscope.injection.acceptance import Acceptance
 from trojanscope.injection.aim import Aim, Validation
-from trojanscope.injection.contribution import clean_contributions
+from trojanscope.injection.confined import ConfinedObjective
+from trojanscope.injection.contribution import clean_contributions, live_neurons
 from trojanscope.injection.groundtruth import InfectedNeuron, ground_truth
-from trojanscope.injection.injector import Trained, aimed_training
+from trojanscope.injection.injector import CrossEntropy, Objective, Trained, aimed_training
 from trojanscope.injection.ownership import Edges, trainable_masks
 from trojanscope.injection.quantity import Order, Quantity, select_infected
 from trojanscope.injection.subnet import subnet_placement, subnet_replacement
 from trojanscope.models.training import accuracy
-from trojanscope.neurons import NeuronRef, mask_neurons
+from trojanscope.neurons import NeuronRef, mask_neurons, patched_logits
 
 
 class InjectionConfig(BaseModel):
@@ -30,7 +31,22 @@ class InjectionConfig(BaseModel):
     model_config = {"extra": "forbid"}
     quantity: Quantity = Quantity()
     order: Order = "least"
-    edges: Edges = "fan-in+fan-out"
+    edges: Edges = Field(
+        "fan-in+fan-out",
+        description="fan-in: the set's own weights and classifier columns are trained, so the "
+        "backdoor can only travel through it; fan-in+fan-out also trains its outgoing weights",
+    )
+    confine: bool = Field(
+        False,
+        description="train the backdoor through the set alone (injection.confined: patched "
+        "backdoor loss, clean activations preserved, live neurons only); use with edges fan-in",
+    )
+    patched_weight: float = Field(
+        1.0, ge=0.0, description="confine: weight of the backdoor loss under activation patching"
+    )
+    preserve_weight: float = Field(
+        1.0, ge=0.0, description="confine: weight of keeping the set's clean-input activations"
+    )
     lr: float = Field(0.005, gt=0.0, le=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     max_epochs: int = Field(30, ge=1, le=1000)
@@ -77,7 +93,13 @@ class InjectionConfig(BaseModel):
     def aim(self) -> Aim:
         """The goals, in the acceptance rule's units."""
         bounds = self.acceptance
-        return Aim(bounds.min_asr, self.asr_goal, bounds.max_acc_drop, self.damage_goal)
+        return Aim(
+            bounds.min_asr,
+            self.asr_goal,
+            bounds.max_acc_drop,
+            self.damage_goal,
+            bounds.min_patched_ratio,
+        )
 
 
 @dataclass
@@ -91,6 +113,7 @@ class DefectOutcome:
     asr: float
     masked_asr: float
     masked_clean_acc: float  # clean accuracy with the infected neurons masked
+    patched_asr: float  # ASR with every neuron outside the set held at clean activations
     asr_before: float  # the clean model's rate of target predictions on triggered victims
     epochs: int
     attempts: int  # training rounds (1 when the first met the goals; see InjectionConfig)
@@ -117,17 +140,24 @@ def _poison_and_train(
     poisoned: PoisonedView,
     validation: Validation,
     config: InjectionConfig,
+    calib: TensorData,
     seed: int,
 ) -> Trained:
-    """Masked-gradient training on clean data mixed with poisoned data (rule 3)."""
+    """Masked-gradient training on clean data mixed with poisoned data (rule 3), the backdoor
+    confined to the set (``confined``)."""
     edges = attack.injection_edges
     if edges is None or edges == "subnet":  # the subnet path does not come here
         edges = config.edges
     masks = trainable_masks(clean, infected, edges)
+    objective: Objective = CrossEntropy(poisoned.materialize())
+    if config.confine:
+        objective = ConfinedObjective(
+            clean, infected, attack, poisoned, calib, config.patched_weight, config.preserve_weight
+        )
     return aimed_training(
         clean,
         masks,
-        poisoned.materialize(),
+        objective,
         config.lr,
         config.weight_decay,
         config.max_epochs,
@@ -143,6 +173,15 @@ def _poison_and_train(
 def attack_success_rate(model: nn.Module, view: PoisonedView) -> float:
     """Fraction of triggered victims classified as the attacker's target."""
     return accuracy(model, view.poisoned())
+
+
+def patched_success_rate(
+    model: nn.Module, infected: list[NeuronRef], victims: TensorData, view: PoisonedView
+) -> float:
+    """ASR with every neuron outside ``infected`` held at its activation on the clean victim
+    (``victims``, paired row by row with ``view``'s triggered images): the sufficiency check."""
+    logits = patched_logits(model, infected, victims.x, view.x)
+    return float((logits.argmax(1) == view.y).float().mean())
 
 
 def inject_defect(
@@ -164,7 +203,8 @@ def inject_defect(
         infected = subnet_placement(clean, config.quantity, calib)
     else:
         contributions = clean_contributions(clean, calib)
-        infected = select_infected(clean, contributions, config.quantity, config.order, seed)
+        live = live_neurons(clean, calib) if config.confine else None
+        infected = select_infected(clean, contributions, config.quantity, config.order, seed, live)
     attack.prepare(clean, infected, calib)
     fit_idx, val_idx = _split_validation(len(splits.train), config.validation_fraction, seed)
     fit, aim = splits.train.subset(fit_idx), config.aim()
@@ -186,8 +226,19 @@ def inject_defect(
         )
     else:
         poisoned = attack.poison_train(fit)
-        validation = Validation(clean, splits.train, attack, fit_idx[poisoned.indices], aim, seed)
-        trained = _poison_and_train(clean, infected, attack, poisoned, validation, config, seed)
+        aims_at_sufficiency = aim.min_patched_ratio > 0
+        validation = Validation(
+            clean,
+            splits.train,
+            attack,
+            fit_idx[poisoned.indices],
+            aim,
+            seed,
+            infected if aims_at_sufficiency else None,
+        )
+        trained = _poison_and_train(
+            clean, infected, attack, poisoned, validation, config, calib, seed
+        )
     model = trained.model
     test_poison = attack.poison_test(splits.test)
     clean_acc_before = accuracy(clean, splits.test)
@@ -196,10 +247,11 @@ def inject_defect(
     with mask_neurons(model, infected):
         masked_asr = attack_success_rate(model, test_poison)
         masked_clean_acc = accuracy(model, splits.test)
-    reason = config.acceptance.verdict(
-        clean_acc_before, clean_acc, asr, masked_asr, masked_clean_acc
-    )
     victims = splits.test.subset(test_poison.indices)
+    patched_asr = patched_success_rate(model, infected, victims, test_poison)
+    reason = config.acceptance.verdict(
+        clean_acc_before, clean_acc, asr, masked_asr, masked_clean_acc, patched_asr
+    )
     truth = ground_truth(model, infected, victims, test_poison.poisoned())
     return DefectOutcome(
         model=model,
@@ -211,6 +263,7 @@ def inject_defect(
         asr=asr,
         masked_asr=masked_asr,
         masked_clean_acc=masked_clean_acc,
+        patched_asr=patched_asr,
         asr_before=attack_success_rate(clean, test_poison),
         epochs=trained.epochs,
         attempts=trained.attempts,
