@@ -238,10 +238,11 @@ def bench_localize_cmd(
     folder = _plots_folder(plots or db / "plots")
     with _progress(len(defects) * len(names)) as step:
         rows = bench_localize(catalog, defects, names, step)
-    keys = ["criterion", "level", "attack"]
+    keys = ["criterion", "level", "attack", "order"]
     metrics = ["wji", "f1", "auroc", "ap", "seconds", "cost_forward"]
     table = sorted(
-        aggregate(rows, keys, metrics), key=lambda e: (e["criterion"], e["attack"], e["level"])
+        aggregate(rows, keys, metrics),
+        key=lambda e: (e["criterion"], e["attack"], e["order"], e["level"]),
     )
     written = wji_by_level(rows, folder)
     if as_json:
@@ -271,11 +272,11 @@ def bench_repair_cmd(
     catalog, defects = _selection(db, where)
     with _progress(len(defects) * plan_pairs(method_names, criterion_names)) as step:
         rows = bench_repair(catalog, defects, method_names, criterion_names, k, step)
-    keys = ["method", "criterion", "level", "attack"]
+    keys = ["method", "criterion", "level", "attack", "order"]
     metrics = ["clean_acc_after", "asr_after", "asr_drop", "acc_drop", "der", "seconds"]
     table = sorted(
         aggregate(rows, keys, metrics),
-        key=lambda e: (e["method"], e["criterion"] or "", e["attack"], e["level"]),
+        key=lambda e: (e["method"], e["criterion"] or "", e["attack"], e["order"], e["level"]),
     )
     if as_json:
         _print_json({"rows": rows, "table": table})

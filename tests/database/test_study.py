@@ -93,6 +93,15 @@ def test_select_bench_and_aggregate(built, tmp_path):
     rows = bench_localize(catalog, [defect], ["clp", "random"])
     assert {r["criterion"] for r in rows} == {"clp", "random"}
     assert all(r["attack"] == "badnets" and r["level"] == "narrow" for r in rows)
+    # the injection order is a factor: selectable and carried into every row
+    assert [d.id for d in select_defects(catalog, "order=least")] == [defect.id]
+    assert select_defects(catalog, "order=most|random") == []
+    assert all(r["order"] == "least" for r in rows)
+    by_order = aggregate(rows, ["criterion", "order"], ["wji"])
+    assert {(e["criterion"], e["order"]) for e in by_order} == {
+        ("clp", "least"),
+        ("random", "least"),
+    }
     again = bench_localize(catalog, [defect], ["clp", "random"])
     assert [r["seconds"] for r in again] == [r["seconds"] for r in rows]  # stored, not rerun
     table = aggregate(rows, ["criterion"], ["wji", "auroc"])

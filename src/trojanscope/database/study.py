@@ -32,6 +32,7 @@ WHERE_FIELDS: dict[str, Callable[[Defect], Any]] = {
     "id": lambda d: d.id,
     "attack": lambda d: d.attack,
     "level": lambda d: d.level,
+    "order": lambda d: injection_order(d),
     "seed": lambda d: d.seed,
     "status": lambda d: d.status,
     "target_mode": lambda d: d.target_mode,
@@ -39,6 +40,11 @@ WHERE_FIELDS: dict[str, Callable[[Defect], Any]] = {
     "dataset": lambda d: d.clean_model.dataset,
     "arch": lambda d: d.clean_model.arch,
 }
+
+
+def injection_order(row: Defect) -> str:
+    """The rule-1 order a defect was injected in (a factor of the study)."""
+    return str((row.injection or {}).get("order", "least"))
 
 
 def parse_where(query: str | None) -> dict[str, set[str]]:
@@ -76,6 +82,7 @@ def defect_labels(row: Defect) -> dict[str, Any]:
         "arch": row.clean_model.arch,
         "attack": row.attack,
         "level": row.level,
+        "order": injection_order(row),
         "seed": row.seed,
         "n_infected": len(row.infected),
     }
