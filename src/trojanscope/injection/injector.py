@@ -20,7 +20,6 @@ from torch import nn
 
 from trojanscope.data.base import TensorData
 from trojanscope.injection.aim import BestEpoch, derived_seed
-from trojanscope.models.training import train_epochs
 
 
 class GradientMask:
@@ -47,38 +46,6 @@ class GradientMask:
     def release(self) -> None:
         for p in self.model.parameters():
             p.requires_grad_(True)
-
-
-def masked_training(
-    clean: nn.Module,
-    masks: dict[str, torch.Tensor],
-    data: TensorData,
-    lr: float,
-    weight_decay: float,
-    max_epochs: int,
-    batch_size: int,
-    seed: int,
-    done: Callable[[nn.Module, int], bool],
-) -> tuple[nn.Module, int]:
-    """Train a copy of ``clean`` where only ``masks`` entries move; stop when ``done``."""
-    model = copy.deepcopy(clean)
-    grad_mask = GradientMask(model, masks, weight_decay)
-    # Adam with zero gradient from the first step leaves an entry exactly unchanged
-    # (its moments stay zero, so its update is 0 / (0 + eps) = 0).
-    optimizer = torch.optim.Adam(grad_mask.parameters, lr=lr)
-    epochs = train_epochs(
-        model,
-        data,
-        optimizer,
-        max_epochs,
-        batch_size,
-        seed,
-        after_backward=grad_mask,
-        on_epoch=lambda epoch: done(model, epoch),
-        bn_train=False,
-    )
-    grad_mask.release()
-    return model, epochs
 
 
 class Objective(Protocol):
@@ -113,9 +80,12 @@ def objective_training(
     seed: int,
     done: Callable[[nn.Module, int], bool],
 ) -> tuple[nn.Module, int]:
-    """Like ``masked_training``, minimising ``objective`` (every module in eval mode)."""
+    """Train a copy of ``clean`` where only ``masks`` entries move, minimising ``objective``
+    (every module in eval mode); stop when ``done``. Returns (model, epochs run)."""
     model = copy.deepcopy(clean).eval()
     grad_mask = GradientMask(model, masks, weight_decay)
+    # Adam with zero gradient from the first step leaves an entry exactly unchanged
+    # (its moments stay zero, so its update is 0 / (0 + eps) = 0).
     optimizer = torch.optim.Adam(grad_mask.parameters, lr=lr)
     g = torch.Generator().manual_seed(seed)
     epochs = max_epochs
@@ -131,6 +101,23 @@ def objective_training(
             break
     grad_mask.release()
     return model, epochs
+
+
+def masked_training(
+    clean: nn.Module,
+    masks: dict[str, torch.Tensor],
+    data: TensorData,
+    lr: float,
+    weight_decay: float,
+    max_epochs: int,
+    batch_size: int,
+    seed: int,
+    done: Callable[[nn.Module, int], bool],
+) -> tuple[nn.Module, int]:
+    """``objective_training`` on the plain cross-entropy of ``data``."""
+    return objective_training(
+        clean, masks, CrossEntropy(data), lr, weight_decay, max_epochs, batch_size, seed, done
+    )
 
 
 @dataclass
