@@ -10,11 +10,11 @@ JSON and as a Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
+from _results import write_results
 
 from trojanscope.attacks.base import ATTACKS
 from trojanscope.data.base import DATASETS
@@ -93,9 +93,7 @@ def main() -> None:
         "threads": args.threads,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(report))
+    write_results(args.out, report, markdown(report))
     print(markdown(report))
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _results import write_results
 
 from trojanscope.attacks.base import ATTACKS
 from trojanscope.data.base import DATASETS
@@ -215,9 +216,7 @@ def main() -> None:
         "resnet18_costs": {} if args.skip_resnet else resnet_costs(),
     }
     report["total_seconds"] = time.perf_counter() - started
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(report))
+    write_results(args.out, report, markdown(report))
     print(markdown(report))
 
 

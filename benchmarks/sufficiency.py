@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import torch
+from _results import write_results
 
 from trojanscope.attacks.base import ATTACKS
 from trojanscope.data.base import DATASETS
@@ -72,8 +73,6 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     report = {"benchmark": "sufficiency", "threads": args.threads, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         "| injection | level | seed | status | drop (pts) | ASR | patched ASR | masked ASR | "
         "carrying / infected | reason |",
@@ -86,7 +85,7 @@ def main() -> None:
             f"{r['masked_asr']:.3f} | {r['n_carrying']} / {r['n_infected']} | "
             f"{r['reason'] or ''} |"
         )
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_results(args.out, report, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
