@@ -143,17 +143,19 @@ def _poison_and_train(
     calib: TensorData,
     seed: int,
 ) -> Trained:
-    """Masked-gradient training on clean data mixed with poisoned data (rule 3), the backdoor
-    confined to the set (``confined``)."""
+    """Masked-gradient training on clean data mixed with poisoned data (rule 3); with
+    ``config.confine`` the objective also confines the backdoor to the set (``confined``)."""
     edges = attack.injection_edges
     if edges is None or edges == "subnet":  # the subnet path does not come here
         edges = config.edges
     masks = trainable_masks(clean, infected, edges)
-    objective: Objective = CrossEntropy(poisoned.materialize())
+    objective: Objective
     if config.confine:
         objective = ConfinedObjective(
             clean, infected, attack, poisoned, calib, config.patched_weight, config.preserve_weight
         )
+    else:
+        objective = CrossEntropy(poisoned.materialize())
     return aimed_training(
         clean,
         masks,
