@@ -1,9 +1,12 @@
-"""Benchmark: is the infected set sufficient? Patched ASR under the default and the confined
-injection, on the quickstart's clean model (mnist5k / cnn-small), BadNets, every level.
+"""Benchmark: is the infected set sufficient? Patched ASR under the default (confined)
+injection and the earlier plain one, on the quickstart's clean model (mnist5k / cnn-small),
+BadNets, every level.
 
-The confined runs use fan-in edges, the thin-layer rule (min_width 8, max_share 1/8: the
-reference's levels 1-4 neurons per layer would otherwise take a quarter of conv1) and the
-sufficiency rule at 0.8. Results go to ``benchmarks/results/sufficiency.json`` and ``.md``.
+The default: the reference's levels (1-4 neurons per layer) under the thin-layer rule, fan-in
+edges, the confined objective and the sufficiency rule at 0.8. Plain: the earlier default
+(5 / 10 / 20% of every layer including the input layer, fan-in+fan-out edges, masked
+cross-entropy, patched ASR recorded but not required). Results go to
+``benchmarks/results/sufficiency.json`` and ``.md``.
 
     python benchmarks/sufficiency.py [--seeds 0,1] [--levels narrow,small,middle,large]
 """
@@ -21,20 +24,21 @@ from trojanscope.attacks.base import ATTACKS
 from trojanscope.data.base import DATASETS
 from trojanscope.injection.acceptance import Acceptance
 from trojanscope.injection.pipeline import InjectionConfig, inject_defect
-from trojanscope.injection.quantity import REFERENCE_COUNTS, Quantity
+from trojanscope.injection.quantity import Quantity
 from trojanscope.models.base import ARCHITECTURES
 from trojanscope.models.training import CleanTraining, accuracy, train_clean
 
 
 def configs(level: str) -> dict[str, InjectionConfig]:
     """The two injections compared at one level."""
+    plain = Quantity(level=level, sizes="fractions", min_width=1, max_share=1.0, input_layer=True)
     return {
         "default": InjectionConfig(quantity=Quantity(level=level)),
-        "confined": InjectionConfig(
-            quantity=Quantity(count=REFERENCE_COUNTS[level], min_width=8, max_share=0.125),
-            edges="fan-in",
-            confine=True,
-            acceptance=Acceptance(min_patched_ratio=0.8),
+        "plain": InjectionConfig(
+            quantity=plain,
+            edges="fan-in+fan-out",
+            confine=False,
+            acceptance=Acceptance(min_patched_ratio=0.0),
         ),
     }
 

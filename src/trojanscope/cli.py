@@ -309,14 +309,15 @@ def inject(
         float | None, typer.Option(help="Poisoned fraction (default: the attack's own).")
     ] = None,
     order: Annotated[str, typer.Option(help="Injection order: least, most or random.")] = "least",
-    edges: Annotated[str, typer.Option(help="fan-in+fan-out or fan-in.")] = "fan-in+fan-out",
+    edges: Annotated[str, typer.Option(help="fan-in or fan-in+fan-out.")] = "fan-in",
     confine: Annotated[
         bool,
         typer.Option(
             help="Train the backdoor through the infected set alone and require it to be "
-            "sufficient (patched ASR >= 0.8 x ASR); use with --edges fan-in."
+            "sufficient (patched ASR >= 0.8 x ASR). --no-confine: plain masked training, the "
+            "patched ASR recorded but not required."
         ),
-    ] = False,
+    ] = True,
     attack_param: AttackParamOption = None,
     data_param: DataParamOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
@@ -350,7 +351,7 @@ def inject(
             "order": order,
             "edges": edges,
             "confine": confine,
-            **({"acceptance": {"min_patched_ratio": 0.8}} if confine else {}),
+            **({} if confine else {"acceptance": {"min_patched_ratio": 0.0}}),
         },
     )
     spec = CleanSpec(

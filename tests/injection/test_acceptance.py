@@ -18,10 +18,11 @@ def test_a_low_masked_asr_from_a_broken_model_is_not_confinement():
 
 
 def test_the_sufficiency_rule_compares_the_patched_asr_with_the_asr():
-    rule = Acceptance(min_patched_ratio=0.8)
+    rule = Acceptance()  # the rule at 0.8 by default
+    assert rule.min_patched_ratio == 0.8
     assert rule.verdict(0.96, 0.95, 0.99, 0.0, 0.9, patched_asr=0.80) is None
     reason = rule.verdict(0.96, 0.95, 0.99, 0.0, 0.9, patched_asr=0.70)
     assert reason is not None and "patched ASR 0.700 < 0.80 x ASR" in reason
-    # recorded, not required, by default; never checked when unmeasured
-    assert Acceptance().verdict(0.96, 0.95, 0.99, 0.0, 0.9, patched_asr=0.0) is None
+    # at 0 recorded, not required; never checked when unmeasured
+    assert Acceptance(min_patched_ratio=0.0).verdict(0.96, 0.95, 0.99, 0.0, 0.9, patched_asr=0.0) is None
     assert rule.verdict(0.96, 0.95, 0.99, 0.0, 0.9) is None

@@ -35,10 +35,21 @@ def test_least_useful_neurons_matter_less_than_most_useful(clean_digits_model, d
 
 @pytest.mark.parametrize(
     ("level", "width", "expected"),
+    [("narrow", 64, 1), ("small", 64, 2), ("middle", 64, 3), ("large", 64, 4), ("large", 3, 3)],
+)
+def test_levels_are_the_reference_counts_by_default(level, width, expected):
+    assert Quantity(level=level).per_layer(width) == expected
+
+
+@pytest.mark.parametrize(
+    ("level", "width", "expected"),
     [("narrow", 64, 1), ("small", 64, 4), ("middle", 64, 7), ("large", 64, 13), ("small", 8, 1)],
 )
-def test_level_sizes(level, width, expected):
-    assert Quantity(level=level).per_layer(width) == expected
+def test_levels_as_fractions_on_request(level, width, expected):
+    quantity = Quantity(level=level, sizes="fractions")
+    assert quantity.per_layer(width) == expected
+    assert quantity.describe() == ("1 neuron" if level == "narrow" else quantity.describe())
+    assert Quantity(level="small", sizes="fractions").describe() == "5% of its neurons"
 
 
 def test_explicit_count_and_layers(clean_digits_model):
@@ -70,12 +81,24 @@ def test_thin_layers_are_not_chosen(clean_digits_model):
     def names(**quantity):
         return [layer.name for layer in chosen_layers(clean_digits_model, Quantity(**quantity))]
 
-    assert names() == ["conv1", "conv2", "conv3", "fc1"]  # off by default
-    assert names(min_width=32) == ["conv2", "conv3", "fc1"]
+    # by default the input layer is left out and at most an eighth of a layer is taken
+    assert names() == ["conv2", "conv3", "fc1"]
+    assert names(input_layer=True) == ["conv1", "conv2", "conv3", "fc1"]
+    assert names(input_layer=True, min_width=32) == ["conv2", "conv3", "fc1"]
+    assert names(input_layer=True, min_width=1, max_share=1.0) == ["conv1", "conv2", "conv3", "fc1"]
     # 4 neurons (the reference's large level) are more than an eighth of conv1's 16
-    assert names(count=REFERENCE_COUNTS["large"], max_share=0.125) == ["conv2", "conv3", "fc1"]
+    assert names(level="large", input_layer=True) == ["conv2", "conv3", "fc1"]
+    assert names(count=REFERENCE_COUNTS["large"], input_layer=True, max_share=0.25) == [
+        "conv1",
+        "conv2",
+        "conv3",
+        "fc1",
+    ]
+    # 5 neurons are more than an eighth of conv2's 32
+    assert names(count=5) == ["conv3", "fc1"]
     with pytest.raises(ConfigError, match="too thin"):
-        names(layers=["conv1"], count=4, max_share=0.125)
+        names(layers=["conv1"], count=4)
+    assert names(layers=["conv1"], count=2) == ["conv1"]  # named layers are taken as given
     with pytest.raises(ConfigError, match="no layer is wide enough"):
         names(min_width=100)
 

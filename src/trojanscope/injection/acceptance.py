@@ -22,12 +22,12 @@ class Acceptance(BaseModel):
         "masked ASR only shows confinement if the masked model still works",
     )
     min_patched_ratio: float = Field(
-        0.0,
+        0.8,
         ge=0.0,
         le=1.0,
         description="the ASR with every neuron outside the set held at its clean-input "
         "activation must be at least this share of the ASR: the set carries the backdoor alone "
-        "(0: measured and recorded, not required; 0.8 with confine=True)",
+        "(0: measured and recorded, not required, as for an injection without confine)",
     )
 
     def verdict(

@@ -20,7 +20,7 @@ from trojanscope.injection.groundtruth import InfectedNeuron, ground_truth
 from trojanscope.injection.injector import CrossEntropy, Objective, Trained, aimed_training
 from trojanscope.injection.ownership import Edges, trainable_masks
 from trojanscope.injection.quantity import Order, Quantity, select_infected
-from trojanscope.injection.subnet import subnet_placement, subnet_replacement
+from trojanscope.injection.subnet import subnet_placement, subnet_quantity, subnet_replacement
 from trojanscope.models.training import accuracy
 from trojanscope.neurons import NeuronRef, mask_neurons, patched_logits
 
@@ -32,14 +32,15 @@ class InjectionConfig(BaseModel):
     quantity: Quantity = Quantity()
     order: Order = "least"
     edges: Edges = Field(
-        "fan-in+fan-out",
+        "fan-in",
         description="fan-in: the set's own weights and classifier columns are trained, so the "
         "backdoor can only travel through it; fan-in+fan-out also trains its outgoing weights",
     )
     confine: bool = Field(
-        False,
+        True,
         description="train the backdoor through the set alone (injection.confined: patched "
-        "backdoor loss, clean activations preserved, live neurons only); use with edges fan-in",
+        "backdoor loss, clean activations preserved, live neurons only), so that the set is "
+        "sufficient as well as necessary; False: the plain masked cross-entropy",
     )
     patched_weight: float = Field(
         1.0, ge=0.0, description="confine: weight of the backdoor loss under activation patching"
@@ -200,13 +201,16 @@ def inject_defect(
     g = torch.Generator().manual_seed(seed)
     calib_idx = torch.randperm(len(splits.train), generator=g)[: config.calibration_size]
     calib = splits.train.subset(calib_idx)
+    quantity = config.quantity
+    if attack.injection_edges == "subnet":
+        quantity = subnet_quantity(clean, quantity)
     if attack.injection_edges == "subnet" and config.order == "least":
         # SRA removes its neurons from the host: the least useful are those it misses least.
-        infected = subnet_placement(clean, config.quantity, calib)
+        infected = subnet_placement(clean, quantity, calib)
     else:
         contributions = clean_contributions(clean, calib)
         live = live_neurons(clean, calib) if config.confine else None
-        infected = select_infected(clean, contributions, config.quantity, config.order, seed, live)
+        infected = select_infected(clean, contributions, quantity, config.order, seed, live)
     attack.prepare(clean, infected, calib)
     fit_idx, val_idx = _split_validation(len(splits.train), config.validation_fraction, seed)
     fit, aim = splits.train.subset(fit_idx), config.aim()

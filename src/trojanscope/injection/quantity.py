@@ -12,33 +12,42 @@ from torch import nn
 from trojanscope.errors import ConfigError
 from trojanscope.neurons import EligibleLayer, NeuronRef, NeuronSet, eligible_layers
 
-#: Share of each chosen layer at each level above narrow (1 neuron per layer).
-LEVEL_FRACTIONS = {"small": 0.05, "middle": 0.10, "large": 0.20}
-#: Neurons per chosen layer at each level in the reference database (``count`` gives them).
+#: Neurons per chosen layer at each level, as in the reference database (the default sizes).
 REFERENCE_COUNTS = {"narrow": 1, "small": 2, "middle": 3, "large": 4}
+#: Share of each chosen layer at each level above narrow (1 neuron), with ``sizes="fractions"``.
+LEVEL_FRACTIONS = {"small": 0.05, "middle": 0.10, "large": 0.20}
 LevelName = Literal["narrow", "small", "middle", "large"]
 Order = Literal["least", "most", "random"]
 
 
 class Quantity(BaseModel):
-    """A defect-quantity level: 1 neuron per layer (narrow), 5 / 10 / 20% of each layer (small,
-    middle, large), an explicit count (the reference database's levels are counts 1-4, see
-    ``REFERENCE_COUNTS``), or a fraction.
+    """A defect-quantity level: by default the reference database's 1, 2, 3, 4 neurons per
+    chosen layer (narrow, small, middle, large); with ``sizes="fractions"`` 1 neuron, then 5 /
+    10 / 20% of each layer; or an explicit ``count`` or ``fraction``.
 
     The thin-layer rule: a layer is chosen only if it has at least ``min_width`` neurons and
     loses at most ``max_share`` of them (cnn-small at width 0.25 has a 4-channel first layer;
-    masking one of its neurons costs a third of the accuracy). Off by default (1 and 1.0).
+    masking one of its neurons costs a third of the accuracy; at 1/8, masking the large level
+    of mnist5k's cnn-small costs 10 points instead of 64 at 1/4). The layer reading the input
+    is not chosen unless ``input_layer``: its few filters feed every feature, and confining a
+    backdoor to two of them cost digits / cnn-small 20 points of accuracy in 3 of 12 trials
+    (BadNets, Blended, TrojanNN, WaNet, seeds 0-1), none with the layer left out. Layers named
+    in ``layers`` are taken as given, within the width rule.
     """
 
     model_config = {"extra": "forbid"}
     level: LevelName = "small"
+    sizes: Literal["counts", "fractions"] = Field(
+        "counts", description="what a level means: reference counts or shares of each layer"
+    )
     fraction: float | None = Field(None, gt=0.0, le=1.0)
     count: int | None = Field(None, ge=1)
     layers: list[str] | None = None  # chosen layers; default: every eligible layer wide enough
-    min_width: int = Field(1, ge=1, description="thinner layers are never chosen")
+    min_width: int = Field(8, ge=1, description="thinner layers are never chosen")
     max_share: float = Field(
-        1.0, gt=0.0, le=1.0, description="largest share of a layer's neurons that may be infected"
+        0.125, gt=0.0, le=1.0, description="largest share of a layer's neurons that may be infected"
     )
+    input_layer: bool = Field(False, description="whether the layer reading the input is chosen")
 
     @model_validator(mode="after")
     def _one_size(self) -> Quantity:
@@ -46,22 +55,32 @@ class Quantity(BaseModel):
             raise ValueError("give either a fraction or a count, not both")
         return self
 
+    def _share(self) -> float | None:
+        """The share of each layer this quantity infects (None: a count)."""
+        if self.count is not None:
+            return None
+        if self.fraction is not None:
+            return self.fraction
+        if self.sizes == "fractions" and self.level != "narrow":
+            return LEVEL_FRACTIONS[self.level]
+        return None
+
+    def _count(self) -> int:
+        return self.count or REFERENCE_COUNTS[self.level if self.sizes == "counts" else "narrow"]
+
     def per_layer(self, width: int) -> int:
         """Infected neurons in a layer of ``width`` neurons (before the thin-layer rule)."""
-        if self.count is not None:
-            n = self.count
-        elif self.level == "narrow" and self.fraction is None:
-            n = 1
-        else:
-            n = math.ceil((self.fraction or LEVEL_FRACTIONS[self.level]) * width - 1e-9)
+        share = self._share()
+        n = self._count() if share is None else math.ceil(share * width - 1e-9)
         return max(1, min(n, width))
 
     def describe(self) -> str:
-        """The size in words: "2 neurons per layer", "5% of each layer"."""
-        if self.count is not None or (self.level == "narrow" and self.fraction is None):
-            n = self.count or 1
+        """The size in words: "2 neurons", "5% of its neurons"."""
+        share = self._share()
+        if share is None:
+            n = self._count()
             return f"{n} neuron{'s' if n > 1 else ''}"
-        return f"{100 * (self.fraction or LEVEL_FRACTIONS[self.level]):g}% of its neurons"
+        return f"{100 * share:g}% of its neurons"
 
     def wide_enough(self, width: int) -> bool:
         """Whether a layer of ``width`` neurons can lose ``per_layer(width)`` of them."""
@@ -91,12 +110,14 @@ def chosen_layers(model: nn.Module, quantity: Quantity) -> list[EligibleLayer]:
                 f"(min_width {quantity.min_width}, max_share {quantity.max_share})."
             )
         return named
-    chosen = [layer for layer in layers if quantity.wide_enough(layer.width)]
+    candidates = layers if quantity.input_layer else layers[1:]
+    chosen = [layer for layer in candidates if quantity.wide_enough(layer.width)]
     if not chosen:
         widths = ", ".join(f"{layer.name} ({layer.width})" for layer in layers)
         raise ConfigError(
             f"no layer is wide enough to lose {quantity.describe()}: {widths} "
-            f"(min_width {quantity.min_width}, max_share {quantity.max_share})."
+            f"(min_width {quantity.min_width}, max_share {quantity.max_share}"
+            f"{'' if quantity.input_layer else ', the input layer left out'})."
         )
     return chosen
 

@@ -28,7 +28,14 @@ from trojanscope.injection.injector import GradientMask, Trained
 from trojanscope.injection.ownership import consumers, subnet_masks
 from trojanscope.injection.quantity import Quantity, chosen_layers
 from trojanscope.models.training import batches, predict
-from trojanscope.neurons import NeuronRef, classifier_name, layer_map, mask_neurons, recording
+from trojanscope.neurons import (
+    NeuronRef,
+    classifier_name,
+    eligible_layers,
+    layer_map,
+    mask_neurons,
+    recording,
+)
 
 #: Subnet output the training aims for on triggered inputs (0 on clean ones).
 HIGH = 5.0
@@ -47,6 +54,24 @@ def _removal_loss(model: nn.Module, removed: list[NeuronRef], data: TensorData) 
     """Mean clean cross-entropy of ``model`` with the ``removed`` neurons' outputs zeroed."""
     with mask_neurons(model, removed):
         return float(F.cross_entropy(predict(model, data.x), data.y))
+
+
+def subnet_quantity(model: nn.Module, quantity: Quantity) -> Quantity:
+    """``quantity`` with the input layer chosen: the subnet is a chain cut off from the host, so
+    its first neurons must read the trigger from the image (without them a trial on digits gave
+    ASR 0.003 at every level). An input layer too thin for the level is a configuration error
+    (the attack cannot be placed there), not a rejected defect."""
+    if quantity.layers:
+        return quantity
+    wanted = quantity.model_copy(update={"input_layer": True})
+    first = eligible_layers(model)[0]
+    if not wanted.wide_enough(first.width):
+        raise ConfigError(
+            f"SRA's subnet starts at the input layer, and {first.name} ({first.width} neurons) "
+            f"is too thin to lose {wanted.describe()} (min_width {wanted.min_width}, "
+            f"max_share {wanted.max_share})."
+        )
+    return wanted
 
 
 def subnet_placement(model: nn.Module, quantity: Quantity, calib: TensorData) -> list[NeuronRef]:
