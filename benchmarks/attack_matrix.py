@@ -108,7 +108,7 @@ def main() -> None:
 
 
 def markdown(report: dict) -> str:
-    cells = [r for r in report["rows"]]
+    cells = report["rows"]
     accepted = sum(r.get("status") == "accepted" for r in cells)
     lines = [
         f"Attack matrix on {report['dataset']} {report['dataset_params']}, levels "
