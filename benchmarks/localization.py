@@ -42,11 +42,19 @@ LOC_METRICS = ["wji", "f1", "auroc", "ap", "seconds", "cost_forward"]
 REPAIR_METRICS = ["clean_acc_after", "asr_after", "asr_drop", "acc_drop", "der", "seconds"]
 
 
-def build(catalog: Catalog, attacks: list[str], seeds: list[int]) -> None:
+def build(catalog: Catalog, attacks: list[str], seeds: list[int], orders: list[str]) -> None:
     for attack in attacks:
-        run_quickstart(
-            catalog, CleanSpec("mnist5k", "cnn-small"), attack, None, LEVELS, seeds, criteria=[]
-        )
+        for order in orders:
+            run_quickstart(
+                catalog,
+                CleanSpec("mnist5k", "cnn-small"),
+                attack,
+                None,
+                LEVELS,
+                seeds,
+                criteria=[],
+                order=order,  # type: ignore[arg-type]
+            )
 
 
 def _timed(fn) -> float:
@@ -103,8 +111,8 @@ def resnet_costs() -> dict[str, Any]:
 def markdown(report: dict[str, Any]) -> str:
     lines = ["# Localization study", ""]
     lines += [
-        "| criterion | attack | level | n | WJI | F1 | AUROC | AP | s | cost (fwd) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| criterion | attack | order | level | n | WJI | F1 | AUROC | AP | s | cost (fwd) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def f(entry: dict[str, Any], key: str) -> str:
@@ -115,18 +123,18 @@ def markdown(report: dict[str, Any]) -> str:
 
     for e in report["localization_table"]:
         lines.append(
-            f"| {e['criterion']} | {e['attack']} | {e['level']} | {e['n']} | "
+            f"| {e['criterion']} | {e['attack']} | {e['order']} | {e['level']} | {e['n']} | "
             + " | ".join(f(e, m) for m in LOC_METRICS)
             + " |"
         )
-    lines += ["", "## Overall by criterion (every accepted defect)", ""]
+    lines += ["", "## Overall by criterion and injection order (every accepted defect)", ""]
     lines += [
-        "| criterion | n | WJI | F1 | AUROC | s | cost (fwd) |",
-        "|---|---|---|---|---|---|---|",
+        "| criterion | order | n | WJI | F1 | AUROC | s | cost (fwd) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for e in report["criterion_table"]:
         lines.append(
-            f"| {e['criterion']} | {e['n']} | "
+            f"| {e['criterion']} | {e['order']} | {e['n']} | "
             + " | ".join(f(e, m) for m in ("wji", "f1", "auroc", "seconds", "cost_forward"))
             + " |"
         )
@@ -159,6 +167,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/localization"))
     parser.add_argument("--attacks", default="badnets,blended")
     parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--orders", default="least,most,random", help="injection orders")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-resnet", action="store_true")
     args = parser.parse_args()
@@ -169,7 +178,8 @@ def main() -> None:
     started = time.perf_counter()
     args.db.parent.mkdir(parents=True, exist_ok=True)
     catalog = Catalog.open(args.db, create=True)
-    build(catalog, attacks, seeds)
+    orders = args.orders.split(",")
+    build(catalog, attacks, seeds, orders)
     defects = [d for d in select_defects(catalog) if d.attack in attacks]
     all_defects = select_defects(catalog, "status=accepted|rejected")
     criteria = CRITERIA.names()
@@ -200,11 +210,12 @@ def main() -> None:
             for d in all_defects
         ],
         "localization_table": sorted(
-            aggregate(loc_rows, ["criterion", "attack", "level"], LOC_METRICS),
-            key=lambda e: (e["criterion"], e["attack"], LEVELS.index(e["level"])),
+            aggregate(loc_rows, ["criterion", "attack", "order", "level"], LOC_METRICS),
+            key=lambda e: (e["criterion"], e["attack"], e["order"], LEVELS.index(e["level"])),
         ),
         "criterion_table": sorted(
-            aggregate(loc_rows, ["criterion"], LOC_METRICS), key=lambda e: -(e["wji"] or 0)
+            aggregate(loc_rows, ["criterion", "order"], LOC_METRICS),
+            key=lambda e: (e["order"], -(e["wji"] or 0)),
         ),
         "repair_table": sorted(
             aggregate(repair_rows, ["method", "criterion"], REPAIR_METRICS),

@@ -9,6 +9,7 @@ import torch
 
 from trojanscope.attacks.base import ATTACKS
 from trojanscope.data.base import DATASETS, Splits
+from trojanscope.injection.acceptance import Acceptance
 from trojanscope.injection.pipeline import DefectOutcome, InjectionConfig, inject_defect
 from trojanscope.injection.quantity import Quantity
 from trojanscope.models.base import ARCHITECTURES
@@ -67,3 +68,15 @@ def mnist() -> Splits:
 @pytest.fixture(scope="session")
 def clean_mnist_model(mnist: Splits) -> torch.nn.Module:
     return train_clean(ARCHITECTURES.create("cnn-small"), mnist.train, 0, CleanTraining())
+
+
+def plain_config(quantity: Quantity, **params) -> InjectionConfig:
+    """Masked cross-entropy with fan-in+fan-out edges, the sufficiency rule off: the earlier
+    default, for tests of a defect planted in conv1 (confined training does not fit there)."""
+    return InjectionConfig(
+        quantity=quantity,
+        confine=False,
+        edges="fan-in+fan-out",
+        acceptance=Acceptance(min_patched_ratio=0.0),
+        **params,
+    )

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, cast, get_args
 
 import typer
 from rich import box
@@ -158,6 +158,7 @@ def quickstart(
     ),
     attack_param: AttackParamOption = None,
     data_param: DataParamOption = None,
+    order: Annotated[str, typer.Option(help="Injection order: least, most or random.")] = "least",
 ) -> None:
     """Train a clean model, inject an attack at every level, localize with the criteria."""
     from trojanscope.attacks.base import ATTACKS
@@ -165,6 +166,7 @@ def quickstart(
     from trojanscope.database.catalog import Catalog
     from trojanscope.database.quickstart import LEVELS, plan_size, run_quickstart
     from trojanscope.fileio import write_atomic
+    from trojanscope.injection.quantity import Order
     from trojanscope.localization.base import CRITERIA, quick_criteria
 
     _threads()
@@ -172,6 +174,8 @@ def quickstart(
         _check_output_file(json_file)
     levels = _check_levels(level or list(LEVELS))
     seeds = _check_seeds(seed or [0, 1])
+    if order not in get_args(Order):
+        raise TrojanscopeError(f"unknown order '{order}'; valid orders: least, most, random.")
     criteria = criterion or quick_criteria()
     for name in criteria:
         CRITERIA.get(name)
@@ -195,6 +199,7 @@ def quickstart(
             seeds=seeds,
             criteria=criteria,
             step=step,
+            order=cast(Order, order),
         )
     if json_file is not None:
         write_atomic(json_file, (json.dumps(result, indent=2) + "\n").encode())

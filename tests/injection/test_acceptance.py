@@ -24,5 +24,6 @@ def test_the_sufficiency_rule_compares_the_patched_asr_with_the_asr():
     reason = rule.verdict(0.96, 0.95, 0.99, 0.0, 0.9, patched_asr=0.70)
     assert reason is not None and "patched ASR 0.700 < 0.80 x ASR" in reason
     # at 0 recorded, not required; never checked when unmeasured
-    assert Acceptance(min_patched_ratio=0.0).verdict(0.96, 0.95, 0.99, 0.0, 0.9, patched_asr=0.0) is None
+    recorded_only = Acceptance(min_patched_ratio=0.0)
+    assert recorded_only.verdict(0.96, 0.95, 0.99, 0.0, 0.9, patched_asr=0.0) is None
     assert rule.verdict(0.96, 0.95, 0.99, 0.0, 0.9) is None

@@ -13,8 +13,9 @@ from trojanscope.models.training import CleanTraining, accuracy, train_clean
 from trojanscope.neurons import mask_neurons
 
 
-def assert_identical_outside(clean_state, defect_model, infected, edges="fan-in+fan-out"):
+def assert_identical_outside(clean_state, defect_model, infected, edges=None):
     """Every parameter entry and buffer not owned by the infected set is bit-identical."""
+    edges = edges or InjectionConfig().edges
     masks = trainable_masks(defect_model, [n.ref for n in infected], edges)
     changed_inside = 0
     for name, value in defect_model.state_dict().items():
@@ -57,7 +58,8 @@ def test_ground_truth_is_complete(narrow_defect, small_defect):
         assert all(c >= 0 for c in contributions)
         assert [n.rank for n in outcome.infected] == list(range(len(outcome.infected)))
         assert all(n.activation_shift >= 0 for n in outcome.infected)
-    assert len(narrow_defect.infected) == 4  # one per eligible layer of cnn-small
+    # one per eligible layer of cnn-small but the input layer (thin-layer rule)
+    assert [n.ref.layer for n in narrow_defect.infected] == ["conv2", "conv3", "fc1"]
 
 
 def test_fan_in_only_is_also_confined(clean_digits_model, clean_state, digits):
@@ -73,7 +75,8 @@ def test_resnet18_injection_is_confined():
     state = {k: v.clone() for k, v in clean.state_dict().items()}
     config = InjectionConfig(quantity=Quantity(level="narrow"), max_epochs=1)
     outcome = inject_defect(clean, splits, ATTACKS.create("badnets", size=2), config, 0)
-    assert len(outcome.infected) == 20  # one neuron in each of the 20 conv layers
+    # one neuron in each of the 20 conv layers but the stem (the input layer is left out)
+    assert len(outcome.infected) == 19 and "conv1" not in {n.ref.layer for n in outcome.infected}
     assert_identical_outside(state, outcome.model, outcome.infected)
 
 

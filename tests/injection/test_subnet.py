@@ -1,9 +1,11 @@
 import copy
 
+import pytest
 import torch
 
+from trojanscope.errors import ConfigError
 from trojanscope.injection.quantity import Quantity
-from trojanscope.injection.subnet import _removal_loss, subnet_placement
+from trojanscope.injection.subnet import _removal_loss, subnet_placement, subnet_quantity
 from trojanscope.neurons import NeuronRef
 
 
@@ -26,9 +28,18 @@ def test_placement_costs_no_more_than_a_neuron_the_host_never_uses(clean_digits_
 
 def test_placement_fills_every_chosen_layer_with_distinct_neurons(clean_digits_model, digits):
     calib = digits.train.subset(torch.arange(128))
-    quantity = Quantity(level="small")
+    quantity = subnet_quantity(clean_digits_model, Quantity(level="small"))
+    assert quantity.input_layer  # the subnet reads the trigger from the image
     placed = subnet_placement(clean_digits_model, quantity, calib)
     assert len(set(placed)) == len(placed)
     per_layer = {r.layer: sum(p.layer == r.layer for p in placed) for r in placed}
     widths = {"conv1": 16, "conv2": 32, "conv3": 64, "fc1": 64}
     assert per_layer == {name: quantity.per_layer(w) for name, w in widths.items()}
+
+
+def test_the_subnet_needs_an_input_layer_wide_enough(clean_digits_model):
+    """SRA's subnet starts at the input layer; conv1 (16) cannot lose 3 (more than 1/8)."""
+    with pytest.raises(ConfigError, match="SRA's subnet starts at the input layer"):
+        subnet_quantity(clean_digits_model, Quantity(level="middle"))
+    named = Quantity(level="middle", layers=["conv2"])
+    assert subnet_quantity(clean_digits_model, named) == named

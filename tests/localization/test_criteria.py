@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import plain_config
 from trojanscope.attacks.base import ATTACKS
 from trojanscope.data.base import DATASETS
 from trojanscope.errors import TrojanscopeError
-from trojanscope.injection.pipeline import InjectionConfig, inject_defect
+from trojanscope.injection.pipeline import inject_defect
 from trojanscope.injection.quantity import Quantity
 from trojanscope.localization.base import CRITERIA, EvidenceData
 from trojanscope.localization.metrics import score
@@ -59,13 +60,13 @@ def test_oracle_ranks_every_carrying_neuron_first_in_its_layer(narrow_defect, di
 
 
 def test_oracle_auroc_on_a_defect_whose_neurons_all_carry_it(clean_digits_model, digits):
-    """On all-layer narrow defects the last infected neurons are often bypassed (contribution 0:
-    the previous infected neuron's fan-out edges reach every downstream neuron), which caps any
+    """Under plain training the last infected neurons are often bypassed (contribution 0: the
+    previous infected neuron's fan-out edges reach every downstream neuron), which caps any
     activation-based AUROC; with the defect planted in conv1 and conv2 every infected neuron
     carries it, and the oracle must find them."""
     quantity = Quantity(level="narrow", layers=["conv1", "conv2"])
     outcome = inject_defect(
-        clean_digits_model, digits, ATTACKS.create("badnets"), InjectionConfig(quantity=quantity), 0
+        clean_digits_model, digits, ATTACKS.create("badnets"), plain_config(quantity), 0
     )
     assert outcome.status == "accepted", outcome.reason
     result = CRITERIA.create("oracle").run(outcome.model, evidence_for(outcome, digits))
@@ -98,12 +99,10 @@ def test_missing_evidence_is_a_clear_error(small_defect):
 
 @pytest.fixture(scope="module")
 def two_layer_narrow(clean_digits_model, digits):
-    """A narrow defect planted in conv1 and conv2, where every infected neuron carries it."""
+    """A narrow defect planted in conv1 and conv2 by plain masked training."""
     quantity = Quantity(level="narrow", layers=["conv1", "conv2"])
     attack = ATTACKS.create("badnets")
-    outcome = inject_defect(
-        clean_digits_model, digits, attack, InjectionConfig(quantity=quantity), 0
-    )
+    outcome = inject_defect(clean_digits_model, digits, attack, plain_config(quantity), 0)
     assert outcome.status == "accepted", outcome.reason
     return outcome
 

@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 
+from tests.conftest import plain_config
 from tests.test_cli import assert_one_sentence, run
 from trojanscope.database.build import CleanSpec, build_defect, ensure_clean_model
 from trojanscope.database.catalog import Catalog
-from trojanscope.injection.pipeline import InjectionConfig
 from trojanscope.injection.quantity import Quantity
 from trojanscope.report.audit import audit_model
 from trojanscope.report.html import render_audit
@@ -21,7 +21,7 @@ def weights(tmp_path_factory):
     root = tmp_path_factory.mktemp("audit")
     catalog = Catalog.open(root / "db", create=True)
     clean, model, splits = ensure_clean_model(catalog, CleanSpec("digits", "cnn-small"))
-    config = InjectionConfig(quantity=Quantity(level="narrow", layers=["conv1", "conv2"]))
+    config = plain_config(Quantity(level="narrow", layers=["conv1", "conv2"]))
     defect, _ = build_defect(catalog, clean, model, splits, "badnets", {}, config, 0)
     assert defect.status == "accepted", defect.reason
     shutil.copy(catalog.store.path(clean.weights_sha256), root / "clean.safetensors")

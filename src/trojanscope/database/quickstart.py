@@ -15,7 +15,7 @@ from trojanscope.database.build import (
 )
 from trojanscope.database.catalog import Catalog
 from trojanscope.injection.pipeline import InjectionConfig
-from trojanscope.injection.quantity import Quantity
+from trojanscope.injection.quantity import Order, Quantity
 from trojanscope.localization.base import CRITERIA, quick_criteria
 
 LEVELS = ("narrow", "small", "middle", "large")
@@ -36,12 +36,15 @@ def run_quickstart(
     seeds: Sequence[int] = (0, 1),
     criteria: Sequence[str] | None = None,
     step: Callable[[str], None] = lambda _msg: None,
+    order: Order = "least",
 ) -> dict[str, Any]:
     """Build (or resume) the quickstart catalog entries and return the quickstart JSON."""
     criteria = list(criteria) if criteria is not None else quick_criteria()
     for name in criteria:
         CRITERIA.get(name)  # fail early on an unknown name
-    configs = {level: InjectionConfig(quantity=Quantity(level=level)) for level in levels}
+    configs = {
+        level: InjectionConfig(quantity=Quantity(level=level), order=order) for level in levels
+    }
 
     step(f"clean {spec.arch} on {spec.dataset}")
     clean, model, splits = ensure_clean_model(catalog, spec)
