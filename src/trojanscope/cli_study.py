@@ -1,8 +1,11 @@
 """Commands of the localization and repair study: `localize`, `repair`, `bench localize`,
-`bench repair`. Registered on the main app by ``trojanscope.cli``."""
+`bench repair`, `report study`. Registered on the main app by ``trojanscope.cli``."""
 
 from __future__ import annotations
 
+import os
+import shlex
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,6 +29,8 @@ from trojanscope.errors import TrojanscopeError
 
 bench_app = typer.Typer(no_args_is_help=True, help="Run the study over the catalog.")
 app.add_typer(bench_app, name="bench")
+report_app = typer.Typer(no_args_is_help=True, help="Reports of what the catalog holds.")
+app.add_typer(report_app, name="report")
 
 ParamOption = Annotated[
     list[str] | None,
@@ -193,28 +198,33 @@ def _study_table(
     return table
 
 
-def _selection(db: Path, where: str | None) -> tuple[Any, list[Any]]:
-    """The catalog and its defects matching ``where`` (an error if none does)."""
+def _selection(
+    db: Path, where: str | None, default_status: str | None = "accepted"
+) -> tuple[Any, list[Any]]:
+    """The catalog and its defects matching ``where`` (an error if none does); without a
+    status condition, those of ``default_status`` (None: every status)."""
     from trojanscope.database.catalog import Catalog
     from trojanscope.database.study import select_defects
 
     _threads()
     catalog = Catalog.open(db)
-    defects = select_defects(catalog, where)
+    defects = select_defects(catalog, where, default_status)
     if not defects:
         raise TrojanscopeError(f"no defect in {db} matches the selection.")
     return catalog, defects
 
 
-def _plots_folder(folder: Path) -> Path:
-    """``folder``, made now if missing: a path that is a file or cannot be made fails before
-    any work is done."""
+def _plots_folder(folder: Path, what: str = "plots") -> Path:
+    """``folder``, made now if missing: a path that is a file or cannot be made or written
+    fails before any work is done."""
     if folder.exists() and not folder.is_dir():
-        raise TrojanscopeError(f"cannot write plots to {folder}: it is a file, not a folder.")
+        raise TrojanscopeError(f"cannot write {what} to {folder}: it is a file, not a folder.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise TrojanscopeError(f"cannot write plots to {folder}: {exc.strerror or exc}.") from None
+        raise TrojanscopeError(f"cannot write {what} to {folder}: {exc.strerror or exc}.") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise TrojanscopeError(f"cannot write {what} to {folder}: permission denied.")
     return folder
 
 
@@ -282,3 +292,47 @@ def bench_repair_cmd(
         _print_json({"rows": rows, "table": table})
         return
     out.print(_study_table("repair study (mean±std)", table, keys, REPAIR_COLUMNS))
+
+
+@report_app.command("study")
+def report_study_cmd(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder for study.html, study.md and the PNG plots.")
+    ],
+    where: Annotated[
+        str | None,
+        typer.Option(
+            help="Defects to include, as for `bench` (default: every status; rejected defects"
+            " appear in the acceptance matrix only)."
+        ),
+    ] = None,
+    db: DbOption = DEFAULT_DB,
+    as_json: JsonFlag = False,
+) -> None:
+    """The stored study as an HTML page and a Markdown file; runs no criterion or repair."""
+    from trojanscope.database.results import count_defects, defect_record, stored_results
+    from trojanscope.report.study import build_report, header, write_report
+
+    catalog, defects = _selection(db, where, default_status=None)
+    folder = _plots_folder(out_dir, "the report")
+    locs, repairs = stored_results(catalog, defects)
+    records = [defect_record(d) for d in defects]
+    command = shlex.join(["trojanscope", *sys.argv[1:]])
+    head = header(db, command, where, records, count_defects(catalog), (len(locs), len(repairs)))
+    written = write_report(build_report(head, records, locs, repairs), folder)
+    if as_json:
+        _print_json(
+            {
+                "html": str(folder / "study.html"),
+                "markdown": str(folder / "study.md"),
+                "plots": [str(p) for p in written if p.suffix == ".png"],
+                "defects": len(records),
+                "localizations": len(locs),
+                "repairs": len(repairs),
+            }
+        )
+        return
+    out.print(
+        f"wrote {shown(folder / 'study.html')} and {shown(folder / 'study.md')} "
+        f"({len(records)} defects, {len(locs)} localizations, {len(repairs)} repairs)"
+    )

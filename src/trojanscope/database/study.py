@@ -47,9 +47,9 @@ def injection_order(row: Defect) -> str:
     return str((row.injection or {}).get("order", "least"))
 
 
-def parse_where(query: str | None) -> dict[str, set[str]]:
+def parse_where(query: str | None, default_status: str | None = "accepted") -> dict[str, set[str]]:
     """``"attack=badnets,level=narrow|small"`` -> {field: accepted values}. Without a
-    ``status`` condition only accepted defects are selected."""
+    ``status`` condition only ``default_status`` defects are selected (None: every status)."""
     conditions: dict[str, set[str]] = {}
     for part in filter(None, (p.strip() for p in (query or "").split(","))):
         key, sep, values = part.partition("=")
@@ -61,12 +61,16 @@ def parse_where(query: str | None) -> dict[str, set[str]]:
                 f"--where cannot filter on '{key}'; fields: {', '.join(WHERE_FIELDS)}."
             )
         conditions.setdefault(key, set()).update(v.strip() for v in values.split("|"))
-    conditions.setdefault("status", {"accepted"})
+    if default_status is not None:
+        conditions.setdefault("status", {default_status})
     return conditions
 
 
-def select_defects(catalog: Catalog, query: str | None = None) -> list[Defect]:
-    conditions = parse_where(query)
+def select_defects(
+    catalog: Catalog, query: str | None = None, default_status: str | None = "accepted"
+) -> list[Defect]:
+    """The defects matching ``query`` (see :func:`parse_where`), in id order."""
+    conditions = parse_where(query, default_status)
     return [
         d
         for d in list_defects(catalog)
