@@ -102,6 +102,13 @@ def test_quickstart_refuses_a_bad_seed_before_any_work(tmp_path, capsys, monkeyp
     assert not (tmp_path / "db").exists()
 
 
+def test_quickstart_refuses_an_unknown_order_before_any_work(tmp_path, capsys, monkeypatch):
+    args = ["quickstart", "--db", tmp_path / "db", "--order", "best"]
+    code, _, err = run(args, capsys, monkeypatch)
+    assert_one_sentence(code, err, "unknown order 'best'; valid orders: least, most, random")
+    assert not (tmp_path / "db").exists()
+
+
 def test_a_data_set_with_one_class_is_refused(tmp_path, capsys, monkeypatch):
     import numpy as np
 
