@@ -133,6 +133,20 @@ def test_criteria_that_find_a_narrow_defect(criterion, two_layer_narrow, digits)
     assert score(result.neurons, result.scores.numpy(), truth_of(two_layer_narrow)).auroc > 0.9
 
 
+def test_outcomes_classify_only_until_they_have_enough(narrow_defect, digits):
+    evidence = evidence_for(narrow_defect, digits)
+    model = narrow_defect.model.eval()
+    seen: list[int] = []
+    handle = model.register_forward_pre_hook(lambda _m, args: seen.append(len(args[0])))
+    try:
+        passing, failing = evidence.outcomes(model, 5)
+    finally:
+        handle.remove()
+    every_passing, every_failing = evidence.outcomes(model)
+    assert torch.equal(passing, every_passing[:5]) and torch.equal(failing, every_failing[:5])
+    assert sum(seen) < len(evidence.clean) + len(evidence.triggered)
+
+
 def test_anp_masks_stay_in_bounds_and_cost_three_passes_per_iteration(small_defect, digits):
     evidence = evidence_for(small_defect, digits)
     result = CRITERIA.create("anp", iterations=5, batch_size=32).run(small_defect.model, evidence)
