@@ -133,6 +133,28 @@ def test_criteria_that_find_a_narrow_defect(criterion, two_layer_narrow, digits)
     assert score(result.neurons, result.scores.numpy(), truth_of(two_layer_narrow)).auroc > 0.9
 
 
+def test_mutation_runs_each_operator_on_its_own_inputs(narrow_defect, digits):
+    """Every (operator, input set) pair costs the same re-runs: the defaults (zero on failing
+    inputs, zero and scale on passing ones) spend half of what all three operators on both sets
+    spend on mutants."""
+    evidence = evidence_for(narrow_defect, digits)
+
+    def cost(failing: list[str], passing: list[str]) -> float:
+        criterion = CRITERIA.create(
+            "mutation", samples=4, failing_operators=failing, passing_operators=passing
+        )
+        return criterion.run(narrow_defect.model, evidence).cost_forward
+
+    one = cost(["zero"], [])
+    default = CRITERIA.create("mutation", samples=4).run(narrow_defect.model, evidence)
+    every = cost(["zero", "negate", "scale"], ["zero", "negate", "scale"])
+    unit = (default.cost_forward - one) / 2
+    assert unit > 0
+    assert every - default.cost_forward == pytest.approx(3 * unit)
+    with pytest.raises(TrojanscopeError, match="at least one operator"):
+        CRITERIA.create("mutation", failing_operators=[], passing_operators=[])
+
+
 def test_outcomes_classify_only_until_they_have_enough(narrow_defect, digits):
     evidence = evidence_for(narrow_defect, digits)
     model = narrow_defect.model.eval()
