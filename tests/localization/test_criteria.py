@@ -8,7 +8,8 @@ from trojanscope.data.base import DATASETS
 from trojanscope.errors import TrojanscopeError
 from trojanscope.injection.pipeline import inject_defect
 from trojanscope.injection.quantity import Quantity
-from trojanscope.localization.base import CRITERIA, EvidenceData
+from trojanscope.localization.base import CRITERIA, EvidenceData, frozen_weights
+from trojanscope.localization.criteria.nc import NCParams, reverse_triggers
 from trojanscope.localization.metrics import score
 from trojanscope.models.base import ARCHITECTURES
 from trojanscope.neurons import all_neurons, eligible_layers
@@ -108,13 +109,47 @@ def two_layer_narrow(clean_digits_model, digits):
 
 
 def test_nc_detects_the_target_and_ranks_the_infected_neurons(two_layer_narrow, digits):
-    result = CRITERIA.create("nc").run(
-        two_layer_narrow.model, evidence_for(two_layer_narrow, digits)
-    )
+    evidence = evidence_for(two_layer_narrow, digits)
+    result = CRITERIA.create("nc").run(two_layer_narrow.model, evidence)
     assert result.extra["detected_label"] == 0  # BadNets' default target
     assert result.extra["anomaly_index"] > 2
     assert set(result.artifacts) == {"reversed_mask", "reversed_pattern"}
     assert score(result.neurons, result.scores.numpy(), truth_of(two_layer_narrow)).auroc > 0.6
+    # converged labels stop early, and the cost counts every reversed input they used (plus
+    # one pass over the clean inputs and two over the victims to score the neurons)
+    p, steps = NCParams(), result.extra["steps_per_label"]
+    assert len(steps) == 10 and all(s <= p.steps for s in steps) and min(steps) < p.steps
+    optimised = sum(steps) * p.batch_size
+    samples = min(p.samples, len(evidence.clean))
+    assert optimised + samples <= result.cost_forward * len(evidence.clean)
+    assert result.cost_forward * len(evidence.clean) <= optimised + 3 * samples
+
+
+def test_nc_without_patience_runs_every_label_for_every_step(two_layer_narrow, digits):
+    evidence = evidence_for(two_layer_narrow, digits)
+    result = CRITERIA.create("nc", steps=40, patience=0).run(two_layer_narrow.model, evidence)
+    assert result.extra["steps_per_label"] == [40] * 10
+
+
+def test_nc_reverses_all_labels_together_as_each_alone():
+    """One batched optimisation over the labels moves each label's trigger as its own
+    optimisation on the same clean batches would."""
+    splits = DATASETS.create("synthetic", n=120, size=8).load(0)
+    torch.manual_seed(0)
+    model = ARCHITECTURES.create("cnn-small", width=0.25).build(1, 4, 8).eval()
+    p = NCParams(steps=30, batch_size=8, patience=0)
+    x = splits.test.x[:64]
+    with frozen_weights(model):
+        together = reverse_triggers(model, x, [0, 1, 2, 3], p, torch.Generator().manual_seed(0))
+        alone = [
+            reverse_triggers(model, x, [label], p, torch.Generator().manual_seed(0))[0]
+            for label in range(4)
+        ]
+    for a, b in zip(together, alone, strict=True):
+        assert a.steps == b.steps == 30
+        assert torch.allclose(a.mask, b.mask, atol=1e-4)
+        assert torch.allclose(a.pattern, b.pattern, atol=1e-4)
+        assert a.norm == pytest.approx(b.norm, rel=1e-4)
 
 
 def test_nc_detects_no_target_on_the_clean_model(clean_digits_model, two_layer_narrow, digits):
