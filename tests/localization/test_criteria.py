@@ -8,7 +8,8 @@ from trojanscope.data.base import DATASETS
 from trojanscope.errors import TrojanscopeError
 from trojanscope.injection.pipeline import inject_defect
 from trojanscope.injection.quantity import Quantity
-from trojanscope.localization.base import CRITERIA, EvidenceData
+from trojanscope.localization.base import CRITERIA, EvidenceData, frozen_weights
+from trojanscope.localization.criteria.nc import NCParams, reverse_triggers
 from trojanscope.localization.metrics import score
 from trojanscope.models.base import ARCHITECTURES
 from trojanscope.neurons import all_neurons, eligible_layers
@@ -108,13 +109,47 @@ def two_layer_narrow(clean_digits_model, digits):
 
 
 def test_nc_detects_the_target_and_ranks_the_infected_neurons(two_layer_narrow, digits):
-    result = CRITERIA.create("nc").run(
-        two_layer_narrow.model, evidence_for(two_layer_narrow, digits)
-    )
+    evidence = evidence_for(two_layer_narrow, digits)
+    result = CRITERIA.create("nc").run(two_layer_narrow.model, evidence)
     assert result.extra["detected_label"] == 0  # BadNets' default target
     assert result.extra["anomaly_index"] > 2
     assert set(result.artifacts) == {"reversed_mask", "reversed_pattern"}
     assert score(result.neurons, result.scores.numpy(), truth_of(two_layer_narrow)).auroc > 0.6
+    # converged labels stop early, and the cost counts every reversed input they used (plus
+    # one pass over the clean inputs and two over the victims to score the neurons)
+    p, steps = NCParams(), result.extra["steps_per_label"]
+    assert len(steps) == 10 and all(s <= p.steps for s in steps) and min(steps) < p.steps
+    optimised = sum(steps) * p.batch_size
+    samples = min(p.samples, len(evidence.clean))
+    assert optimised + samples <= result.cost_forward * len(evidence.clean)
+    assert result.cost_forward * len(evidence.clean) <= optimised + 3 * samples
+
+
+def test_nc_without_patience_runs_every_label_for_every_step(two_layer_narrow, digits):
+    evidence = evidence_for(two_layer_narrow, digits)
+    result = CRITERIA.create("nc", steps=40, patience=0).run(two_layer_narrow.model, evidence)
+    assert result.extra["steps_per_label"] == [40] * 10
+
+
+def test_nc_reverses_all_labels_together_as_each_alone():
+    """One batched optimisation over the labels moves each label's trigger as its own
+    optimisation on the same clean batches would."""
+    splits = DATASETS.create("synthetic", n=120, size=8).load(0)
+    torch.manual_seed(0)
+    model = ARCHITECTURES.create("cnn-small", width=0.25).build(1, 4, 8).eval()
+    p = NCParams(steps=30, batch_size=8, patience=0)
+    x = splits.test.x[:64]
+    with frozen_weights(model):
+        together = reverse_triggers(model, x, [0, 1, 2, 3], p, torch.Generator().manual_seed(0))
+        alone = [
+            reverse_triggers(model, x, [label], p, torch.Generator().manual_seed(0))[0]
+            for label in range(4)
+        ]
+    for a, b in zip(together, alone, strict=True):
+        assert a.steps == b.steps == 30
+        assert torch.allclose(a.mask, b.mask, atol=1e-4)
+        assert torch.allclose(a.pattern, b.pattern, atol=1e-4)
+        assert a.norm == pytest.approx(b.norm, rel=1e-4)
 
 
 def test_nc_detects_no_target_on_the_clean_model(clean_digits_model, two_layer_narrow, digits):
@@ -124,13 +159,49 @@ def test_nc_detects_no_target_on_the_clean_model(clean_digits_model, two_layer_n
 
 @pytest.mark.parametrize("criterion", ["oracle", "mutation", "slicing", "tarantula", "clp"])
 def test_criteria_that_find_a_narrow_defect(criterion, two_layer_narrow, digits):
-    """Measured on this defect (AUROC): oracle 1.00, tarantula 1.00, mutation 0.99, clp 0.99,
-    slicing 0.99, ochiai/dstar 1.00, nc 0.96, fp 0.95; anp 0.23 (below chance: the injected
+    """Measured on this defect (AUROC): oracle 1.00, mutation 1.00, clp 1.00, fp 1.00,
+    tarantula/ochiai/dstar 0.99, slicing 0.99, nc 0.97; anp 0.36 (below chance: the injected
     neurons are the least useful ones, which ANP's clean-loss masks leave untouched)."""
     result = CRITERIA.create(criterion).run(
         two_layer_narrow.model, evidence_for(two_layer_narrow, digits)
     )
     assert score(result.neurons, result.scores.numpy(), truth_of(two_layer_narrow)).auroc > 0.9
+
+
+def test_mutation_runs_each_operator_on_its_own_inputs(narrow_defect, digits):
+    """Every (operator, input set) pair costs the same re-runs: the defaults (zero on failing
+    inputs, zero and scale on passing ones) spend half of what all three operators on both sets
+    spend on mutants."""
+    evidence = evidence_for(narrow_defect, digits)
+
+    def cost(failing: list[str], passing: list[str]) -> float:
+        criterion = CRITERIA.create(
+            "mutation", samples=4, failing_operators=failing, passing_operators=passing
+        )
+        return criterion.run(narrow_defect.model, evidence).cost_forward
+
+    one = cost(["zero"], [])
+    default = CRITERIA.create("mutation", samples=4).run(narrow_defect.model, evidence)
+    every = cost(["zero", "negate", "scale"], ["zero", "negate", "scale"])
+    unit = (default.cost_forward - one) / 2
+    assert unit > 0
+    assert every - default.cost_forward == pytest.approx(3 * unit)
+    with pytest.raises(TrojanscopeError, match="at least one operator"):
+        CRITERIA.create("mutation", failing_operators=[], passing_operators=[])
+
+
+def test_outcomes_classify_only_until_they_have_enough(narrow_defect, digits):
+    evidence = evidence_for(narrow_defect, digits)
+    model = narrow_defect.model.eval()
+    seen: list[int] = []
+    handle = model.register_forward_pre_hook(lambda _m, args: seen.append(len(args[0])))
+    try:
+        passing, failing = evidence.outcomes(model, 5)
+    finally:
+        handle.remove()
+    every_passing, every_failing = evidence.outcomes(model)
+    assert torch.equal(passing, every_passing[:5]) and torch.equal(failing, every_failing[:5])
+    assert sum(seen) < len(evidence.clean) + len(evidence.triggered)
 
 
 def test_anp_masks_stay_in_bounds_and_cost_three_passes_per_iteration(small_defect, digits):

@@ -44,15 +44,15 @@ class EvidenceData:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(passing, failing) inputs, as fault localization names them: clean inputs the model
         classifies correctly, and triggered inputs whose decision differs from the clean label
-        (the backdoor fired). At most ``limit`` of each, in data order."""
+        (the backdoor fired). At most ``limit`` of each, in data order; with a limit, inputs are
+        classified in chunks only until ``limit`` are found (the rest costs no forward pass)."""
         if self.clean is None or self.triggered is None or self.clean_victims is None:
             raise TrojanscopeError("passing and failing inputs need clean and triggered data.")
-        passing = self.clean.x[predict(model, self.clean.x).argmax(1) == self.clean.y]
-        fired = predict(model, self.triggered.x).argmax(1) != self.clean_victims.y
-        failing = self.triggered.x[fired]
+        passing = _first_where(model, self.clean.x, self.clean.y, limit, equal=True)
+        failing = _first_where(model, self.triggered.x, self.clean_victims.y, limit, equal=False)
         if len(failing) == 0:
             raise TrojanscopeError("no triggered input changes the model's decision: no failures.")
-        return passing[:limit], failing[:limit]
+        return passing, failing
 
     def need_clean(self) -> TensorData:
         """The clean inputs (what a criterion of ``clean`` evidence reads)."""
@@ -65,6 +65,26 @@ class EvidenceData:
         if self.clean_victims is None or self.triggered is None:
             raise TrojanscopeError("this criterion needs triggered inputs.")
         return self.clean_victims, self.triggered
+
+
+def _first_where(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, limit: int | None, equal: bool
+) -> torch.Tensor:
+    """The first ``limit`` inputs (all without a limit) whose predicted label equals ``y``
+    (``equal``) or differs from it, classified chunk by chunk until enough are found."""
+    if limit is None:
+        hit = (predict(model, x).argmax(1) == y) == equal
+        return x[hit]
+    found: list[torch.Tensor] = []
+    count, chunk = 0, max(64, 2 * limit)
+    for start in range(0, len(x), chunk):
+        xs = x[start : start + chunk]
+        hit = (predict(model, xs).argmax(1) == y[start : start + chunk]) == equal
+        found.append(xs[hit])
+        count += int(hit.sum())
+        if count >= limit:
+            break
+    return torch.cat(found)[:limit] if found else x[:0]
 
 
 class LayerScores(NamedTuple):
