@@ -27,3 +27,12 @@ def test_the_sufficiency_rule_compares_the_patched_asr_with_the_asr():
     recorded_only = Acceptance(min_patched_ratio=0.0)
     assert recorded_only.verdict(0.96, 0.95, 0.99, 0.0, 0.9, patched_asr=0.0) is None
     assert rule.verdict(0.96, 0.95, 0.99, 0.0, 0.9) is None
+
+
+def test_necessity_is_judged_above_the_clean_models_rate_under_the_same_mask():
+    rule = Acceptance()
+    # zeroing the set alone sends 27% of the triggered victims to the target: not the backdoor
+    assert rule.verdict(0.77, 0.76, 1.0, 0.27, 0.73, masked_asr_before=0.27) is None
+    reason = rule.verdict(0.77, 0.76, 1.0, 0.50, 0.73, masked_asr_before=0.27)
+    assert reason is not None and "above the clean model's 0.270 under the same mask" in reason
+    assert "not confined" in rule.verdict(0.77, 0.76, 1.0, 0.27, 0.73)

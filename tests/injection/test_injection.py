@@ -42,11 +42,16 @@ def test_accepted_defect_meets_the_filter_recomputed(fixture, request, digits, c
     view = attack.poison_test(digits.test)
     asr = attack_success_rate(outcome.model, view)
     acc_drop = accuracy(clean_digits_model, digits.test) - accuracy(outcome.model, digits.test)
-    with mask_neurons(outcome.model, [n.ref for n in outcome.infected]):
+    refs = [n.ref for n in outcome.infected]
+    with mask_neurons(outcome.model, refs):
         masked = attack_success_rate(outcome.model, view)
+    with mask_neurons(clean_digits_model, refs):
+        masked_before = attack_success_rate(clean_digits_model, view)
     assert asr >= 0.90
     assert acc_drop <= 0.03
-    assert masked <= 0.20
+    assert masked - masked_before <= 0.20
+    # under fan-in edges the masked defect is the masked clean model, so necessity is exact
+    assert masked == masked_before == outcome.masked_asr_before
     # the backdoor is new: the clean model does not already do this
     assert attack_success_rate(clean_digits_model, view) < 0.2
 

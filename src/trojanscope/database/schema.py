@@ -55,6 +55,9 @@ class Defect(Base):
     asr: Mapped[float] = mapped_column(Float)
     masked_asr: Mapped[float] = mapped_column(Float)
     masked_clean_acc: Mapped[float | None] = mapped_column(Float)
+    # The clean model's target rate on triggered victims under the same mask (what zeroing the
+    # set does on its own; None: recorded before it was measured).
+    masked_asr_before: Mapped[float | None] = mapped_column(Float, nullable=True)
     asr_before: Mapped[float] = mapped_column(Float)
     epochs: Mapped[int]
     # ASR with every neuron outside the set held at clean activations (None: recorded before

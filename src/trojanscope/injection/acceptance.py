@@ -1,6 +1,12 @@
 """Rule 4 (sub-network correlation filter): accept a defect only if it is real and confined:
 the infected set is necessary (masking it removes the backdoor) and sufficient (the backdoor
-fires with everything outside it held at clean activations)."""
+fires with everything outside it held at clean activations).
+
+Necessity is judged against the clean model under the same mask. Zeroing neurons is itself an
+intervention: on Fashion-MNIST / cnn-small (width 0.5) the *clean* model with SIG's two
+neurons per layer zeroed sends 27% of the triggered victims to the target (0% unmasked), and
+under fan-in edges the masked injected model is that masked clean model, bit for bit. What is
+left of the backdoor under the mask is the masked ASR above that baseline."""
 
 from __future__ import annotations
 
@@ -13,7 +19,12 @@ class Acceptance(BaseModel):
     max_acc_drop: float = Field(
         0.03, ge=0.0, le=1.0, description="in accuracy units (0.03 = 3 points)"
     )
-    max_masked_asr: float = Field(0.20, ge=0.0, le=1.0)
+    max_masked_asr: float = Field(
+        0.20,
+        ge=0.0,
+        le=1.0,
+        description="masked ASR allowed above the clean model's under the same mask",
+    )
     max_masked_acc_drop: float = Field(
         0.25,
         ge=0.0,
@@ -38,9 +49,12 @@ class Acceptance(BaseModel):
         masked_asr: float,
         masked_clean_acc: float,
         patched_asr: float | None = None,
+        masked_asr_before: float = 0.0,
     ) -> str | None:
         """None if accepted, else the reason for rejection (``patched_asr`` None: the
-        sufficiency rule is not checked, as for defects recorded before it existed)."""
+        sufficiency rule is not checked, as for defects recorded before it existed;
+        ``masked_asr_before``: the clean model's target rate on triggered victims under the same
+        mask)."""
         reasons = []
         if asr < self.min_asr:
             reasons.append(f"ASR {asr:.3f} < {self.min_asr:.2f}")
@@ -49,9 +63,15 @@ class Acceptance(BaseModel):
             reasons.append(
                 f"clean accuracy dropped {100 * drop:.1f} points > {100 * self.max_acc_drop:.1f}"
             )
-        if masked_asr > self.max_masked_asr:
+        if masked_asr - masked_asr_before > self.max_masked_asr + 1e-9:
+            baseline = (
+                f" above the clean model's {masked_asr_before:.3f} under the same mask"
+                if masked_asr_before
+                else ""
+            )
             reasons.append(
-                f"masked ASR {masked_asr:.3f} > {self.max_masked_asr:.2f} (backdoor not confined)"
+                f"masked ASR {masked_asr:.3f} > {self.max_masked_asr:.2f}{baseline} (backdoor "
+                "not confined)"
             )
         masked_drop = clean_acc - masked_clean_acc
         if masked_drop > self.max_masked_acc_drop + 1e-9:

@@ -114,6 +114,7 @@ class DefectOutcome:
     asr: float
     masked_asr: float
     masked_clean_acc: float  # clean accuracy with the infected neurons masked
+    masked_asr_before: float  # the clean model's target rate on triggered victims, same mask
     patched_asr: float  # ASR with every neuron outside the set held at clean activations
     asr_before: float  # the clean model's rate of target predictions on triggered victims
     epochs: int
@@ -253,10 +254,18 @@ def inject_defect(
     with mask_neurons(model, infected):
         masked_asr = attack_success_rate(model, test_poison)
         masked_clean_acc = accuracy(model, splits.test)
+    with mask_neurons(clean, infected):
+        masked_asr_before = attack_success_rate(clean, test_poison)
     victims = splits.test.subset(test_poison.indices)
     patched_asr = patched_success_rate(model, infected, victims, test_poison)
     reason = config.acceptance.verdict(
-        clean_acc_before, clean_acc, asr, masked_asr, masked_clean_acc, patched_asr
+        clean_acc_before,
+        clean_acc,
+        asr,
+        masked_asr,
+        masked_clean_acc,
+        patched_asr,
+        masked_asr_before,
     )
     truth = ground_truth(model, infected, victims, test_poison.poisoned())
     return DefectOutcome(
@@ -269,6 +278,7 @@ def inject_defect(
         asr=asr,
         masked_asr=masked_asr,
         masked_clean_acc=masked_clean_acc,
+        masked_asr_before=masked_asr_before,
         patched_asr=patched_asr,
         asr_before=attack_success_rate(clean, test_poison),
         epochs=trained.epochs,
