@@ -3,12 +3,19 @@ torch's availability checks), the device of a model, and no device named outside
 
 from __future__ import annotations
 
+import ast
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
+import trojanscope
 from trojanscope.device import CPU, model_device, resolve_device
 from trojanscope.errors import ConfigError
+
+SRC = Path(trojanscope.__file__).parent
 
 
 @pytest.fixture
@@ -103,3 +110,71 @@ def test_model_device_reads_the_first_parameter_or_buffer():
     meta = nn.Linear(2, 2, device="meta")  # another device than the CPU, on any machine
     assert model_device(meta) == torch.device("meta")
     assert model_device(nn.Sequential(nn.ReLU(), meta)) == torch.device("meta")
+
+
+# -- no device named outside device.py ---------------------------------------------------------
+
+_DEVICE_NAME = re.compile(r"(cpu|cuda|mps)(:\d+)?")
+
+
+def _dotted(node: ast.expr) -> str:
+    """Dotted source text of a call target (``torch.load``), '' if not a plain name."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return f"{base}.{node.attr}" if base else ""
+    return ""
+
+
+def device_assumptions(source: str) -> list[str]:
+    """What in ``source`` pins a device, as 'line: what': a device name as a string
+    (``device="cuda"``, ``.to("cpu")``, ``map_location="cpu"``), ``.cuda()`` / ``.mps()``
+    calls, a device-bound generator, and ``torch.load`` without ``map_location``."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Constant) and _DEVICE_NAME.fullmatch(str(node.value)):
+            found.append((node.lineno, f"'{node.value}'"))
+        if not isinstance(node, ast.Call):
+            continue
+        name = _dotted(node.func)
+        if isinstance(node.func, ast.Attribute) and node.func.attr in ("cuda", "mps"):
+            found.append((node.lineno, f".{node.func.attr}()"))
+        keywords = {kw.arg for kw in node.keywords}
+        if name.endswith("Generator") and (node.args or "device" in keywords):
+            found.append((node.lineno, f"{name} on a device"))
+        if name == "torch.load" and "map_location" not in keywords:
+            found.append((node.lineno, "torch.load without map_location"))
+    return [f"{line}: {what}" for line, what in sorted(found)]
+
+
+def test_the_device_check_finds_what_it_forbids():
+    source = (
+        "import torch\n"
+        "x = torch.zeros(3, device='cuda')\n"
+        "y = x.cuda()\n"
+        "z = x.to('cpu')\n"
+        "w = torch.load(p, weights_only=True)\n"
+        "g = torch.Generator(device=d)\n"
+        "m = torch.load(p, map_location='cuda:1', weights_only=True)\n"
+        "ok = torch.load(p, map_location=CPU, weights_only=True)\n"
+        "fine = x.to(model_device(m)).cpu(), torch.Generator(), 'the cpu', torch.zeros(3)\n"
+    )
+    assert device_assumptions(source) == [
+        "2: 'cuda'",
+        "3: .cuda()",
+        "4: 'cpu'",
+        "5: torch.load without map_location",
+        "6: torch.Generator on a device",
+        "7: 'cuda:1'",
+    ]
+
+
+def test_no_module_but_device_py_names_a_device():
+    offenders = {
+        str(path.relative_to(SRC)): found
+        for path in sorted(SRC.rglob("*.py"))
+        if path != SRC / "device.py"
+        and (found := device_assumptions(path.read_text(encoding="utf-8")))
+    }
+    assert offenders == {}
