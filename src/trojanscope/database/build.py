@@ -105,16 +105,14 @@ def load_weights(
     """The network of ``clean``'s architecture with the stored weights ``sha256``, on
     ``device`` (None: the CPU)."""
     model = _build_model(clean)
-    if device is not None:
-        model = model.to(device)
-    state = catalog.store.get(sha256)
+    state = catalog.store.get(sha256)  # on the CPU: loaded there, then moved
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError:
         raise CorruptArtifactError(
             f"weights {sha256[:12]} do not fit architecture '{clean.arch}' {clean.arch_params}."
         ) from None
-    return model.eval()
+    return (model if device is None else model.to(device)).eval()
 
 
 def ensure_clean_model(
