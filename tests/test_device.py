@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import trojanscope
+from tests.stand_in import STAND_IN, DeviceMismatchError, stand_in, to_host
 from trojanscope.device import CPU, model_device, resolve_device
 from trojanscope.errors import ConfigError
 
@@ -110,6 +111,30 @@ def test_model_device_reads_the_first_parameter_or_buffer():
     meta = nn.Linear(2, 2, device="meta")  # another device than the CPU, on any machine
     assert model_device(meta) == torch.device("meta")
     assert model_device(nn.Sequential(nn.ReLU(), meta)) == torch.device("meta")
+
+
+def test_the_stand_in_accelerator_refuses_what_an_accelerator_refuses():
+    """The stand-in of the device tests: CPU data behind another device, mixing refused."""
+    with stand_in() as device:
+        assert device == STAND_IN != CPU
+        x = torch.arange(4.0).to(device)
+        assert x.device == device and (x + 1).device == device
+        assert torch.equal((x * torch.tensor(2.0)).cpu(), torch.arange(0.0, 8.0, 2.0))  # 0-dim
+        with pytest.raises(DeviceMismatchError, match="same device"):
+            x + torch.ones(4)
+        with pytest.raises(TypeError, match="numpy"):
+            x.numpy()
+        with pytest.raises(TypeError, match="float64"):
+            x.double()  # Apple's mps has no float64: the stand-in refuses it too
+        assert x[[1, 3]].tolist() == [1.0, 3.0] and float(x.sum()) == 6.0
+        assert torch.zeros(2, device=device).device == device
+        assert torch.tensor([1, 2], device=device).cpu().tolist() == [1, 2]
+        model = nn.Linear(4, 2).to(device)
+        assert model_device(model) == device
+        with pytest.raises(DeviceMismatchError):
+            model(torch.ones(1, 4))
+        state = to_host(model.state_dict())
+    assert all(t.device == CPU for t in state.values())
 
 
 # -- no device named outside device.py ---------------------------------------------------------
