@@ -70,8 +70,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 def model_device(model: nn.Module) -> torch.device:
     """The device of ``model``'s first parameter (or buffer); the CPU for a module with
     neither. Everything that runs a model sends its inputs there."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for param in model.parameters():
+        return param.device
+    for buffer in model.buffers():
+        return buffer.device
     return CPU
