@@ -7,7 +7,8 @@ except where torch allows it (copies between devices, CPU index tensors, 0-dim C
 ``.to(device)``, ``.cpu()``, ``.tolist()``, ``.item()`` and factories with ``device=`` move
 data as on an accelerator, and ``.numpy()`` refuses as CUDA does. So code that forgets to move a
 tensor fails here, and code that moves everything gives exactly the CPU's results (up to ops
-torch decomposes differently for tensor subclasses, e.g. ``linalg.matrix_norm``: one ulp).
+torch decomposes differently for tensor subclasses: ``linalg.matrix_norm`` differs in the last
+bit). Float64 is refused, as Apple's mps has none.
 """
 
 from __future__ import annotations

@@ -261,8 +261,7 @@ QUICK = {"anp": {"iterations": 5}, "nc": {"steps": 20}, "mutation": {"samples": 
 def test_every_criterion_scores_alike_on_a_device(narrow_defect, digits):
     """Each criterion on the defect placed on resolve_device("cpu") and on a stand-in
     accelerator that computes on the CPU: the same scores, findings, artifacts and cost, all
-    returned on the CPU. (CLP's spectral norm decomposes differently for the stand-in's tensor
-    subclass: equal to float32 rounding.)"""
+    returned on the CPU."""
     data = evidence_for(narrow_defect, digits)
     model = copy.deepcopy(narrow_defect.model).to(resolve_device("cpu"))
     on_cpu = {name: CRITERIA.create(name, **QUICK.get(name, {})) for name in CRITERIA.names()}
@@ -276,10 +275,7 @@ def test_every_criterion_scores_alike_on_a_device(narrow_defect, digits):
     for name, result in results.items():
         want = expected[name]
         assert result.scores.device == CPU and result.scores.dtype == torch.float64, name
-        if name == "clp":
-            assert torch.allclose(result.scores, want.scores, rtol=0, atol=1e-5)
-        else:
-            assert torch.equal(result.scores, want.scores), name
+        assert torch.equal(result.scores, want.scores), name
         assert result.extra == want.extra and result.cost_forward == want.cost_forward, name
         assert result.artifacts.keys() == want.artifacts.keys(), name
         for key, tensor in result.artifacts.items():
