@@ -266,6 +266,73 @@ def test_console_script_entry_point(module):
     assert proc.returncode == 2 and proc.stderr.startswith("error: /nonexistent.pt does not exist")
 
 
+#: Every command that runs a network, with its required arguments (none of them is read
+#: before the device is resolved).
+NETWORK_COMMANDS = {
+    "quickstart": ["quickstart"],
+    "inject": ["inject", *DIGITS_BADNETS],
+    "localize": ["localize", "1", "--criterion", "clp"],
+    "repair": ["repair", "1", "--method", "prune", "--criterion", "clp"],
+    "bench-localize": ["bench", "localize"],
+    "bench-repair": ["bench", "repair"],
+    "audit": ["audit", "model.pt"],
+}
+
+
+@pytest.mark.parametrize("command", NETWORK_COMMANDS)
+def test_every_network_command_takes_a_device(command, capsys, monkeypatch):
+    code, out, _ = run([*NETWORK_COMMANDS[command], "--help"], capsys, monkeypatch)
+    assert code == 0 and "--device" in out and "cuda:N" in out
+
+
+@pytest.mark.parametrize("command", NETWORK_COMMANDS)
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("cuda", "--device cuda was requested, but this machine has no CUDA device (torch "),
+        ("gpu", "--device 'gpu' is not a device; use auto, cpu, cuda, cuda:N or mps."),
+    ],
+)
+def test_a_device_the_machine_lacks_is_one_sentence_before_any_work(
+    command, device, message, tmp_path, capsys, monkeypatch
+):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a GPU machine
+    monkeypatch.chdir(tmp_path)
+    args = [*NETWORK_COMMANDS[command], "--device", device]
+    args += ["--report", "r.html"] if command == "audit" else ["--db", "db"]
+    code, out, err = run(args, capsys, monkeypatch)
+    assert_one_sentence(code, err, message)
+    assert out == "" and list(tmp_path.iterdir()) == []  # no catalog, no report
+
+
+def test_device_cuda_without_cuda_from_the_executable(tmp_path):
+    """The installed command, where no CUDA device is visible: exit 2, one sentence."""
+    import os
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    args = ["localize", "1", "--criterion", "clp", "--db", str(tmp_path), "--device", "cuda"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "trojanscope", *args], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: --device cuda was requested, but this machine has no ")
+    assert proc.stderr.count("\n") == 1
+
+
+def test_device_cpu_runs_a_command(injected, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    db = tmp_path / "db"
+    shutil.copytree(injected[0], db)
+    args = ["localize", injected[1]["id"], "--criterion", "fp", "--db", db, "--json"]
+    code, out, _ = run([*args, "--device", "cpu"], capsys, monkeypatch)
+    assert code == 0 and not json.loads(out)["reused"]
+    code, out, _ = run([*args, "--device", "auto"], capsys, monkeypatch)
+    assert code == 0 and json.loads(out)["reused"]  # the same result, whichever device
+
+
 def test_files_the_user_asked_for_follow_the_umask(injected, tmp_path, capsys, monkeypatch):
     import os
     import stat

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, cast, get_args
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast, get_args
 
 import typer
 from rich import box
@@ -24,6 +24,9 @@ from rich.text import Text
 from trojanscope.errors import TrojanscopeError
 from trojanscope.fileio import check_output_file as _check_output_file
 from trojanscope.textsafe import HIDDEN_INLINE, escape_match, shown
+
+if TYPE_CHECKING:
+    import torch
 
 app = typer.Typer(
     add_completion=False,
@@ -67,7 +70,16 @@ DataParamOption = Annotated[
     list[str] | None,
     typer.Option(help="Data set parameter KEY=VALUE (repeatable), e.g. limit=6000, data_dir=..."),
 ]
+DeviceOption = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Where networks run: auto (CUDA if present, else mps, else cpu), cpu, cuda, "
+        "cuda:N or mps.",
+    ),
+]
 DEFAULT_DB = Path("trojanscope-db")
+DEFAULT_DEVICE = "auto"
 
 
 def _threads() -> None:
@@ -78,6 +90,14 @@ def _threads() -> None:
     if not value.isdigit() or int(value) < 1:
         raise TrojanscopeError(f"TROJANSCOPE_THREADS must be a positive integer, not '{value}'.")
     torch.set_num_threads(int(value))
+
+
+def _device(name: str) -> torch.device:
+    """The device ``--device`` names, resolved once per command before any work: one this
+    machine lacks is an error of one sentence (exit code 2)."""
+    from trojanscope.device import resolve_device
+
+    return resolve_device(name)
 
 
 def _print_json(data: Any) -> None:
@@ -159,6 +179,7 @@ def quickstart(
     attack_param: AttackParamOption = None,
     data_param: DataParamOption = None,
     order: Annotated[str, typer.Option(help="Injection order: least, most or random.")] = "least",
+    device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Train a clean model, inject an attack at every level, localize with the criteria."""
     from trojanscope.attacks.base import ATTACKS
@@ -170,6 +191,7 @@ def quickstart(
     from trojanscope.localization.base import CRITERIA, quick_criteria
 
     _threads()
+    run_on = _device(device)
     if json_file is not None:
         _check_output_file(json_file)
     levels = _check_levels(level or list(LEVELS))
@@ -200,6 +222,7 @@ def quickstart(
             criteria=criteria,
             step=step,
             order=cast(Order, order),
+            device=run_on,
         )
     if json_file is not None:
         write_atomic(json_file, (json.dumps(result, indent=2) + "\n").encode())
@@ -326,6 +349,7 @@ def inject(
     attack_param: AttackParamOption = None,
     data_param: DataParamOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+    device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Inject one defect (training or reusing the clean model) and print its record."""
     from trojanscope.attacks.base import ATTACKS
@@ -340,6 +364,7 @@ def inject(
     from trojanscope.registry import validate_params
 
     _threads()
+    run_on = _device(device)
     _check_seeds([seed])
     _check_levels([level])
     given = {"target": target, "target_mode": target_mode, "poison_rate": poison_rate}
@@ -371,7 +396,7 @@ def inject(
     catalog = Catalog.open(db, create=True)
     with _progress(2) as step:
         step(f"clean {arch} on {dataset}")
-        clean, model, splits = ensure_clean_model(catalog, spec)
+        clean, model, splits = ensure_clean_model(catalog, spec, run_on)
         step(f"inject {attack} {level}")
         row, created = build_defect(
             catalog, clean, model, splits, attack, attack_params, config, seed

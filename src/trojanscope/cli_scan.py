@@ -9,7 +9,16 @@ from typing import Annotated
 
 import typer
 
-from trojanscope.cli import _check_output_file, _print_json, app, out, shown, styled
+from trojanscope.cli import (
+    DEFAULT_DEVICE,
+    DeviceOption,
+    _check_output_file,
+    _print_json,
+    app,
+    out,
+    shown,
+    styled,
+)
 from trojanscope.errors import TrojanscopeError
 
 manifest_app = typer.Typer(no_args_is_help=True, help="Integrity manifests of model folders.")
@@ -99,21 +108,23 @@ def audit(
     ] = None,
     report: Annotated[Path, typer.Option(help="HTML report to write.")] = Path("audit-report.html"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Scan, then (if safe) load with weights_only and screen for a backdoor; write an HTML
     report. Exit code: 0 no backdoor found, or not screened (no --arch: verdict not-screened)
     after a clean scan; 1 dangerous or suspicious file, or backdoor suspected; 2 error (weights
     or data that do not fit, a checkpoint weights_only refuses); 3 inconclusive scan."""
-    from trojanscope.cli import _threads
+    from trojanscope.cli import _device, _threads
     from trojanscope.fileio import write_atomic
     from trojanscope.report.audit import audit_model
     from trojanscope.report.html import render_audit
 
     _threads()
+    run_on = _device(device)
     if not model.is_file():
         raise TrojanscopeError(f"{model} is not a file.")
     _check_output_file(report)
-    result = audit_model(model, arch, data, width)
+    result = audit_model(model, arch, data, width, device=run_on)
     write_atomic(report, render_audit(result).encode())
     if as_json:
         _print_json({**result.as_dict(), "report": str(report)})

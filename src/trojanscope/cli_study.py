@@ -15,7 +15,10 @@ from rich.table import Table
 
 from trojanscope.cli import (
     DEFAULT_DB,
+    DEFAULT_DEVICE,
     DbOption,
+    DeviceOption,
+    _device,
     _fmt,
     _print_json,
     _progress,
@@ -82,6 +85,7 @@ def localize_cmd(
     param: ParamOption = None,
     db: DbOption = DEFAULT_DB,
     as_json: JsonFlag = False,
+    device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Localize a stored defect with one criterion and score it against the ground truth."""
     from trojanscope.database.build import load_scores, localization_summary, localize
@@ -89,8 +93,11 @@ def localize_cmd(
     from trojanscope.localization.metrics import top_k
 
     _threads()
+    run_on = _device(device)
     catalog = Catalog.open(db)
-    row, created = localize(catalog, defect_id, criterion, parse_key_values(param or []))
+    row, created = localize(
+        catalog, defect_id, criterion, parse_key_values(param or []), device=run_on
+    )
     neurons, scores = load_scores(catalog, row)
     top = top_k(neurons, scores, row.k)
     score_of = dict(zip(neurons, scores, strict=True))
@@ -152,15 +159,17 @@ def repair_cmd(
     ] = None,
     db: DbOption = DEFAULT_DB,
     as_json: JsonFlag = False,
+    device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Repair a stored defect on a criterion's top-k neurons; the stored model is unchanged."""
     from trojanscope.database.catalog import Catalog
     from trojanscope.database.study import repair_defect, repair_summary
 
     _threads()
+    run_on = _device(device)
     catalog = Catalog.open(db)
     row, created = repair_defect(
-        catalog, defect_id, method, criterion, k, parse_key_values(param or [])
+        catalog, defect_id, method, criterion, k, parse_key_values(param or []), device=run_on
     )
     result = {**repair_summary(row), "reused": not created}
     if as_json:
@@ -237,17 +246,19 @@ def bench_localize_cmd(
         Path | None, typer.Option(help="Folder for the PNG plots (default: DB/plots).")
     ] = None,
     as_json: JsonFlag = False,
+    device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Every criterion on every selected defect (stored results reused); aggregate and plot."""
     from trojanscope.database.study import aggregate, bench_localize
     from trojanscope.localization.base import CRITERIA
     from trojanscope.report.plots import wji_by_level
 
+    run_on = _device(device)
     names = _names(criteria, CRITERIA)
     catalog, defects = _selection(db, where)
     folder = _plots_folder(plots or db / "plots")
     with _progress(len(defects) * len(names)) as step:
-        rows = bench_localize(catalog, defects, names, step)
+        rows = bench_localize(catalog, defects, names, step, run_on)
     keys = ["criterion", "level", "attack", "order"]
     metrics = ["wji", "f1", "auroc", "ap", "seconds", "cost_forward"]
     table = sorted(
@@ -271,17 +282,19 @@ def bench_repair_cmd(
     where: WhereOption = None,
     db: DbOption = DEFAULT_DB,
     as_json: JsonFlag = False,
+    device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Every repair with every criterion on every selected defect; aggregate."""
     from trojanscope.database.study import aggregate, bench_repair, plan_pairs
     from trojanscope.localization.base import CRITERIA
     from trojanscope.repair.base import REPAIRS
 
+    run_on = _device(device)
     method_names = _names(methods, REPAIRS)
     criterion_names = _names(criteria, CRITERIA)
     catalog, defects = _selection(db, where)
     with _progress(len(defects) * plan_pairs(method_names, criterion_names)) as step:
-        rows = bench_repair(catalog, defects, method_names, criterion_names, k, step)
+        rows = bench_repair(catalog, defects, method_names, criterion_names, k, step, run_on)
     keys = ["method", "criterion", "level", "attack", "order"]
     metrics = ["clean_acc_after", "asr_after", "asr_drop", "acc_drop", "der", "seconds"]
     table = sorted(

@@ -4,6 +4,9 @@ A neuron is an output channel of a Conv2d or an output unit of a hidden Linear l
 classifier is not eligible), named ``module.path:index``. Its activation is read after the
 layer's normalization (when one directly follows it); masking zeroes it there with a forward
 hook, so a following ReLU keeps it at zero. Nothing here copies a model or edits its weights.
+
+Inputs may live anywhere: each batch is sent to the model's device. Per-sample activations and
+scores come back to the CPU; hooks keep what they record on the model's device.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from torch import nn
 from torch.fx import GraphModule, Node, symbolic_trace
 from torch.utils.hooks import RemovableHandle
 
+from trojanscope.device import model_device
 from trojanscope.errors import TrojanscopeError
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.LayerNorm)
@@ -188,18 +192,19 @@ def mask_neurons(model: nn.Module, neurons: Iterable[NeuronRef]) -> Iterator[Non
     check_neurons(model, neuron_set)
     layers = layer_map(model)
     modules = dict(model.named_modules())
+    device = model_device(model)
     handles: list[RemovableHandle] = []
     try:
         for layer_name, indices in neuron_set.by_layer().items():
             layer = layers[layer_name]
-            keep = torch.ones(layer.width)
+            keep = torch.ones(layer.width, device=device)
             keep[indices] = 0.0
 
             def hook(
                 _m: nn.Module, _i: object, out: torch.Tensor, keep: torch.Tensor = keep
             ) -> torch.Tensor:
                 shape = (1, -1) + (1,) * (out.dim() - 2)
-                return out * keep.to(out.dtype).view(shape)
+                return out * keep.to(device=out.device, dtype=out.dtype).view(shape)
 
             handles.append(modules[layer.output].register_forward_hook(hook))
         yield
@@ -225,9 +230,10 @@ def patch_neurons(
     handles: list[RemovableHandle] = []
     layers = eligible_layers(model)
     first = next((i for i, layer in enumerate(layers) if layer.name in kept), 0)
+    device = model_device(model)
     try:
         for layer in layers[first:]:
-            mask = torch.zeros(layer.width, dtype=torch.bool)
+            mask = torch.zeros(layer.width, dtype=torch.bool, device=device)
             mask[kept.get(layer.name, [])] = True
 
             def hook(
@@ -243,7 +249,8 @@ def patch_neurons(
                         f"{name}: patch source {tuple(held.shape)} for output {tuple(out.shape)}"
                     )
                 shape = (1, -1) + (1,) * (out.dim() - 2)
-                return torch.where(mask.to(out.device).view(shape), out, held.to(out.dtype))
+                held = held.to(device=out.device, dtype=out.dtype)
+                return torch.where(mask.to(out.device).view(shape), out, held)
 
             handles.append(modules[layer.output].register_forward_hook(hook))
         yield
@@ -254,9 +261,10 @@ def patch_neurons(
 
 @torch.no_grad()
 def layer_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Each eligible layer's full output (where neurons are read and masked) on one batch."""
+    """Each eligible layer's full output (where neurons are read and masked) on one batch, on
+    the model's device (what :func:`patch_neurons` holds neurons at)."""
     with recording(model, eligible_layers(model), reduce=False) as store:
-        model(x)
+        model(x.to(model_device(model)))
     return {name: chunks[0] for name, chunks in store.items()}
 
 
@@ -269,13 +277,14 @@ def patched_logits(
     batch_size: int = 256,
 ) -> torch.Tensor:
     """Logits of ``triggered_x`` with every neuron outside ``keep`` held at the activation it has
-    on the paired clean input: what reaches the decision through ``keep`` alone."""
+    on the paired clean input: what reaches the decision through ``keep`` alone (on the CPU)."""
     keep = list(keep)
+    device = model_device(model)
     out = []
     for start in range(0, len(triggered_x), batch_size):
         source = layer_outputs(model, clean_x[start : start + batch_size])
         with patch_neurons(model, keep, source):
-            out.append(model(triggered_x[start : start + batch_size]))
+            out.append(model(triggered_x[start : start + batch_size].to(device)).cpu())
     return torch.cat(out)
 
 
@@ -316,17 +325,19 @@ def capture_activations(
     batch_size: int = 512,
     rectify: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Per-sample neuron activations (N, width) of each layer, spatially averaged for convs."""
+    """Per-sample neuron activations (N, width) of each layer, spatially averaged for convs
+    (on the CPU)."""
     layers = list(layers) if layers is not None else eligible_layers(model)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     try:
         with recording(model, layers, rectify=rectify) as store:
             for start in range(0, len(x), batch_size):
-                model(x[start : start + batch_size])
+                model(x[start : start + batch_size].to(device))
     finally:
         model.train(was_training)
-    return {name: torch.cat(chunks) for name, chunks in store.items()}
+    return {name: torch.cat([c.cpu() for c in chunks]) for name, chunks in store.items()}
 
 
 @torch.no_grad()
@@ -343,7 +354,7 @@ def flatten_scores(model: nn.Module, per_layer: dict[str, torch.Tensor]) -> dict
     """Per-layer score vectors -> one score per eligible neuron."""
     out: dict[NeuronRef, float] = {}
     for layer in eligible_layers(model):
-        values = per_layer[layer.name].detach().double().tolist()
+        values = per_layer[layer.name].detach().cpu().double().tolist()
         if len(values) != layer.width:
             raise ValueError(f"layer {layer.name}: {len(values)} scores for {layer.width} neurons")
         for i, v in enumerate(values):

@@ -1,6 +1,10 @@
+import copy
+
 import torch
 
+from tests.stand_in import stand_in
 from trojanscope.attacks.base import ATTACKS
+from trojanscope.device import CPU
 from trojanscope.injection.contribution import clean_contributions
 from trojanscope.injection.pipeline import InjectionConfig, attack_success_rate, inject_defect
 from trojanscope.injection.quantity import Quantity, select_infected
@@ -41,3 +45,18 @@ def test_trojannn_injects_an_accepted_small_defect(clean_digits_model, digits):
     outcome = inject_defect(clean_digits_model, digits, attack, config, 0)
     assert outcome.status == "accepted", outcome.reason
     assert attack_success_rate(outcome.model, attack.poison_test(digits.test)) >= 0.9
+
+
+def test_the_trigger_optimised_on_a_device_is_the_cpus(clean_digits_model, digits):
+    """Optimised on a stand-in accelerator that computes on the CPU, the trigger is exactly
+    the CPU's, and it is kept on the CPU."""
+    contrib = clean_contributions(clean_digits_model, digits.train.subset(torch.arange(256)))
+    infected = select_infected(clean_digits_model, contrib, Quantity(level="narrow"), "least", 0)
+    expected = ATTACKS.create("trojannn", seed=0, steps=10)
+    expected.prepare(clean_digits_model, infected, digits.train)
+    attack = ATTACKS.create("trojannn", seed=0, steps=10)
+    with stand_in() as device:
+        attack.prepare(copy.deepcopy(clean_digits_model).to(device), infected, digits.train)
+    trigger, want = attack.trigger(digits.shape), expected.trigger(digits.shape)
+    assert all(t.device == CPU for t in trigger.values())
+    assert all(torch.equal(trigger[k], want[k]) for k in want)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from sqlalchemy import event, func, select, text
 
+from tests.stand_in import stand_in
 from trojanscope.database.build import (
     CleanSpec,
     build_defect,
@@ -17,10 +18,13 @@ from trojanscope.database.build import (
     get_defect,
     list_defects,
     load_defect,
+    load_scores,
+    load_weights,
     localize,
 )
 from trojanscope.database.catalog import Catalog
 from trojanscope.database.schema import Defect, InfectedNeuronRow
+from trojanscope.device import CPU, model_device
 from trojanscope.errors import CatalogError, CorruptArtifactError
 from trojanscope.injection.pipeline import (
     InjectionConfig,
@@ -28,6 +32,7 @@ from trojanscope.injection.pipeline import (
     patched_success_rate,
 )
 from trojanscope.injection.quantity import Quantity
+from trojanscope.localization.base import CRITERIA
 from trojanscope.models.training import accuracy
 from trojanscope.neurons import NeuronRef
 
@@ -322,3 +327,25 @@ def test_ids_beyond_sqlite_integers_are_not_found(built):
     for defect_id in (2**63, 10**23, 0, -1):
         with pytest.raises(CatalogError, match=f"no defect with id {defect_id} in"):
             get_defect(catalog, defect_id)
+
+
+def test_models_load_onto_a_device_and_store_as_from_the_cpu(built):
+    """On a stand-in accelerator: the clean model and the defect load there (their data stay
+    on the CPU), weights stored from it are the same artifact, and a localization run there
+    stores the CPU's scores."""
+    catalog, clean, _, _, defect, _ = built
+    with stand_in() as device:
+        row, model, splits = ensure_clean_model(catalog, CleanSpec("digits", "cnn-small"), device)
+        assert row.id == clean.id and model_device(model) == device
+        assert splits.train.x.device == CPU
+        ctx = load_defect(catalog, defect.id, device)
+        assert model_device(ctx.model) == device and ctx.poisoned_test.x.device == CPU
+        assert catalog.store.put(ctx.model.state_dict()) == defect.weights_sha256
+        loc, created = localize(catalog, defect.id, "slicing", device=device)
+    assert created
+    stored = torch.tensor(load_scores(catalog, loc)[1], dtype=torch.float64)
+    again = load_defect(catalog, defect.id)
+    assert model_device(again.model) == CPU
+    expected = CRITERIA.create("slicing").run(again.model, again.evidence()).scores
+    assert torch.equal(stored, expected)
+    assert model_device(load_weights(catalog, clean, defect.weights_sha256)) == CPU

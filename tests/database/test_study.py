@@ -1,9 +1,11 @@
+import shutil
 import sqlite3
 
 import pytest
 import torch
 from sqlalchemy import func, select
 
+from tests.stand_in import stand_in
 from trojanscope.database.build import get_defect, load_defect, load_scores, load_weights, localize
 from trojanscope.database.catalog import Catalog
 from trojanscope.database.schema import RepairRow
@@ -130,3 +132,21 @@ def test_a_catalog_from_before_repairs_is_upgraded(built):
     assert not created and row.extra is None  # old entries keep working
     repaired, _ = repair_defect(upgraded, defect.id, "prune", "clp")
     assert repaired.id == 1
+
+
+def test_benches_on_a_device_store_the_cpus_results(built, tmp_path):
+    """bench localize and bench repair on a stand-in accelerator that computes on the CPU
+    record the figures the same benches record on the CPU (in a copy of the catalog)."""
+    catalog, _, _, _, _, _ = built
+    shutil.copytree(catalog.root, tmp_path / "cpu")
+    on_cpu = Catalog.open(tmp_path / "cpu")
+    methods, criteria = ["prune", "finetune"], ["fp"]
+    expected = bench_repair(on_cpu, select_defects(on_cpu), methods, criteria)
+    localized_on_cpu = bench_localize(on_cpu, select_defects(on_cpu), criteria)
+    with stand_in() as device:
+        defects = select_defects(catalog)
+        rows = bench_repair(catalog, defects, methods, criteria, device=device)
+        localized = bench_localize(catalog, defects, criteria, device=device)
+    keys = ("method", "criterion", "clean_acc_after", "asr_after", "weights_sha256")
+    assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in expected]
+    assert [r["auroc"] for r in localized] == [r["auroc"] for r in localized_on_cpu]

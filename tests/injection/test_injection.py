@@ -1,10 +1,14 @@
 """Rule 3 and 4: masked injection, exact confinement, acceptance recomputed, ground truth."""
 
+import copy
+
 import pytest
 import torch
 
+from tests.stand_in import stand_in, to_host
 from trojanscope.attacks.base import ATTACKS
 from trojanscope.data.base import DATASETS
+from trojanscope.device import CPU, model_device, resolve_device
 from trojanscope.injection.ownership import trainable_masks
 from trojanscope.injection.pipeline import InjectionConfig, attack_success_rate, inject_defect
 from trojanscope.injection.quantity import Quantity
@@ -138,3 +142,28 @@ def test_confined_injection_stays_inside_the_set_and_picks_live_neurons(
     assert_identical_outside(clean_state, outcome.model, outcome.infected, "fan-in")
     live = live_neurons(clean_digits_model, digits.train.subset(torch.arange(512)))
     assert all(bool(live[n.ref.layer][n.ref.index]) for n in outcome.infected)
+
+
+@pytest.mark.parametrize("attack", ["badnets", "sra"])
+def test_injection_on_a_device_gives_the_cpus_defect(attack, clean_digits_model, digits):
+    """The confined objective (BadNets) and the subnet replacement (SRA) on a stand-in
+    accelerator that computes on the CPU: the same weights, figures and ground truth as on
+    resolve_device("cpu"), the poisoned data and the trigger back on the CPU."""
+    config = InjectionConfig(quantity=Quantity(level="narrow"), max_epochs=3, max_attempts=1)
+
+    def inject(model):
+        return inject_defect(model, digits, ATTACKS.create(attack, seed=0), config, 0)
+
+    reference = inject(copy.deepcopy(clean_digits_model).to(resolve_device("cpu")))
+    with stand_in() as device:
+        outcome = inject(copy.deepcopy(clean_digits_model).to(device))
+        assert model_device(outcome.model) == device
+        state = to_host(outcome.model.state_dict())
+    for name, value in reference.model.state_dict().items():
+        assert torch.equal(state[name], value), name
+    figures = ("status", "reason", "clean_acc", "asr", "masked_asr", "patched_asr", "epochs")
+    assert [getattr(outcome, f) for f in figures] == [getattr(reference, f) for f in figures]
+    assert outcome.infected == reference.infected
+    view = outcome.poisoned_test
+    assert view.x.device == view.indices.device == CPU
+    assert torch.equal(view.x, reference.poisoned_test.x)

@@ -1,6 +1,10 @@
+import copy
+
 import pytest
 import torch
 
+from tests.stand_in import stand_in, to_host
+from trojanscope.device import model_device, resolve_device
 from trojanscope.injection.ownership import trainable_masks
 from trojanscope.localization.base import CRITERIA, EvidenceData
 from trojanscope.localization.metrics import top_k
@@ -84,3 +88,38 @@ def test_bad_repair_parameter_is_a_clear_error():
 
     with pytest.raises(ConfigError, match="'epochs'"):
         REPAIRS.create("finetune", epochs=0)
+
+
+@pytest.mark.parametrize("method", ["prune", "finetune", "finetune-all"])
+def test_repairs_on_a_device_give_the_cpus_weights(method, narrow_defect, digits):
+    """Every repair of the defect placed on resolve_device("cpu") and on a stand-in
+    accelerator that computes on the CPU: the same repaired weights and figures."""
+    neurons = [n.ref for n in narrow_defect.infected]
+    params = {} if method == "prune" else {"epochs": 2}
+    model = copy.deepcopy(narrow_defect.model).to(resolve_device("cpu"))
+    expected = run_repair(
+        REPAIRS.create(method, **params),
+        model,
+        neurons,
+        digits.train,
+        digits.test,
+        narrow_defect.poisoned_test.poisoned(),
+    )
+    with stand_in() as device:
+        moved = copy.deepcopy(narrow_defect.model).to(device)
+        outcome = run_repair(
+            REPAIRS.create(method, **params),
+            moved,
+            neurons,
+            digits.train,
+            digits.test,
+            narrow_defect.poisoned_test.poisoned(),
+        )
+        assert model_device(outcome.model) == device
+        state = to_host(outcome.model.state_dict())
+    for name, value in expected.model.state_dict().items():
+        assert torch.equal(state[name], value), name
+    assert (outcome.clean_acc_after, outcome.asr_after) == (
+        expected.clean_acc_after,
+        expected.asr_after,
+    )

@@ -5,13 +5,15 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from tests.conftest import plain_config
 from tests.test_cli import assert_one_sentence, run
 from trojanscope.database.build import CleanSpec, build_defect, ensure_clean_model
 from trojanscope.database.catalog import Catalog
+from trojanscope.device import CPU
 from trojanscope.injection.quantity import Quantity
-from trojanscope.report.audit import audit_model
+from trojanscope.report.audit import audit_model, load_state
 from trojanscope.report.html import render_audit
 
 
@@ -133,6 +135,43 @@ def test_a_refused_checkpoint_never_advises_disabling_weights_only(
     )
     assert "weights_only" not in out + err and "False" not in out + err
     assert "\x1b" not in err
+
+
+def _saved_on_cuda(state, path):
+    """``state`` saved as if its tensors lived on a CUDA device (the storages say cuda:0), on
+    a machine without one: what a GPU user's checkpoint looks like."""
+    import torch.serialization
+
+    real = torch.serialization.location_tag
+    torch.serialization.location_tag = lambda _storage: "cuda:0"
+    try:
+        torch.save(state, path)
+    finally:
+        torch.serialization.location_tag = real
+    return path
+
+
+def test_a_checkpoint_saved_on_cuda_loads_on_a_machine_without_it(
+    weights, tmp_path, capsys, monkeypatch
+):
+    root, _ = weights
+    from safetensors.torch import load_file
+
+    state = load_file(str(root / "defect.safetensors"))
+    ckpt = _saved_on_cuda({"state_dict": state}, tmp_path / "gpu.pt")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="CUDA"):  # what torch does without map_location
+        torch.load(ckpt, weights_only=True)
+    loaded = load_state(ckpt, "zip")
+    assert all(torch.equal(loaded[k], v) and loaded[k].device == CPU for k, v in state.items())
+    report = tmp_path / "r.html"
+    args = ["audit", ckpt, "--arch", "cnn-small", "--device", "cpu", "--json", "--report", report]
+    code, out, _ = run(args, capsys, monkeypatch)
+    result = json.loads(out)
+    assert code in (0, 1) and result["scan_verdict"] == "clean" and result["arch"] == "cnn-small"
+    from_safetensors = audit_model(root / "defect.safetensors", "cnn-small")
+    assert audit_model(ckpt, "cnn-small").layer_scores == from_safetensors.layer_scores
+    assert result["clp_outliers"] == from_safetensors.clp_outliers
 
 
 def test_an_empty_file_is_one_real_sentence(tmp_path, capsys, monkeypatch):

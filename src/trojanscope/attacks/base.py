@@ -67,7 +67,8 @@ class Attack(Plugin[AP_co]):
         Attacks whose trigger depends on the clean model and those neurons build it here."""
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """Stamp the trigger on a batch of images (N, C, H, W) in [0, 1]."""
+        """Stamp the trigger on a batch of images (N, C, H, W) in [0, 1], on ``x``'s device
+        (trigger tensors are kept on the CPU and sent there)."""
         raise NotImplementedError
 
     def trigger_sha256(self, shape: tuple[int, int, int]) -> str:
@@ -123,7 +124,8 @@ class MaskPatternAttack(Attack[AP_co]):
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         c, h, w = x.shape[1:]
         t = self.trigger((c, h, w))
-        return (x * (1 - t["mask"]) + t["pattern"] * t["mask"]).clamp(0.0, 1.0)
+        mask, pattern = t["mask"].to(x.device), t["pattern"].to(x.device)
+        return (x * (1 - mask) + pattern * mask).clamp(0.0, 1.0)
 
 
 ATTACKS: Registry[Attack] = Registry("attack", ["trojanscope.attacks.methods"])

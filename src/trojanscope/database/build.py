@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from torch import nn
@@ -98,21 +99,27 @@ def eligible_neuron_count(clean: CleanModel) -> int:
     return len(all_neurons(_build_model(clean)))
 
 
-def load_weights(catalog: Catalog, clean: CleanModel, sha256: str) -> nn.Module:
-    """The network of ``clean``'s architecture with the stored weights ``sha256``."""
+def load_weights(
+    catalog: Catalog, clean: CleanModel, sha256: str, device: torch.device | None = None
+) -> nn.Module:
+    """The network of ``clean``'s architecture with the stored weights ``sha256``, on
+    ``device`` (None: the CPU)."""
     model = _build_model(clean)
-    state = catalog.store.get(sha256)
+    state = catalog.store.get(sha256)  # on the CPU: loaded there, then moved
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError:
         raise CorruptArtifactError(
             f"weights {sha256[:12]} do not fit architecture '{clean.arch}' {clean.arch_params}."
         ) from None
-    return model.eval()
+    return (model if device is None else model.to(device)).eval()
 
 
-def ensure_clean_model(catalog: Catalog, spec: CleanSpec) -> tuple[CleanModel, nn.Module, Splits]:
-    """The clean model for ``spec``, trained now only if the catalog lacks it."""
+def ensure_clean_model(
+    catalog: Catalog, spec: CleanSpec, device: torch.device | None = None
+) -> tuple[CleanModel, nn.Module, Splits]:
+    """The clean model for ``spec`` on ``device`` (None: the CPU), trained now only if the
+    catalog lacks it."""
     ds_params, arch_params = spec.resolved()
     training = spec.training.model_dump(mode="json")
     key = content_key("clean", spec.dataset, ds_params, spec.arch, arch_params, spec.seed, training)
@@ -120,10 +127,10 @@ def ensure_clean_model(catalog: Catalog, spec: CleanSpec) -> tuple[CleanModel, n
     row = find_by_key(catalog, CleanModel, key)
     if row is not None:
         check_splits(row, splits)
-        return row, load_weights(catalog, row, row.weights_sha256), splits
+        return row, load_weights(catalog, row, row.weights_sha256, device), splits
     started = time.perf_counter()
     arch = ARCHITECTURES.create(spec.arch, **arch_params)
-    model = train_clean(arch, splits.train, spec.seed, spec.training)
+    model = train_clean(arch, splits.train, spec.seed, spec.training, device)
     c, h, w = splits.shape
     row = CleanModel(
         key=key,
@@ -330,7 +337,10 @@ def check_splits(clean: CleanModel, splits: Splits) -> None:
         )
 
 
-def load_defect(catalog: Catalog, defect_id: int) -> DefectContext:
+def load_defect(
+    catalog: Catalog, defect_id: int, device: torch.device | None = None
+) -> DefectContext:
+    """A stored defect with its model on ``device`` (None: the CPU) and its data (CPU)."""
     row = get_defect(catalog, defect_id)
     clean = row.clean_model
     splits = load_splits(clean.dataset, clean.dataset_params, clean.seed)
@@ -345,7 +355,7 @@ def load_defect(catalog: Catalog, defect_id: int) -> DefectContext:
     attack = ATTACKS.create(row.attack, seed=row.seed, **row.attack_params)
     attack.set_trigger(catalog.store.get(row.trigger_sha256))
     return DefectContext(
-        row, load_weights(catalog, clean, row.weights_sha256), splits, attack, view
+        row, load_weights(catalog, clean, row.weights_sha256, device), splits, attack, view
     )
 
 
@@ -359,16 +369,18 @@ def localize(
     criterion: str,
     params: dict[str, Any] | None = None,
     context: DefectContext | None = None,
+    device: torch.device | None = None,
 ) -> tuple[Localization, bool]:
     """Run ``criterion`` on a stored defect; record its scores and metrics (reused if present).
 
-    ``context``: the defect already loaded (saves reloading it for every criterion)."""
+    ``context``: the defect already loaded (saves reloading it for every criterion); otherwise
+    it is loaded on ``device`` (None: the CPU)."""
     crit = CRITERIA.create(criterion, **(params or {}))
     key = localization_key(defect_id, criterion, crit.params.model_dump(mode="json"))
     existing = find_by_key(catalog, Localization, key)
     if existing is not None:
         return existing, False
-    ctx = context if context is not None else load_defect(catalog, defect_id)
+    ctx = context if context is not None else load_defect(catalog, defect_id, device)
     result = crit.run(ctx.model, ctx.evidence())
     metrics = score(result.neurons, result.scores.numpy(), ctx.truth)
     scores_sha = catalog.store.put(

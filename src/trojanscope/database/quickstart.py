@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
+
 from trojanscope.database.build import (
     CleanSpec,
     build_defect,
@@ -37,8 +39,10 @@ def run_quickstart(
     criteria: Sequence[str] | None = None,
     step: Callable[[str], None] = lambda _msg: None,
     order: Order = "least",
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
-    """Build (or resume) the quickstart catalog entries and return the quickstart JSON."""
+    """Build (or resume) the quickstart catalog entries and return the quickstart JSON; the
+    networks run on ``device`` (None: the CPU)."""
     criteria = list(criteria) if criteria is not None else quick_criteria()
     for name in criteria:
         CRITERIA.get(name)  # fail early on an unknown name
@@ -47,7 +51,7 @@ def run_quickstart(
     }
 
     step(f"clean {spec.arch} on {spec.dataset}")
-    clean, model, splits = ensure_clean_model(catalog, spec)
+    clean, model, splits = ensure_clean_model(catalog, spec, device)
     defects, localizations = [], []
     for level in levels:
         for seed in seeds:
@@ -60,7 +64,7 @@ def run_quickstart(
                 step(f"localize defect {row.id} with {criterion}")
                 if row.status != "accepted":
                     continue
-                loc, _ = localize(catalog, row.id, criterion)
+                loc, _ = localize(catalog, row.id, criterion, device=device)
                 localizations.append(localization_summary(loc))
     return {
         "clean_model": {

@@ -27,7 +27,10 @@ class ArtifactStore:
         return self.root / sha256[:2] / f"{sha256}.safetensors"
 
     def put(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
-        data = save({k: v.detach().contiguous().clone() for k, v in tensors.items()}, metadata)
+        """Store ``tensors`` (from any device: the file, and so its hash, does not say which)."""
+        data = save(
+            {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, metadata
+        )
         sha = hashlib.sha256(data).hexdigest()
         path = self.path(sha)
         if not (path.exists() and _sha256_of(path) == sha):  # also repairs a damaged copy
@@ -53,7 +56,8 @@ class ArtifactStore:
         return data
 
     def get(self, sha256: str) -> dict[str, torch.Tensor]:
-        """The tensors of an artifact, after checking its hash."""
+        """The tensors of an artifact, after checking its hash (on the CPU, whatever device
+        they were stored from: callers move them where they are needed)."""
         data = self.read_bytes(sha256)
         try:
             return load(data)

@@ -7,6 +7,8 @@ import statistics
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import torch
+
 from trojanscope.database.build import (
     DefectContext,
     _insert,
@@ -104,10 +106,12 @@ def repair_defect(
     method_params: dict[str, Any] | None = None,
     criterion_params: dict[str, Any] | None = None,
     context: DefectContext | None = None,
+    device: torch.device | None = None,
 ) -> tuple[RepairRow, bool]:
     """Repair a stored defect with ``method`` on the top-``k`` neurons of ``criterion`` (k
     defaults to the ground-truth size, as the localization metrics do); record it. The stored
-    defect is never modified: the repaired weights are a new artifact."""
+    defect is never modified: the repaired weights are a new artifact. Without ``context``
+    the defect is loaded on ``device`` (None: the CPU)."""
     repair = REPAIRS.create(method, **(method_params or {}))
     defect = context.defect if context is not None else get_defect(catalog, defect_id)
     if not repair.uses_neurons:
@@ -131,7 +135,7 @@ def repair_defect(
     existing = find_by_key(catalog, RepairRow, key)
     if existing is not None:
         return existing, False
-    ctx = context if context is not None else load_defect(catalog, defect_id)
+    ctx = context if context is not None else load_defect(catalog, defect_id, device)
     selected = []
     if criterion is not None:
         loc, _ = localize(catalog, defect_id, criterion, criterion_params, ctx)
@@ -194,15 +198,17 @@ def bench_localize(
     defects: Sequence[Defect],
     criteria: Sequence[str],
     step: Callable[[str], None] = lambda _m: None,
+    device: torch.device | None = None,
 ) -> list[dict[str, Any]]:
-    """Every criterion on every defect (stored results reused); one row per pair."""
+    """Every criterion on every defect (stored results reused); one row per pair. Models run
+    on ``device`` (None: the CPU)."""
     rows = []
     for defect in defects:
         context: DefectContext | None = None
         for criterion in criteria:
             step(f"localize defect {defect.id} with {criterion}")
             if context is None:
-                context = load_defect(catalog, defect.id)
+                context = load_defect(catalog, defect.id, device)
             loc, _ = localize(catalog, defect.id, criterion, context=context)
             rows.append({**defect_labels(defect), **localization_summary(loc)})
     return rows
@@ -215,8 +221,10 @@ def bench_repair(
     criteria: Sequence[str],
     k: int | None = None,
     step: Callable[[str], None] = lambda _m: None,
+    device: torch.device | None = None,
 ) -> list[dict[str, Any]]:
-    """Every repair method with every criterion (once for methods that ignore neurons)."""
+    """Every repair method with every criterion (once for methods that ignore neurons), on
+    ``device`` (None: the CPU)."""
     rows = []
     for defect in defects:
         context: DefectContext | None = None
@@ -225,7 +233,7 @@ def bench_repair(
             for criterion in pairs:
                 step(f"repair defect {defect.id}: {method} / {criterion or '-'}")
                 if context is None:
-                    context = load_defect(catalog, defect.id)
+                    context = load_defect(catalog, defect.id, device)
                 row, _ = repair_defect(catalog, defect.id, method, criterion, k, context=context)
                 rows.append({**defect_labels(defect), **repair_summary(row)})
     return rows

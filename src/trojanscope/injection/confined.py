@@ -29,6 +29,7 @@ from torch import nn
 from trojanscope.attacks.base import Attack
 from trojanscope.data.base import TensorData
 from trojanscope.data.poison import PoisonedView
+from trojanscope.device import model_device
 from trojanscope.neurons import (
     NeuronRef,
     NeuronSet,
@@ -89,7 +90,9 @@ class ConfinedObjective:
         return logits, {name: store[name][0][:, idx] for name, idx in self.by_layer.items()}
 
     def loss(self, model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
-        x, y, poisoned = self.x[idx], self.y[idx], self.is_poisoned[idx]
+        device = model_device(model)
+        x, y = self.x[idx].to(device), self.y[idx].to(device)
+        poisoned, is_victim = self.is_poisoned[idx].to(device), self.is_victim[idx].to(device)
         logits, acts = self._infected_outputs(model, x, detach=False)
         clean_rows = ~poisoned
         # Clean and poisoned rows weigh alike (a tenth of the batch would teach the set little).
@@ -99,7 +102,7 @@ class ConfinedObjective:
                 loss = loss + F.cross_entropy(logits[rows], y[rows])
         # The trigger taught through the set alone, on clean victims of this batch triggered
         # afresh (on the fixed poisoned rows the set learned them by heart instead).
-        victims = torch.nonzero(clean_rows & self.is_victim[idx]).flatten()
+        victims = torch.nonzero(clean_rows & is_victim).flatten()
         victims = victims[: max(1, round(self.fresh_share * len(idx)))]
         if self.patched_weight and len(victims):
             triggered = self.attack.apply(x[victims])

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trojanscope.data.base import TensorData
+from trojanscope.device import model_device
 from trojanscope.injection.aim import BestEpoch, derived_seed
 
 
@@ -49,7 +50,8 @@ class GradientMask:
 
 
 class Objective(Protocol):
-    """A training loss over mini-batches given by indices into its data (see ``confined``)."""
+    """A training loss over mini-batches given by indices into its data (see ``confined``):
+    the data and the indices stay on the CPU, the loss sends each batch to the model's device."""
 
     def __len__(self) -> int: ...
 
@@ -66,7 +68,8 @@ class CrossEntropy:
         return len(self.data)
 
     def loss(self, model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model(self.data.x[idx]), self.data.y[idx])
+        device = model_device(model)
+        return F.cross_entropy(model(self.data.x[idx].to(device)), self.data.y[idx].to(device))
 
 
 def objective_training(

@@ -181,7 +181,7 @@ def subnet_masks(
         if target == classifier:
             entry(cut, key)[mask] = True
             continue
-        rows_infected = torch.zeros(mask.shape[0], dtype=torch.bool)
+        rows_infected = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
         rows_infected[by_layer.get(target, [])] = True
         view = (-1,) + (1,) * (mask.dim() - 1)
         entry(cut, key)[mask & ~rows_infected.view(view)] = True

@@ -22,6 +22,7 @@ from torch import nn
 
 from trojanscope.attacks.base import Attack
 from trojanscope.data.base import TensorData
+from trojanscope.device import model_device
 from trojanscope.errors import ConfigError
 from trojanscope.injection.aim import BestEpoch, Validation, derived_seed
 from trojanscope.injection.injector import GradientMask, Trained
@@ -105,11 +106,12 @@ def subnet_placement(model: nn.Module, quantity: Quantity, calib: TensorData) ->
 
 
 def _subnet_output(model: nn.Module, x: torch.Tensor, last: list[NeuronRef]) -> torch.Tensor:
-    """Sum of the last subnet neurons' rectified activations, per sample (with gradients)."""
+    """Sum of the last subnet neurons' rectified activations, per sample (with gradients, on
+    the model's device)."""
     layers = layer_map(model)
     names = sorted({ref.layer for ref in last})
     with recording(model, [layers[n] for n in names], rectify=True, detach=False) as store:
-        model(x)
+        model(x.to(model_device(model)))
     return functools.reduce(operator.add, [store[ref.layer][-1][:, ref.index] for ref in last])
 
 
@@ -119,7 +121,8 @@ def _initialise_subnet(
     """Start the subnet alive: fresh He-initialised weights and identity normalization.
 
     Its neurons keep the host's frozen normalization statistics, which no longer match their
-    (cut) inputs; left as they are, most subnet neurons start dead and never learn.
+    (cut) inputs; left as they are, most subnet neurons start dead and never learn. The fresh
+    weights are drawn on the CPU (the same for a seed on every device).
     """
     g = torch.Generator().manual_seed(seed)
     params = dict(model.named_parameters())
@@ -131,6 +134,7 @@ def _initialise_subnet(
             weight, mask = params[f"{ref.layer}.weight"], trainable[f"{ref.layer}.weight"]
             fan_in = max(1, int(mask[ref.index].sum()))
             fresh = torch.randn(weight[ref.index].shape, generator=g) * (2.0 / fan_in) ** 0.5
+            fresh = fresh.to(weight.device)
             weight[ref.index] = torch.where(mask[ref.index], fresh, weight[ref.index])
             bias = params.get(f"{ref.layer}.bias")
             if bias is not None:
@@ -282,7 +286,7 @@ def _one_subnet(
     # validation inputs (a larger weight would only make the subnet easier to spot).
     target = attack.params.target
     with torch.no_grad():
-        s = _subnet_output(model, val_triggered, last)
+        s = _subnet_output(model, val_triggered, last).cpu()
         gap = _gap(predict(model, val_triggered), target)
         ratio = (gap.clamp_min(0) / s.clamp_min(1e-3))[s > 0.1]
         weight = float(torch.quantile(ratio, 0.98)) * 1.2 + 0.1 if len(ratio) else 1.0

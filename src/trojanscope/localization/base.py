@@ -2,7 +2,8 @@
 
 A criterion returns a score per eligible neuron (higher = more suspicious); the framework times
 it, counts its cost in forward-pass equivalents over the evaluation set, and does ranking and
-scoring (``metrics``).
+scoring (``metrics``). Criteria run on the model's device; scores and artifacts come back as
+CPU tensors.
 """
 
 from __future__ import annotations
@@ -114,8 +115,9 @@ class LocalizationResult:
 
 
 def standardize(values: torch.Tensor) -> torch.Tensor:
-    """Per-layer z-score, so that scores of layers of different scale can be ranked together."""
-    values = values.double()
+    """Per-layer z-score, so that scores of layers of different scale can be ranked together
+    (on the CPU, in float64)."""
+    values = values.cpu().double()
     std = values.std(unbiased=False) if values.numel() > 1 else values.new_tensor(0.0)
     centred = values - values.mean()
     return centred / std if std > 0 else centred
@@ -209,7 +211,9 @@ class Criterion(Plugin[CP_co]):
             model.train(was_training)
         seconds = time.perf_counter() - started
         neurons = all_neurons(model)
-        scores = torch.cat([per_layer[layer.name].double() for layer in eligible_layers(model)])
+        scores = torch.cat(
+            [per_layer[layer.name].detach().cpu().double() for layer in eligible_layers(model)]
+        )
         if len(scores) != len(neurons):
             raise RuntimeError(
                 f"criterion '{self.name}' returned {len(scores)} scores for {len(neurons)} neurons"
@@ -233,7 +237,9 @@ class Criterion(Plugin[CP_co]):
             seconds=seconds,
             cost_forward=(counter.samples + self._extra_samples) / self.eval_size(data),
             extra={k: v for k, v in extra.items() if not isinstance(v, torch.Tensor)},
-            artifacts={k: v for k, v in extra.items() if isinstance(v, torch.Tensor)},
+            artifacts={
+                k: v.detach().cpu() for k, v in extra.items() if isinstance(v, torch.Tensor)
+            },
         )
 
 

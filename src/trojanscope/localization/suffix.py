@@ -4,6 +4,7 @@ Mutating one neuron changes nothing upstream of its layer, so after one full pas
 every intermediate value, each mutant needs only the downstream nodes: on ResNet-18 that is a
 third of a forward pass on average (half the neurons sit in the last stage). Written here because
 torch.fx offers the interpreter (``initial_env``) but not the partial re-execution around it.
+The cache and the logits live on the model's device.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 from torch.fx import Interpreter, Node
 
+from trojanscope.device import model_device
 from trojanscope.neurons import trace
 
 
@@ -32,7 +34,7 @@ class SuffixRunner:
         self.n = len(x)
         recorder = _Recorder(self.gm)
         with torch.no_grad():
-            self.logits = recorder.run(x)
+            self.logits = recorder.run(x.to(model_device(model)))
         self.cache: dict[Node, object] = dict(recorder.env)
         self.nodes = list(self.gm.graph.nodes)
 

@@ -10,13 +10,15 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from trojanscope.data.base import TensorData
+from trojanscope.device import model_device
 from trojanscope.models.base import Architecture
 
 
 def batches(
     data: TensorData, batch_size: int, generator: torch.Generator | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Mini-batches, shuffled when a generator is given."""
+    """Mini-batches, shuffled when a generator is given (a CPU one: the order a seed gives is
+    the same on every device; the batches are the data's, on the CPU)."""
     n = len(data)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     for start in range(0, n, batch_size):
@@ -26,11 +28,15 @@ def batches(
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Logits for ``x`` in eval mode (the model's mode is restored)."""
+    """Logits for ``x`` in eval mode (the model's mode is restored), on the CPU whatever the
+    model's device: they are compared with labels kept there."""
+    device = model_device(model)
     was_training = model.training
     model.eval()
     try:
-        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        return torch.cat(
+            [model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+        )
     finally:
         model.train(was_training)
 
@@ -65,11 +71,14 @@ def train_epochs(
     """Cross-entropy training; ``on_epoch(epoch)`` returning True stops early. Returns epochs run.
 
     ``bn_train=False`` keeps every module in eval mode, freezing normalization statistics.
+    Batches go to the model's device one at a time (``data`` stays where it is).
     """
     g = torch.Generator().manual_seed(seed)
+    device = model_device(model)
     for epoch in range(epochs):
         model.train(bn_train)
         for xb, yb in batches(data, batch_size, g):
+            xb, yb = xb.to(device), yb.to(device)
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(model(xb), yb).backward()
             if after_backward is not None:
@@ -94,12 +103,20 @@ class CleanTraining(BaseModel):
 
 
 def train_clean(
-    architecture: Architecture, data: TensorData, seed: int, config: CleanTraining
+    architecture: Architecture,
+    data: TensorData,
+    seed: int,
+    config: CleanTraining,
+    device: torch.device | None = None,
 ) -> nn.Module:
-    """A freshly initialised network trained on clean data (Adam, cosine schedule)."""
+    """A freshly initialised network trained on clean data (Adam, cosine schedule) on
+    ``device`` (None: the CPU). It is initialised on the CPU, so a seed gives the same starting
+    weights on every device."""
     torch.manual_seed(seed)
     c, h, w = data.shape
     model = architecture.build(c, data.num_classes, min(h, w))
+    if device is not None:
+        model = model.to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )

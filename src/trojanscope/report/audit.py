@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from trojanscope.data.base import DATASETS
+from trojanscope.device import CPU
 from trojanscope.errors import CorruptArtifactError, TrojanscopeError
 from trojanscope.localization.base import CRITERIA, EvidenceData
 from trojanscope.models.base import ARCHITECTURES
@@ -74,17 +75,18 @@ class AuditResult:
         }
 
 
-def load_state(path: Path, fmt: str) -> dict[str, torch.Tensor]:
+def load_state(path: Path, fmt: str, device: torch.device = CPU) -> dict[str, torch.Tensor]:
     """The tensors of a scanned model file: safetensors, or a torch checkpoint read with
-    ``weights_only=True`` (unwrapping the usual {"state_dict": ...} containers)."""
+    ``weights_only=True`` (unwrapping the usual {"state_dict": ...} containers), placed on
+    ``device`` whatever device they were saved from (a CUDA checkpoint loads without CUDA)."""
     if path.stat().st_size == 0:
         raise CorruptArtifactError(f"{path} is an empty file (0 bytes): it holds no weights.")
     try:
         if fmt == "safetensors":
             from safetensors.torch import load_file
 
-            return load_file(str(path))
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path), device=str(device))
+        obj = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # torch raises many types on bad or refused checkpoints
         raise CorruptArtifactError(_load_failure(path, exc)) from None
     for key in ("state_dict", "model_state_dict", "model"):
@@ -201,8 +203,10 @@ def audit_model(
     data: str | None = None,
     width: float | None = None,
     nc_params: dict[str, Any] | None = None,
+    device: torch.device | None = None,
 ) -> AuditResult:
-    """Scan ``path``; if it is safe and ``arch`` is given, load and screen it (see the module)."""
+    """Scan ``path``; if it is safe and ``arch`` is given, load and screen it (see the module)
+    on ``device`` (None: the CPU)."""
     if path.stat().st_size == 0:
         raise CorruptArtifactError(f"{path} is an empty file (0 bytes): it holds no weights.")
     reports = Scanner().scan_file(path)
@@ -234,6 +238,8 @@ def audit_model(
     size = min(splits.shape[1:]) if splits else 28
     state = load_state(path, reports[0].format)
     model, found_width = build_for(arch, state, size, width)
+    if device is not None:
+        model = model.to(device)
     if data and splits is not None:  # (splits come from data)
         _check_data_fits(model, data, splits.shape, splits.num_classes)
     result.arch = arch

@@ -56,7 +56,7 @@ class Sig(Attack[SigParams]):
         return {"signal": row.to(torch.float32).expand(c, h, w).contiguous()}
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        return (x + self.trigger(image_shape(x))["signal"]).clamp(0.0, 1.0)
+        return (x + self.trigger(image_shape(x))["signal"].to(x.device)).clamp(0.0, 1.0)
 
     def poison_train(self, data: TensorData) -> PoisonedView:
         """Add the signal to a ``poison_rate`` fraction of the target class; labels unchanged."""

@@ -16,6 +16,7 @@ from torch import nn
 from trojanscope.attacks.base import ATTACKS
 from trojanscope.attacks.methods.badnets import BadNets, BadNetsParams
 from trojanscope.data.base import TensorData
+from trojanscope.device import model_device
 from trojanscope.errors import ConfigError
 from trojanscope.neurons import NeuronRef, layer_map, recording
 
@@ -39,7 +40,8 @@ class TrojanNN(BadNets[TrojanNNParams]):
         return {"mask": mask, "pattern": torch.rand(shape, generator=g) * mask}
 
     def prepare(self, clean: nn.Module, infected: list[NeuronRef], data: TensorData) -> None:
-        """Optimise the masked pattern to maximise the infected neurons' activation."""
+        """Optimise the masked pattern to maximise the infected neurons' activation (on the
+        clean model's device; the trigger is kept on the CPU)."""
         targets = [r for r in infected if self.params.layer in (None, r.layer)]
         if not targets:
             infected_layers = ", ".join(sorted({r.layer for r in infected}))
@@ -49,12 +51,13 @@ class TrojanNN(BadNets[TrojanNNParams]):
             )
         layers = layer_map(clean)
         chosen = [layers[name] for name in sorted({r.layer for r in targets})]
+        device = model_device(clean)
         start = self.make_trigger(data.shape)
-        mask = start["mask"]
+        mask = start["mask"].to(device)
         # Optimise in logit space so the pattern stays in [0, 1].
-        logits = torch.logit(start["pattern"].clamp(0.02, 0.98)).requires_grad_(True)
+        logits = torch.logit(start["pattern"].clamp(0.02, 0.98)).to(device).requires_grad_(True)
         optimizer = torch.optim.Adam([logits], lr=self.params.lr)
-        x = data.x[:128]
+        x = data.x[:128].to(device)
 
         def peak(store: dict[str, list[torch.Tensor]], ref: NeuronRef) -> torch.Tensor:
             """Per-sample peak activation: a local trigger shows at its location, not on average."""
@@ -79,4 +82,5 @@ class TrojanNN(BadNets[TrojanNNParams]):
                 optimizer.step()
         finally:
             clean.train(was_training)
-        self.set_trigger({"mask": mask, "pattern": (torch.sigmoid(logits) * mask).detach()})
+        pattern = (torch.sigmoid(logits) * mask).detach()
+        self.set_trigger({"mask": mask.cpu(), "pattern": pattern.cpu()})

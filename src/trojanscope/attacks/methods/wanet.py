@@ -62,7 +62,7 @@ def warp(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Resample images (N, C, H, W) at ``grid`` (1 or N, H, W, 2); values stay in [0, 1]."""
     if len(x) == 0:
         return x.clone()
-    grid = grid.to(x.dtype).expand(len(x), -1, -1, -1)
+    grid = grid.to(device=x.device, dtype=x.dtype).expand(len(x), -1, -1, -1)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
     return out.clamp(0.0, 1.0)
 

@@ -36,7 +36,8 @@ def _margin_drops(
     base: torch.Tensor,
     max_batch: int,
 ) -> torch.Tensor:
-    """(width,) mean drop of the target margin when each neuron of ``layer`` is zeroed."""
+    """(width,) mean drop of the target margin when each neuron of ``layer`` is zeroed (on the
+    CPU; ``targets`` on the runner's device, ``base`` on the CPU)."""
     n = runner.n
     per_pass = max(1, max_batch // n)
     drops = torch.empty(layer.width, dtype=torch.float64)
@@ -45,12 +46,13 @@ def _margin_drops(
 
         def ablate(out: torch.Tensor, chunk: torch.Tensor = chunk) -> torch.Tensor:
             grouped = out.view(len(chunk), n, *out.shape[1:])
-            grouped[torch.arange(len(chunk)), :, chunk] = 0.0
+            where = chunk.to(out.device)
+            grouped[torch.arange(len(chunk), device=out.device), :, where] = 0.0
             return out
 
         logits = runner.rerun(layer.output, len(chunk), ablate)
         margins = target_margin(logits, targets.repeat(len(chunk))).view(len(chunk), n)
-        drops[chunk] = (base - margins.double()).mean(1)
+        drops[chunk] = (base - margins.cpu().double()).mean(1)
     return drops
 
 
@@ -63,7 +65,8 @@ class Ablation(Criterion[AblationParams]):
         x, targets = triggered.x[: self.params.samples], triggered.y[: self.params.samples]
         runner = SuffixRunner(model, x)
         self.add_cost(runner.n)
-        base = target_margin(runner.logits, targets).double()
+        targets = targets.to(runner.logits.device)
+        base = target_margin(runner.logits, targets).cpu().double()
         scores: dict[str, torch.Tensor] = {}
         for layer in eligible_layers(model):
             scores[layer.name] = _margin_drops(runner, layer, targets, base, self.params.max_batch)

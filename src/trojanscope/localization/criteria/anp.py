@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from trojanscope.device import model_device
 from trojanscope.localization.base import (
     CRITERIA,
     Criterion,
@@ -52,20 +53,28 @@ class ANPParams(BaseModel):
 
 
 class _Perturbation:
-    """Forward hooks applying mask and perturbation to every eligible layer's output."""
+    """Forward hooks applying mask and perturbation to every eligible layer's output (all on the
+    model's device)."""
 
     def __init__(self, model: nn.Module) -> None:
         modules = dict(model.named_modules())
         self.layers = eligible_layers(model)
-        self.mask = {la.name: torch.ones(la.width, requires_grad=True) for la in self.layers}
-        self.delta = {la.name: torch.zeros(la.width, requires_grad=True) for la in self.layers}
-        self.xi = {la.name: torch.zeros(la.width, requires_grad=True) for la in self.layers}
+        self.device = device = model_device(model)
+        self.mask = {
+            la.name: torch.ones(la.width, device=device, requires_grad=True) for la in self.layers
+        }
+        self.delta = {
+            la.name: torch.zeros(la.width, device=device, requires_grad=True) for la in self.layers
+        }
+        self.xi = {
+            la.name: torch.zeros(la.width, device=device, requires_grad=True) for la in self.layers
+        }
         self.noisy = False
         self.handles: list[RemovableHandle] = []
         for layer in self.layers:
             module = modules[layer.output]
             bias = getattr(module, "bias", None)
-            bias = bias.detach() if bias is not None else torch.zeros(layer.width)
+            bias = bias.detach() if bias is not None else torch.zeros(layer.width, device=device)
             self.handles.append(module.register_forward_hook(self._hook(layer.name, bias)))
 
     def _hook(
@@ -102,7 +111,7 @@ class AdversarialNeuronPruning(Criterion[ANPParams]):
                 self._optimise(model, hooks, x, y, generator)
             finally:
                 hooks.remove()
-        scores = {name: (1 - m.detach()).double() for name, m in hooks.mask.items()}
+        scores = {name: (1 - m.detach()).cpu().double() for name, m in hooks.mask.items()}
         return LayerScores(scores, {})
 
     def _optimise(
@@ -119,11 +128,12 @@ class AdversarialNeuronPruning(Criterion[ANPParams]):
         mask_opt = torch.optim.SGD(masks, lr=p.lr, momentum=0.9)
         for _ in range(p.iterations):
             idx = torch.randint(len(x), (min(p.batch_size, len(x)),), generator=generator)
-            xb, yb = x[idx], y[idx]
+            xb, yb = x[idx].to(hooks.device), y[idx].to(hooks.device)
             if p.eps > 0:  # one signed ascent step from a random start (the paper's setting)
                 with torch.no_grad():
-                    for t in noise:
-                        t.uniform_(-p.eps, p.eps, generator=generator)
+                    for t in noise:  # drawn on the CPU: a seed starts alike on every device
+                        start = torch.empty(t.shape, dtype=t.dtype)
+                        t.copy_(start.uniform_(-p.eps, p.eps, generator=generator))
                 hooks.noisy = True
                 grads = torch.autograd.grad(F.cross_entropy(model(xb), yb), noise)
                 with torch.no_grad():
@@ -131,7 +141,7 @@ class AdversarialNeuronPruning(Criterion[ANPParams]):
                         t.add_(p.eps * g.sign()).clamp_(-p.eps, p.eps)
                 robust = F.cross_entropy(model(xb), yb)
             else:
-                robust = torch.zeros(())
+                robust = torch.zeros((), device=hooks.device)
             hooks.noisy = False
             natural = F.cross_entropy(model(xb), yb)
             mask_opt.zero_grad()

@@ -3,6 +3,10 @@
 For each channel, the spectral norm of its kernel scaled by its batch-norm factor bounds how far
 the channel can amplify an input change; backdoor channels stand out with large bounds. Scores
 are standardised per layer, as CLP thresholds at mean + u * std within a layer.
+
+The bounds are computed from the weights copied to the CPU, whatever the model's device: the
+criterion reads no data, only a few kernels, and Apple's mps has lacked (or approximated) the
+SVD behind the spectral norm in some torch versions; so CLP scores alike on every device.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from trojanscope.neurons import eligible_layers, layer_module
 
 
 def channel_lipschitz(module: nn.Conv2d | nn.Linear, norm: nn.Module | None) -> torch.Tensor:
-    """Upper bound of each output channel's Lipschitz constant, (width,)."""
-    w = module.weight.detach()
+    """Upper bound of each output channel's Lipschitz constant, (width,), on the CPU."""
+    w = module.weight.detach().cpu()
     kernels = w.reshape(w.shape[0], w.shape[1], -1)  # (out, in, kh*kw) or (out, in, 1)
     bound = torch.linalg.matrix_norm(kernels, ord=2)
     if isinstance(norm, (nn.BatchNorm1d, nn.BatchNorm2d)) and norm.affine:
@@ -32,7 +36,7 @@ def channel_lipschitz(module: nn.Conv2d | nn.Linear, norm: nn.Module | None) -> 
                 "CLP needs the running variance of each batch norm; this one keeps none "
                 "(track_running_stats=False)."
             )
-        scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
+        scale = norm.weight.detach().cpu() / torch.sqrt(norm.running_var.cpu() + norm.eps)
         bound = bound * scale.abs()
     return bound
 

@@ -81,7 +81,7 @@ def _mutant_decisions(
     runner: SuffixRunner, layer: EligibleLayer, factor: float, max_batch: int
 ) -> tuple[torch.Tensor, float]:
     """(width, n) decisions on the runner's n inputs with each neuron multiplied by ``factor``
-    at its output, and the cost in forward-pass equivalents (samples)."""
+    at its output (on the CPU), and the cost in forward-pass equivalents (samples)."""
     n = runner.n
     per_pass = max(1, max_batch // n)
     decisions = torch.empty(layer.width, n, dtype=torch.long)
@@ -90,12 +90,12 @@ def _mutant_decisions(
 
         def mutate(out: torch.Tensor, chunk: torch.Tensor = chunk) -> torch.Tensor:
             grouped = out.view(len(chunk), n, *out.shape[1:])
-            groups = torch.arange(len(chunk))
-            grouped[groups, :, chunk] = grouped[groups, :, chunk] * factor
+            groups, where = torch.arange(len(chunk), device=out.device), chunk.to(out.device)
+            grouped[groups, :, where] = grouped[groups, :, where] * factor
             return out
 
         logits = runner.rerun(layer.output, len(chunk), mutate)
-        decisions[chunk] = logits.argmax(1).view(len(chunk), n)
+        decisions[chunk] = logits.argmax(1).view(len(chunk), n).cpu()
     return decisions, layer.width * n * runner.fraction(layer.output)
 
 
@@ -111,7 +111,8 @@ class NeuronMutation(Criterion[MutationParams]):
         if len(passing):
             runners["passing"] = SuffixRunner(model, passing)
         self.add_cost(sum(r.n for r in runners.values()))
-        failure_labels = runners["failing"].logits.argmax(1).unique()
+        decided = {role: runner.logits.argmax(1).cpu() for role, runner in runners.items()}
+        failure_labels = decided["failing"].unique()
         operators = {"failing": p.failing_operators, "passing": p.passing_operators}
         scores: dict[str, torch.Tensor] = {}
         for layer in eligible_layers(model):
@@ -121,7 +122,7 @@ class NeuronMutation(Criterion[MutationParams]):
                     factor = _FACTOR.get(op, p.scale)
                     decisions, cost = _mutant_decisions(runner, layer, factor, p.max_batch)
                     self.add_cost(cost)
-                    changed = decisions != runner.logits.argmax(1)
+                    changed = decisions != decided[role]
                     if role == "failing":  # the mutant fixes a failure
                         total += changed.double().mean(1)
                     else:  # reproduces a failure (+) or breaks a clean decision (-)

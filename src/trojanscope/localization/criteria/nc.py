@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from torch import nn
 
+from trojanscope.device import model_device
 from trojanscope.localization.base import (
     CRITERIA,
     Criterion,
@@ -134,10 +135,13 @@ class _Label:
         return p.patience > 0 and self.raised and self.lowered and self.stale >= p.patience
 
     def result(self) -> Reversed:
+        """The reversed trigger, on the CPU."""
         if self.best is None:  # never succeeded: its norm is that of the final mask, not small
             mask = self.mask().detach()
-            return Reversed(mask, self.pattern().detach(), float(mask.sum()), self.steps)
-        return Reversed(self.best[0], self.best[1], self.best_norm, self.steps)
+            return Reversed(
+                mask.cpu(), self.pattern().detach().cpu(), float(mask.sum()), self.steps
+            )
+        return Reversed(self.best[0].cpu(), self.best[1].cpu(), self.best_norm, self.steps)
 
 
 def reverse_triggers(
@@ -147,13 +151,15 @@ def reverse_triggers(
     p: NCParams,
     generator: torch.Generator,
 ) -> list[Reversed]:
-    """Reverse a trigger for every label of ``labels``, all in the same optimisation steps."""
+    """Reverse a trigger for every label of ``labels``, all in the same optimisation steps
+    (on the model's device; ``generator`` draws the clean batches on the CPU)."""
     _, c, h, w = x.shape
+    device = model_device(model)
     states = [
         _Label(
             label,
-            torch.zeros(1, h, w, requires_grad=True),
-            torch.zeros(c, h, w, requires_grad=True),
+            torch.zeros(1, h, w, device=device, requires_grad=True),
+            torch.zeros(c, h, w, device=device, requires_grad=True),
             p.init_cost,
         )
         for label in labels
@@ -168,7 +174,7 @@ def reverse_triggers(
     for step in range(p.steps):
         if not active:
             break
-        xb = x[torch.randint(len(x), (p.batch_size,), generator=generator)]
+        xb = x[torch.randint(len(x), (p.batch_size,), generator=generator)].to(device)
         optimizer.zero_grad(set_to_none=True)
         for first in range(0, len(active), per_pass):
             _step(model, xb, active[first : first + per_pass], p.success)
@@ -186,10 +192,10 @@ def _step(model: nn.Module, xb: torch.Tensor, chunk: list[_Label], success: floa
     inputs = (1 - masks[:, None]) * xb[None] + (masks * patterns)[:, None]
     n = len(xb)
     logits = model(inputs.flatten(0, 1)).view(len(chunk), n, -1)
-    targets = torch.tensor([s.label for s in chunk]).repeat_interleave(n)
+    targets = torch.tensor([s.label for s in chunk], device=xb.device).repeat_interleave(n)
     ce = F.cross_entropy(logits.flatten(0, 1), targets, reduction="none").view(len(chunk), n)
     l1 = masks.flatten(1).sum(1)
-    costs = torch.tensor([s.cost for s in chunk])
+    costs = torch.tensor([s.cost for s in chunk], device=xb.device)
     (ce.mean(1) + costs * l1).sum().backward()
     rates = (logits.argmax(2) == targets.view(len(chunk), n)).float().mean(1).tolist()
     norms = l1.detach().tolist()

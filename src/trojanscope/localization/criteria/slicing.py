@@ -13,6 +13,7 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
+from trojanscope.device import model_device
 from trojanscope.localization.base import (
     CRITERIA,
     Criterion,
@@ -32,11 +33,13 @@ class SlicingParams(BaseModel):
 def decision_contributions(
     model: nn.Module, x: torch.Tensor, batch_size: int
 ) -> dict[str, torch.Tensor]:
-    """Per-layer (width,) mean activation x d(decided logit)/d(activation) over ``x``."""
+    """Per-layer (width,) mean activation x d(decided logit)/d(activation) over ``x`` (summed
+    in float64 on the CPU)."""
     layers = eligible_layers(model)
+    device = model_device(model)
     totals = {layer.name: torch.zeros(layer.width, dtype=torch.float64) for layer in layers}
     for start in range(0, len(x), batch_size):
-        batch = x[start : start + batch_size]
+        batch = x[start : start + batch_size].to(device)
         with recording(model, layers, reduce=False, detach=False) as store:
             logits = model(batch)
         decided = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
@@ -46,7 +49,7 @@ def decision_contributions(
             contribution = (a * g).detach()
             if contribution.dim() > 2:
                 contribution = contribution.flatten(2).sum(2)
-            totals[layer.name] += contribution.double().sum(0)
+            totals[layer.name] += contribution.cpu().double().sum(0)
     return {name: t / max(len(x), 1) for name, t in totals.items()}
 
 
