@@ -96,25 +96,17 @@ def test_repairs_on_a_device_give_the_cpus_weights(method, narrow_defect, digits
     accelerator that computes on the CPU: the same repaired weights and figures."""
     neurons = [n.ref for n in narrow_defect.infected]
     params = {} if method == "prune" else {"epochs": 2}
-    model = copy.deepcopy(narrow_defect.model).to(resolve_device("cpu"))
-    expected = run_repair(
-        REPAIRS.create(method, **params),
-        model,
-        neurons,
-        digits.train,
-        digits.test,
-        narrow_defect.poisoned_test.poisoned(),
-    )
-    with stand_in() as device:
-        moved = copy.deepcopy(narrow_defect.model).to(device)
-        outcome = run_repair(
-            REPAIRS.create(method, **params),
-            moved,
-            neurons,
-            digits.train,
-            digits.test,
-            narrow_defect.poisoned_test.poisoned(),
+
+    def repaired_on(device):
+        model = copy.deepcopy(narrow_defect.model).to(device)
+        triggered = narrow_defect.poisoned_test.poisoned()
+        return run_repair(
+            REPAIRS.create(method, **params), model, neurons, digits.train, digits.test, triggered
         )
+
+    expected = repaired_on(resolve_device("cpu"))
+    with stand_in() as device:
+        outcome = repaired_on(device)
         assert model_device(outcome.model) == device
         state = to_host(outcome.model.state_dict())
     for name, value in expected.model.state_dict().items():
