@@ -68,8 +68,9 @@ class Catalog:
         if not db_file.exists() and not db_file.is_symlink():
             if not create:
                 raise CatalogError(
-                    f"no trojanscope catalog at {path} (create one with `trojanscope quickstart"
-                    f" --db {path}` or `trojanscope inject --db {path} ...`)."
+                    f"no trojanscope catalog at {path} (create one with `trojanscope db build "
+                    f"SPEC --db {path}`, `trojanscope quickstart --db {path}` or `trojanscope "
+                    f"inject --db {path} ...`)."
                 )
             if not path.parent.is_dir():
                 raise CatalogError(f"cannot create catalog {path}: {path.parent} does not exist.")
