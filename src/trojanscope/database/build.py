@@ -131,6 +131,15 @@ def ensure_clean_model(
 ) -> tuple[CleanModel, nn.Module, Splits]:
     """The clean model for ``spec`` on ``device`` (None: the CPU), trained now only if the
     catalog lacks it."""
+    row, model, splits, _ = build_clean_model(catalog, spec, device)
+    return row, model, splits
+
+
+def build_clean_model(
+    catalog: Catalog, spec: CleanSpec, device: torch.device | None = None
+) -> tuple[CleanModel, nn.Module, Splits, bool]:
+    """As :func:`ensure_clean_model`, and whether the entry was recorded now (False: it was
+    in the catalog, or another builder recorded it first)."""
     ds_params, arch_params = spec.resolved()
     training = spec.training.model_dump(mode="json")
     key = spec.key()
@@ -138,7 +147,7 @@ def ensure_clean_model(
     row = find_by_key(catalog, CleanModel, key)
     if row is not None:
         check_splits(row, splits)
-        return row, load_weights(catalog, row, row.weights_sha256, device), splits
+        return row, load_weights(catalog, row, row.weights_sha256, device), splits, False
     started = time.perf_counter()
     arch = ARCHITECTURES.create(spec.arch, **arch_params)
     model = train_clean(arch, splits.train, spec.seed, spec.training, device)
@@ -164,8 +173,10 @@ def ensure_clean_model(
         seconds=time.perf_counter() - started,
     )
     if not _insert(catalog, row, [weights]):  # another builder got there first: use its entry
-        row = raced_entry(catalog, CleanModel, key)
-    return row, model, splits
+        row = raced_entry(catalog, CleanModel, key)  # and its weights (equal on the CPU; on an
+        model = load_weights(catalog, row, row.weights_sha256, device)  # accelerator, maybe not)
+        return row, model, splits, False
+    return row, model, splits, True
 
 
 def find_by_key(catalog: Catalog, table: type[T], key: str) -> T | None:

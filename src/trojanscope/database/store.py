@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,24 @@ def sha256_of_file(path: Path) -> str:
     """The sha256 of a file's bytes, read in chunks (weights can be large)."""
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _canonical(data: bytes) -> bytes:
+    """safetensors bytes with the header's ``__metadata__`` keys sorted.
+
+    safetensors keeps metadata in a Rust HashMap, whose order is seeded anew in every process:
+    the same tensors and metadata gave other bytes, so another sha256, in another process (a
+    build's workers). Sorting the keys (and re-padding the header to 8 bytes with spaces, as
+    safetensors does) makes the bytes a function of the content alone."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    metadata = header.get("__metadata__")
+    if not metadata or len(metadata) < 2:
+        return data
+    header["__metadata__"] = dict(sorted(metadata.items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + size :]
 
 
 @dataclass(frozen=True)
@@ -49,6 +68,7 @@ class ArtifactStore:
         data = save(
             {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, metadata
         )
+        data = _canonical(data)
         return Blob(hashlib.sha256(data).hexdigest(), data)
 
     def write(self, blobs: Iterable[Blob]) -> None:

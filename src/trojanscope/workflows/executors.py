@@ -86,10 +86,10 @@ def _watch_parent() -> None:
             os._exit(0)
 
 
-def _start_worker(root: str, device: str | None) -> None:
-    """Worker set-up: one torch thread, its own connection to the catalog, a watchdog."""
+def _start_worker(root: str, device: str | None, threads: int) -> None:
+    """Worker set-up: its torch threads, its own connection to the catalog, a watchdog."""
     global _catalog, _device
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     signal.signal(signal.SIGINT, _interrupt)
     _catalog = Catalog.open(Path(root))
     _device = None if device is None else torch.device(device)
@@ -112,15 +112,18 @@ def _work(job: Job) -> JobResult:
 
 class WorkerPool(Executor):
     """``workers`` spawned processes (spawn: no state inherited from this one, safe with
-    threads and accelerators), each writing its entries to the catalog itself."""
+    threads and accelerators), each writing its entries to the catalog itself. One torch
+    thread each by default: more only makes parallel jobs wait for cores."""
 
-    def __init__(self, catalog: Catalog, device: torch.device | None, workers: int) -> None:
+    def __init__(
+        self, catalog: Catalog, device: torch.device | None, workers: int, threads: int = 1
+    ) -> None:
         self.capacity = workers
         self.pool = ProcessPoolExecutor(
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
-            initargs=(str(catalog.root), None if device is None else str(device)),
+            initargs=(str(catalog.root), None if device is None else str(device), threads),
         )
 
     def submit(self, job: Job) -> Future[JobResult]:

@@ -11,14 +11,13 @@ from typing import Literal
 import torch
 
 from trojanscope.database.build import (
+    build_clean_model,
     build_defect,
     ensure_clean_model,
-    find_by_key,
     load_defect,
     localize,
 )
 from trojanscope.database.catalog import Catalog
-from trojanscope.database.schema import CleanModel
 from trojanscope.database.study import repair_defect
 from trojanscope.workflows.plan import CleanJob, DefectJob
 
@@ -40,9 +39,8 @@ class JobResult:
 
 def run_clean(job: CleanJob, catalog: Catalog, device: torch.device | None) -> JobResult:
     started = time.perf_counter()
-    existed = find_by_key(catalog, CleanModel, job.key) is not None
-    row, _, _ = ensure_clean_model(catalog, job.spec, device)
-    return JobResult("clean", row.key, not existed, time.perf_counter() - started)
+    row, _, _, created = build_clean_model(catalog, job.spec, device)
+    return JobResult("clean", row.key, created, time.perf_counter() - started)
 
 
 def run_defect(job: DefectJob, catalog: Catalog, device: torch.device | None) -> JobResult:

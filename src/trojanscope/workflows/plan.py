@@ -170,7 +170,7 @@ def check_catalog(plan: Plan, catalog: Catalog) -> Plan:
     its defect is rejected, or accepted with every localization and repair recorded)."""
     with catalog.session() as session:
         clean_keys = set(session.scalars(select(CleanModel.key)))
-        defects = dict(session.execute(select(Defect.key, Defect.id)).tuples().all())
+        defects = dict(session.execute(select(Defect.key, Defect.id)).all())
         recorded = set(session.scalars(select(Localization.key)))
         recorded |= set(session.scalars(select(RepairRow.key)))
     plan.done = {job.key for job in plan.clean if job.key in clean_keys}
