@@ -151,7 +151,8 @@ def _render_build(summary: Any) -> None:
             f"; {summary.swept} leftover files of an interrupted build removed"
             if summary.swept
             else ""
-        )
+        ),
+        soft_wrap=True,
     )
 
 
@@ -168,9 +169,12 @@ def db_verify(db: DbOption = DEFAULT_DB, as_json: JsonFlag = False) -> None:
     else:
         for kind, problems in (("missing", report.missing), ("corrupt", report.corrupt)):
             for p in problems:
-                out.print(f"{kind}: {shown(p.path)} (named by {shown(', '.join(p.referenced_by))})")
+                out.print(
+                    f"{kind}: {shown(p.path)} (named by {shown(', '.join(p.referenced_by))})",
+                    soft_wrap=True,
+                )
         for path in report.orphans:
-            out.print(f"orphan: {shown(path)} (no entry names it)")
+            out.print(f"orphan: {shown(path)} (no entry names it)", soft_wrap=True)
         out.print(
             f"{report.checked} artifacts checked: {len(report.missing)} missing, "
             f"{len(report.corrupt)} corrupt, {len(report.orphans)} orphaned files"
