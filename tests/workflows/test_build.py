@@ -135,6 +135,33 @@ def test_a_killed_worker_stops_the_build_which_then_resumes(reference, tiny_spec
     assert verify(Catalog.open(db)).ok
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_ctrl_c_stops_a_pooled_build_and_its_workers(reference, tiny_spec, tmp_path):
+    db = tmp_path / "db"
+    proc = subprocess.Popen(
+        build_command(tiny_spec, db, "--workers", "2"),
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    try:
+        wait_for_defect(proc, db)
+        workers = _workers_of(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole group gets it
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, err
+    assert err.rstrip().endswith(b"interrupted: finished entries are kept, nothing half-written.")
+    assert b"Traceback" not in err and b"leaked" not in err
+    assert workers and not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    build(db)
+    assert snapshot(db) == snapshot(reference)
+    assert verify(Catalog.open(db)).ok
+
+
 def test_concurrent_builds_of_one_spec_record_each_job_once(reference, tiny_spec, tmp_path):
     db = tmp_path / "db"
     procs = [

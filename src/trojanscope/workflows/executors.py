@@ -9,13 +9,14 @@ import os
 import signal
 import threading
 from abc import ABC, abstractmethod
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from types import FrameType
 
 import torch
 
 from trojanscope.database.catalog import Catalog
+from trojanscope.errors import TrojanscopeError
 from trojanscope.workflows.jobs import JobResult, run_job
 from trojanscope.workflows.plan import CleanJob, DefectJob
 
@@ -65,13 +66,6 @@ _busy = False
 _orphaned = False
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    """Ctrl-C reaches every process of the terminal's group: a busy worker stops its job
-    (nothing half-written), an idle one waits for the pool to close."""
-    if _busy:
-        raise KeyboardInterrupt
-
-
 def _watch_parent() -> None:
     """Leave when the build that started this worker is gone (killed, even by kill -9): at
     once if idle, else after the running job has recorded its entries."""
@@ -90,7 +84,9 @@ def _start_worker(root: str, device: str | None, threads: int) -> None:
     """Worker set-up: its torch threads, its own connection to the catalog, a watchdog."""
     global _catalog, _device
     torch.set_num_threads(threads)
-    signal.signal(signal.SIGINT, _interrupt)
+    # Ctrl-C reaches every process of the terminal's group: the build alone handles it (it
+    # terminates the workers, whose running jobs leave whole entries or none).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _catalog = Catalog.open(Path(root))
     _device = None if device is None else torch.device(device)
     threading.Thread(target=_watch_parent, name="parent-watchdog", daemon=True).start()
@@ -125,9 +121,40 @@ class WorkerPool(Executor):
             initializer=_start_worker,
             initargs=(str(catalog.root), None if device is None else str(device), threads),
         )
+        self.workers: list[multiprocessing.process.BaseProcess] = []
+        self._start(workers)
+
+    def _start(self, workers: int) -> None:
+        """Start every worker now, with Ctrl-C ignored from their first instruction (a
+        signal during their imports would print a traceback; the build handles Ctrl-C), and
+        wait until they are ready. The pool starts one per submission while none is idle."""
+        before = set(multiprocessing.active_children())
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGINT) if main else None
+        if previous is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            ready = [self.pool.submit(os.getpid) for _ in range(workers)]
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        self.workers = [p for p in multiprocessing.active_children() if p not in before]
+        try:
+            wait(ready)
+            for future in ready:
+                future.result()
+        except BrokenProcessPool as exc:
+            self.close(wait=False)
+            raise TrojanscopeError(f"the build workers could not start ({exc}).") from None
 
     def submit(self, job: Job) -> Future[JobResult]:
         return self.pool.submit(_work, job)
 
     def close(self, wait: bool = True) -> None:
-        self.pool.shutdown(wait=wait, cancel_futures=True)
+        """Without ``wait`` (an interrupted or failed build), the workers are terminated at
+        once (their running jobs leave whole entries or none); either way the pool is shut
+        down and its processes joined, so that nothing of it outlives the build."""
+        if not wait:
+            for process in self.workers:
+                process.terminate()
+        self.pool.shutdown(wait=True, cancel_futures=True)
