@@ -103,3 +103,24 @@ def test_query_and_stats(built, capsys, monkeypatch):  # noqa: F811
     assert code == 0 and "6 defects: 6 accepted, 0 rejected" in out
     code, _, err = run(["db", "query", "--db", built, "--where", "colour=red"], capsys, monkeypatch)
     assert_one_sentence(code, err, "--where cannot filter on 'colour'")
+
+
+def test_the_readme_documents_every_field_of_the_records():
+    import re
+    from pathlib import Path
+
+    from trojanscope.workflows.records import ArtifactProblem, Counts, ReasonCount
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+    def documented(start: str, end: str) -> set[str]:
+        i = readme.index(start)
+        return set(re.findall(r'"(\w+)"', readme[i : readme.index(end, i)]))
+
+    assert documented('{"spec", "db"', "```") == keys_of(BuildSummary) | keys_of(CellSummary)
+    assert keys_of(Counts) <= keys_of(CellSummary)
+    verify_keys = keys_of(VerifyReport) | keys_of(ArtifactProblem)
+    assert documented("- `db verify`: ", "exit code 1") == verify_keys
+    assert documented("- `db query`: ", "(`db list`") == keys_of(DefectRecord)
+    stats_keys = keys_of(Stats) | keys_of(CellStats) | keys_of(ReasonCount)
+    assert documented("- `db stats`: ", "a reason being") == stats_keys

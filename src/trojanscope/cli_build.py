@@ -86,7 +86,7 @@ def db_build(
     the catalog holds is reused, so a killed build resumes where it stopped."""
     from trojanscope.database.catalog import Catalog
     from trojanscope.workflows.build import run_build
-    from trojanscope.workflows.executors import Executor, InProcess, WorkerPool
+    from trojanscope.workflows.executors import make_executor
     from trojanscope.workflows.plan import check_catalog, make_plan
     from trojanscope.workflows.spec import load_spec
 
@@ -111,16 +111,15 @@ def db_build(
         return
     _threads()
     catalog = Catalog.open(db, create=True)
-    executor: Executor = (
-        InProcess(catalog, run_on) if workers == 1 else WorkerPool(catalog, run_on, workers)
-    )
-    finished = False
-    try:
-        with _build_progress() as progress:
-            summary = run_build(spec, catalog, executor, progress, str(spec_file), str(run_on))
-        finished = True
-    finally:  # interrupted or failed: do not wait for the jobs still running
-        executor.close(wait=finished)
+    with _build_progress() as progress:
+        summary = run_build(
+            spec,
+            catalog,
+            lambda jobs: make_executor(catalog, run_on, workers, jobs),
+            progress,
+            str(spec_file),
+            str(run_on),
+        )
     if as_json:
         _print_json(summary.model_dump(mode="json"))
         return

@@ -124,7 +124,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny spec built once, uninterrupted, in this process."""
     root = tmp_path_factory.mktemp("reference") / "db"
     catalog = Catalog.open(root, create=True)
-    summary = run_build(parse_spec(TINY), catalog, InProcess(catalog, None))
+    summary = run_build(parse_spec(TINY), catalog, lambda _jobs: InProcess(catalog, None))
     assert summary.defects.built == 6 and summary.defects.accepted == 6
     return root
 

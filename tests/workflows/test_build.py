@@ -24,22 +24,18 @@ from trojanscope.database.catalog import Catalog
 from trojanscope.database.integrity import verify
 from trojanscope.errors import ConfigError, TrojanscopeError
 from trojanscope.workflows.build import run_build
-from trojanscope.workflows.executors import InProcess, WorkerPool
+from trojanscope.workflows.executors import make_executor
 from trojanscope.workflows.plan import check_catalog, make_plan
 from trojanscope.workflows.spec import parse_spec
 
 
 def build(root: Path, text: str = TINY, workers: int = 1):
+    """Build ``text`` in ``root`` in this process or in a pool (with this process's torch
+    threads, so that both build the same catalog however the suite is run)."""
     catalog = Catalog.open(root, create=True)
-    executor = (
-        InProcess(catalog, None)
-        if workers == 1
-        else WorkerPool(catalog, None, workers, threads=torch.get_num_threads())
-    )
-    try:
-        return run_build(parse_spec(text), catalog, executor)
-    finally:
-        executor.close()
+    threads = torch.get_num_threads()
+    executors = lambda jobs: make_executor(catalog, None, workers, jobs, threads)  # noqa: E731
+    return run_build(parse_spec(text), catalog, executors)
 
 
 def test_the_build_records_the_planned_keys(reference):

@@ -23,7 +23,7 @@ from trojanscope.errors import TrojanscopeError
 from trojanscope.workflows.executors import Executor, Job
 from trojanscope.workflows.jobs import JobResult
 from trojanscope.workflows.plan import CleanJob, DefectJob, Plan, check_catalog, make_plan
-from trojanscope.workflows.records import BuildSummary, CellSummary, Counts
+from trojanscope.workflows.records import BuildSummary, CellSummary, Counts, DefectCounts
 from trojanscope.workflows.spec import BuildSpec
 
 
@@ -165,7 +165,7 @@ def summarize(
         clean_models=Counts(
             planned=len(plan.clean), built=clean_built, reused=len(plan.clean) - clean_built
         ),
-        defects=Counts(
+        defects=DefectCounts(
             planned=sum(c.planned for c in table),
             built=sum(c.built for c in table),
             reused=sum(c.reused for c in table),
@@ -177,21 +177,34 @@ def summarize(
     )
 
 
+#: Makes the executor of a build, given how many jobs it has to run.
+ExecutorFactory = Callable[[int], Executor]
+
+
 def run_build(
     spec: BuildSpec,
     catalog: Catalog,
-    executor: Executor,
+    executors: ExecutorFactory,
     progress: Progress | None = None,
     spec_name: str = "spec",
     device: str = "cpu",
 ) -> BuildSummary:
     """Build (or finish) the grid of ``spec`` in ``catalog``: first remove what a killed build
-    left (orphan artifacts, temporary files), then run every job not in the catalog."""
+    left (orphan artifacts, temporary files), then run every job not in the catalog on an
+    executor made for that many jobs (closed at the end; at once if the build fails or is
+    interrupted)."""
     started = time.perf_counter()
     swept = len(sweep(catalog))
     plan = check_catalog(make_plan(spec), catalog)
-    check_attacks_fit(plan, plan.todo()[1])
-    results = execute(plan, executor, progress or Progress())
+    clean_todo, defect_todo = plan.todo()
+    check_attacks_fit(plan, defect_todo)
+    executor = executors(len(clean_todo) + len(defect_todo))
+    finished = False
+    try:
+        results = execute(plan, executor, progress or Progress())
+        finished = True
+    finally:
+        executor.close(wait=finished)
     return summarize(
         spec_name,
         catalog,

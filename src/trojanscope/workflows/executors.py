@@ -158,3 +158,14 @@ class WorkerPool(Executor):
             for process in self.workers:
                 process.terminate()
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def make_executor(
+    catalog: Catalog, device: torch.device | None, workers: int, jobs: int, threads: int = 1
+) -> Executor:
+    """This process for one worker (or one job), else a pool of at most one worker per job
+    (``threads`` torch threads each)."""
+    workers = min(workers, jobs)
+    if workers <= 1:
+        return InProcess(catalog, device)
+    return WorkerPool(catalog, device, workers, threads)

@@ -11,17 +11,21 @@ class _Record(BaseModel):
 
 
 class Counts(_Record):
-    """Jobs of one kind: planned, built now, reused from the catalog (and, for defects, how
-    many of them are accepted or rejected)."""
+    """Jobs of one kind: planned, built now, reused from the catalog."""
 
     planned: int = 0
     built: int = 0
     reused: int = 0
+
+
+class DefectCounts(Counts):
+    """Defect jobs, and how many of those defects are accepted or rejected."""
+
     accepted: int = 0
     rejected: int = 0
 
 
-class CellSummary(Counts):
+class CellSummary(DefectCounts):
     """One cell of the grid (its defects differ only by seed)."""
 
     dataset: str
@@ -41,7 +45,7 @@ class BuildSummary(_Record):
     seconds: float
     swept: int  # orphan artifacts and temporary files of interrupted builds, removed
     clean_models: Counts
-    defects: Counts
+    defects: DefectCounts
     analyses_built: int  # localizations and repairs recorded now
     cells: list[CellSummary]
 
