@@ -29,13 +29,30 @@ from trojanscope.workflows.plan import check_catalog, make_plan
 from trojanscope.workflows.spec import parse_spec
 
 
-def build(root: Path, text: str = TINY, workers: int = 1):
-    """Build ``text`` in ``root`` in this process or in a pool (with this process's torch
-    threads, so that both build the same catalog however the suite is run)."""
+def build(root: Path, text: str = TINY, workers: int = 1, threads: int | None = None):
+    """Build ``text`` in ``root`` in this process or in a pool, with ``threads`` torch
+    threads (default: this process's, so that both build the same catalog however the suite
+    is run)."""
     catalog = Catalog.open(root, create=True)
-    threads = torch.get_num_threads()
+    before = torch.get_num_threads()
+    threads = threads or before
     executors = lambda jobs: make_executor(catalog, None, workers, jobs, threads)  # noqa: E731
-    return run_build(parse_spec(text), catalog, executors)
+    torch.set_num_threads(threads)
+    try:
+        return run_build(parse_spec(text), catalog, executors)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def reference_one_thread(reference, tmp_path_factory):
+    """The reference as `db build --workers N` builds it: one torch thread per process (the
+    reference itself when the suite runs with one)."""
+    if torch.get_num_threads() == 1:
+        return reference
+    root = tmp_path_factory.mktemp("one-thread") / "db"
+    build(root, threads=1)
+    return root
 
 
 def test_the_build_records_the_planned_keys(reference):
@@ -107,7 +124,9 @@ def _workers_of(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
-def test_a_killed_worker_stops_the_build_which_then_resumes(reference, tiny_spec, tmp_path):
+def test_a_killed_worker_stops_the_build_which_then_resumes(
+    reference_one_thread, tiny_spec, tmp_path
+):
     db = tmp_path / "db"
     proc = subprocess.Popen(
         build_command(tiny_spec, db, "--workers", "2"),
@@ -126,13 +145,13 @@ def test_a_killed_worker_stops_the_build_which_then_resumes(reference, tiny_spec
         proc.wait()
     assert proc.returncode == 2, err
     assert b"a build worker ended without reporting" in err and b"Traceback" not in err
-    build(db)
-    assert snapshot(db) == snapshot(reference)
+    build(db, workers=2, threads=1)
+    assert snapshot(db) == snapshot(reference_one_thread)
     assert verify(Catalog.open(db)).ok
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
-def test_ctrl_c_stops_a_pooled_build_and_its_workers(reference, tiny_spec, tmp_path):
+def test_ctrl_c_stops_a_pooled_build_and_its_workers(reference_one_thread, tiny_spec, tmp_path):
     db = tmp_path / "db"
     proc = subprocess.Popen(
         build_command(tiny_spec, db, "--workers", "2"),
@@ -153,8 +172,8 @@ def test_ctrl_c_stops_a_pooled_build_and_its_workers(reference, tiny_spec, tmp_p
     assert err.rstrip().endswith(b"interrupted: finished entries are kept, nothing half-written.")
     assert b"Traceback" not in err and b"leaked" not in err
     assert workers and not any(Path(f"/proc/{pid}").exists() for pid in workers)
-    build(db)
-    assert snapshot(db) == snapshot(reference)
+    build(db, workers=2, threads=1)
+    assert snapshot(db) == snapshot(reference_one_thread)
     assert verify(Catalog.open(db)).ok
 
 
