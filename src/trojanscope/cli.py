@@ -34,7 +34,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Neuron-level backdoor defects: build, localize, score.",
 )
-db_app = typer.Typer(no_args_is_help=True, help="Inspect the catalog.")
+db_app = typer.Typer(no_args_is_help=True, help="Build, inspect and verify the catalog.")
 app.add_typer(db_app, name="db")
 
 
@@ -609,9 +609,9 @@ def db_export(
     out.print(f"wrote {shown(out_file)} ({kind} {defect_id}, {sha[:12]})")
 
 
-# The study and audit commands (localize, repair, bench, scan, manifest, audit) live in their
-# own modules.
-from trojanscope import cli_scan, cli_study  # noqa: E402, F401
+# The build, study and audit commands (db build/verify/query/stats, localize, repair, bench,
+# scan, manifest, audit) live in their own modules.
+from trojanscope import cli_build, cli_scan, cli_study  # noqa: E402, F401
 
 #: What an interrupted command prints (the README promises it).
 INTERRUPTED = "interrupted: finished entries are kept, nothing half-written."

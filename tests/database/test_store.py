@@ -32,3 +32,31 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         write_atomic(tmp_path / "x.bin", b"data")
     assert list(tmp_path.iterdir()) == []
+
+
+ENCODE = (
+    "import torch, sys; from trojanscope.database.store import ArtifactStore; "
+    "print(ArtifactStore.encode({'s': torch.arange(4.0)}, "
+    "{'neurons': '[1]', 'criterion': 'clp', 'more': 'x'}).sha256)"
+)
+
+
+def test_an_artifact_has_one_hash_in_every_process():
+    """safetensors orders metadata by a per-process random seed: the store sorts it."""
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors.torch import load
+
+    from trojanscope.database.store import ArtifactStore
+
+    hashes = {
+        subprocess.run(
+            [sys.executable, "-c", ENCODE], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for _ in range(3)
+    }
+    assert len(hashes) == 1
+    blob = ArtifactStore.encode({"s": torch.arange(4.0)}, {"b": "2", "a": "1", "c": "3"})
+    assert torch.equal(load(blob.data)["s"], torch.arange(4.0))

@@ -1,7 +1,8 @@
 """Building the catalog: clean models, defects and localization results, each reused if present.
 
-Every function here writes artifacts first and then one catalog transaction, so a build that is
-interrupted resumes where it stopped with nothing half-written.
+Every function here records an entry with its artifacts in one catalog transaction
+(``Catalog.record``), so a build that is interrupted resumes where it stopped with nothing
+half-written.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from torch import nn
 
 from trojanscope.attacks.base import ATTACKS, Attack
@@ -25,6 +26,7 @@ from trojanscope.data.base import DATASETS, Splits
 from trojanscope.data.poison import PoisonedView
 from trojanscope.database.catalog import Catalog, content_key
 from trojanscope.database.schema import (
+    EXTRA_ARTIFACTS,
     Base,
     CleanModel,
     Defect,
@@ -32,6 +34,7 @@ from trojanscope.database.schema import (
     Localization,
     RepairRow,
 )
+from trojanscope.database.store import Blob
 from trojanscope.errors import CatalogError, ConfigError, CorruptArtifactError
 from trojanscope.injection.pipeline import InjectionConfig, inject_defect
 from trojanscope.localization.base import CRITERIA, EvidenceData
@@ -68,6 +71,14 @@ class CleanSpec:
 
     def splits(self) -> Splits:
         return load_splits(self.dataset, self.resolved()[0], self.seed)
+
+    def key(self) -> str:
+        """The clean model's catalog key: a hash of everything that determines it."""
+        ds_params, arch_params = self.resolved()
+        training = self.training.model_dump(mode="json")
+        return content_key(
+            "clean", self.dataset, ds_params, self.arch, arch_params, self.seed, training
+        )
 
 
 def load_splits(dataset: str, params: dict[str, Any], seed: int) -> Splits:
@@ -120,18 +131,28 @@ def ensure_clean_model(
 ) -> tuple[CleanModel, nn.Module, Splits]:
     """The clean model for ``spec`` on ``device`` (None: the CPU), trained now only if the
     catalog lacks it."""
+    row, model, splits, _ = build_clean_model(catalog, spec, device)
+    return row, model, splits
+
+
+def build_clean_model(
+    catalog: Catalog, spec: CleanSpec, device: torch.device | None = None
+) -> tuple[CleanModel, nn.Module, Splits, bool]:
+    """As :func:`ensure_clean_model`, and whether the entry was recorded now (False: it was
+    in the catalog, or another builder recorded it first)."""
     ds_params, arch_params = spec.resolved()
     training = spec.training.model_dump(mode="json")
-    key = content_key("clean", spec.dataset, ds_params, spec.arch, arch_params, spec.seed, training)
+    key = spec.key()
     splits = load_splits(spec.dataset, ds_params, spec.seed)
     row = find_by_key(catalog, CleanModel, key)
     if row is not None:
         check_splits(row, splits)
-        return row, load_weights(catalog, row, row.weights_sha256, device), splits
+        return row, load_weights(catalog, row, row.weights_sha256, device), splits, False
     started = time.perf_counter()
     arch = ARCHITECTURES.create(spec.arch, **arch_params)
     model = train_clean(arch, splits.train, spec.seed, spec.training, device)
     c, h, w = splits.shape
+    weights = catalog.store.encode(model.state_dict())
     row = CleanModel(
         key=key,
         dataset=spec.dataset,
@@ -148,12 +169,14 @@ def ensure_clean_model(
             "splits_sha256": splits_fingerprint(splits),
         },
         clean_acc=accuracy(model, splits.test),
-        weights_sha256=catalog.store.put(model.state_dict()),
+        weights_sha256=weights.sha256,
         seconds=time.perf_counter() - started,
     )
-    if not _insert(catalog, row):  # another builder got there first: use its entry
-        row = raced_entry(catalog, CleanModel, key)
-    return row, model, splits
+    if not _insert(catalog, row, [weights]):  # another builder got there first: use its entry
+        row = raced_entry(catalog, CleanModel, key)  # and its weights (equal on the CPU; on an
+        model = load_weights(catalog, row, row.weights_sha256, device)  # accelerator, maybe not)
+        return row, model, splits, False
+    return row, model, splits, True
 
 
 def find_by_key(catalog: Catalog, table: type[T], key: str) -> T | None:
@@ -172,19 +195,17 @@ def raced_entry(catalog: Catalog, table: type[T], key: str) -> T:
     return found
 
 
-def _insert(catalog: Catalog, row: Base) -> bool:
-    """Add ``row`` in one transaction; False if an entry with its key already exists (two
-    builders raced for the same entry: both results are equivalent, the first one stays)."""
-    try:
-        with catalog.transaction() as session:
-            session.add(row)
-    except IntegrityError:
-        return False
-    return True
+def _insert(catalog: Catalog, row: Base, artifacts: Sequence[Blob] = ()) -> bool:
+    """Record ``row`` with its artifacts in one transaction; False if an entry with its key
+    already exists (two builders raced for the same entry: both results are equivalent, the
+    first one stays and nothing of the second is written)."""
+    return catalog.record(row, artifacts)
 
 
-def defect_key(clean: CleanModel, attack: Attack, config: InjectionConfig, seed: int) -> str:
-    return content_key("defect", clean.key, attack.describe(), config.model_dump(mode="json"), seed)
+def defect_key(clean_key: str, attack: Attack, config: InjectionConfig, seed: int) -> str:
+    """A defect's catalog key: its clean model's key, the attack (name, parameters, seed),
+    the injection configuration and the seed."""
+    return content_key("defect", clean_key, attack.describe(), config.model_dump(mode="json"), seed)
 
 
 def build_defect(
@@ -203,13 +224,19 @@ def build_defect(
     """
     attack = ATTACKS.create(attack_name, seed=seed, **attack_params)
     attack.validate(splits.shape, splits.num_classes)
-    key = defect_key(clean, attack, config, seed)
+    key = defect_key(clean.key, attack, config, seed)
     existing = get_defect_by_key(catalog, key)
     if existing is not None:
         return existing, False
     outcome = inject_defect(model, splits, attack, config, seed)
     view = outcome.poisoned_test
     p = attack.params
+    store = catalog.store
+    artifacts = [
+        store.encode(outcome.model.state_dict()),
+        store.encode(attack.trigger(splits.shape)),
+        store.encode({"indices": view.indices, "x": view.x, "y": view.y}),
+    ]
     row = Defect(
         key=key,
         clean_model_id=clean.id,
@@ -233,9 +260,9 @@ def build_defect(
         asr_before=outcome.asr_before,
         epochs=outcome.epochs,
         attempts=outcome.attempts,
-        weights_sha256=catalog.store.put(outcome.model.state_dict()),
-        trigger_sha256=catalog.store.put(attack.trigger(splits.shape)),
-        poisoned_test_sha256=catalog.store.put({"indices": view.indices, "x": view.x, "y": view.y}),
+        weights_sha256=artifacts[0].sha256,
+        trigger_sha256=artifacts[1].sha256,
+        poisoned_test_sha256=artifacts[2].sha256,
         seconds=outcome.seconds,
     )
     row.infected = [
@@ -249,7 +276,7 @@ def build_defect(
         )
         for n in outcome.infected
     ]
-    if not _insert(catalog, row):
+    if not _insert(catalog, row, artifacts):
         return get_defect(catalog, raced_entry(catalog, Defect, key).id), False
     return get_defect(catalog, row.id), True
 
@@ -383,10 +410,11 @@ def localize(
     ctx = context if context is not None else load_defect(catalog, defect_id, device)
     result = crit.run(ctx.model, ctx.evidence())
     metrics = score(result.neurons, result.scores.numpy(), ctx.truth)
-    scores_sha = catalog.store.put(
+    scores = catalog.store.encode(
         {"scores": result.scores},
         {"neurons": json.dumps([str(n) for n in result.neurons]), "criterion": criterion},
     )
+    artifacts = [scores]
     extra = dict(result.extra)
     extra["layer_hit_rate"] = layer_hit_rate(result.neurons, result.scores.numpy(), ctx.truth)
     # The same ranking scored against the neurons that carry the backdoor (None: no flags, or
@@ -398,20 +426,21 @@ def localize(
         else _finite(score(result.neurons, result.scores.numpy(), carrying).as_dict())
     )
     if result.artifacts:
-        extra["artifacts_sha256"] = catalog.store.put(result.artifacts)
+        artifacts.append(catalog.store.encode(result.artifacts))
+        extra[EXTRA_ARTIFACTS] = artifacts[-1].sha256
     row = Localization(
         key=key,
         defect_id=defect_id,
         criterion=criterion,
         params=result.params,
         evidence=result.evidence,
-        scores_sha256=scores_sha,
+        scores_sha256=scores.sha256,
         seconds=result.seconds,
         cost_forward=result.cost_forward,
         extra=extra,
         **_finite(metrics.as_dict()),
     )
-    if not _insert(catalog, row):
+    if not _insert(catalog, row, artifacts):
         return raced_entry(catalog, Localization, key), False
     return row, True
 

@@ -1,8 +1,10 @@
 """The catalog: a SQLite database (via SQLAlchemy) beside a content-addressed artifact store.
 
-Every entry is written in one transaction after its artifacts are safely on disk, so an
-interrupted command leaves either the whole entry or none of it (artifacts without an entry
-are harmless: they are content-addressed and simply unused).
+Every entry is recorded by :meth:`Catalog.record`: its row is inserted (taking SQLite's write
+lock), its artifacts are written atomically, and the transaction commits, so an interrupted
+command leaves either the whole entry or none of it. Artifacts are only ever written under the
+write lock, so whoever holds it sees every file without an entry as garbage: a process killed
+between the write and the commit leaves such a file, and ``integrity.sweep`` removes it.
 """
 
 from __future__ import annotations
@@ -13,18 +15,18 @@ import os
 import secrets
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import ExceptionContext
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from trojanscope.database.schema import Base
-from trojanscope.database.store import ArtifactStore
+from trojanscope.database.store import ArtifactStore, Blob
 from trojanscope.errors import CatalogError
 
 CATALOG_FILE = "catalog.sqlite"
@@ -66,8 +68,9 @@ class Catalog:
         if not db_file.exists() and not db_file.is_symlink():
             if not create:
                 raise CatalogError(
-                    f"no trojanscope catalog at {path} (create one with `trojanscope quickstart"
-                    f" --db {path}` or `trojanscope inject --db {path} ...`)."
+                    f"no trojanscope catalog at {path} (create one with `trojanscope db build "
+                    f"SPEC --db {path}`, `trojanscope quickstart --db {path}` or `trojanscope "
+                    f"inject --db {path} ...`)."
                 )
             if not path.parent.is_dir():
                 raise CatalogError(f"cannot create catalog {path}: {path.parent} does not exist.")
@@ -127,6 +130,38 @@ class Catalog:
     def session(self) -> Session:
         """A session for reading."""
         return self._sessions()
+
+    def record(self, row: Base, artifacts: Sequence[Blob] = ()) -> bool:
+        """Record ``row`` and write its ``artifacts`` in one transaction; False if an entry
+        with its key exists (another builder got there first: nothing of this one is kept).
+
+        The insert comes first: it takes SQLite's write lock (and fails on a duplicate key
+        before any file is written); the files are written while the lock is held, then the
+        transaction commits. So a sweep holding the lock never sees a file that an entry
+        about to be committed needs."""
+        try:
+            with self.transaction() as session:
+                session.add(row)
+                session.flush()
+                self.store.write(artifacts)
+        except IntegrityError:
+            return False
+        return True
+
+    @contextmanager
+    def write_lock(self) -> Iterator[Session]:
+        """A session that holds SQLite's write lock until it ends (``BEGIN IMMEDIATE``):
+        no entry is recorded, and so no artifact written, meanwhile."""
+        with self.engine.connect() as connection:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                with Session(bind=connection) as session:
+                    yield session
+                    session.flush()
+                connection.commit()
+            except BaseException:
+                connection.rollback()
+                raise
 
 
 def describe_sqlite_error(db_file: Path, exc: sqlite3.Error) -> str:

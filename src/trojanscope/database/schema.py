@@ -140,3 +140,15 @@ class RepairRow(Base):
     seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     defect: Mapped[Defect] = relationship(back_populates="repairs")
+
+
+#: The columns of each table that name artifacts of the store (a localization may name one
+#: more in ``extra["artifacts_sha256"]``): what ``integrity`` checks and keeps.
+ARTIFACT_COLUMNS: dict[type[Base], tuple[str, ...]] = {
+    CleanModel: ("weights_sha256",),
+    Defect: ("weights_sha256", "trigger_sha256", "poisoned_test_sha256"),
+    Localization: ("scores_sha256",),
+    RepairRow: ("weights_sha256",),
+}
+#: The key of ``Localization.extra`` that names a criterion's own artifacts.
+EXTRA_ARTIFACTS = "artifacts_sha256"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -97,6 +98,51 @@ def defect_labels(row: Defect) -> dict[str, Any]:
 # -- repair ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RepairRequest:
+    """A repair with its parameters resolved (defaults filled in, k chosen): its catalog key
+    is a hash of all of it."""
+
+    key: str
+    method: str
+    params: dict[str, Any]
+    criterion: str | None
+    criterion_params: dict[str, Any] | None
+    k: int
+
+
+def repair_request(
+    defect: Defect,
+    method: str,
+    criterion: str | None,
+    k: int | None = None,
+    method_params: dict[str, Any] | None = None,
+    criterion_params: dict[str, Any] | None = None,
+) -> RepairRequest:
+    """Resolve a repair of ``defect`` (k defaults to the ground-truth size); bad values are a
+    ConfigError of one sentence."""
+    repair = REPAIRS.create(method, **(method_params or {}))
+    if not repair.uses_neurons:
+        criterion, criterion_params, k = None, None, 0
+    elif criterion is None:
+        raise ConfigError(f"repair '{method}' needs a criterion to choose its neurons.")
+    else:
+        chooser = CRITERIA.create(criterion, **(criterion_params or {}))
+        criterion_params = chooser.params.model_dump(mode="json")
+        k = len(defect.infected) if k is None else k
+        if k < 1:
+            raise ConfigError(f"--k must be at least 1, not {k}.")
+        eligible = eligible_neuron_count(defect.clean_model)
+        if k > eligible:
+            raise ConfigError(
+                f"--k {k} is more than the {eligible} eligible neurons of defect {defect.id}'s "
+                f"network ({defect.clean_model.arch})."
+            )
+    params = repair.params.model_dump(mode="json")
+    key = content_key("repair", defect.id, method, params, criterion, criterion_params, k)
+    return RepairRequest(key, method, params, criterion, criterion_params, k)
+
+
 def repair_defect(
     catalog: Catalog,
     defect_id: int,
@@ -112,33 +158,17 @@ def repair_defect(
     defaults to the ground-truth size, as the localization metrics do); record it. The stored
     defect is never modified: the repaired weights are a new artifact. Without ``context``
     the defect is loaded on ``device`` (None: the CPU)."""
-    repair = REPAIRS.create(method, **(method_params or {}))
     defect = context.defect if context is not None else get_defect(catalog, defect_id)
-    if not repair.uses_neurons:
-        criterion, criterion_params, k = None, None, 0
-    elif criterion is None:
-        raise ConfigError(f"repair '{method}' needs a criterion to choose its neurons.")
-    else:
-        chooser = CRITERIA.create(criterion, **(criterion_params or {}))
-        criterion_params = chooser.params.model_dump(mode="json")
-        k = len(defect.infected) if k is None else k
-        if k < 1:
-            raise ConfigError(f"--k must be at least 1, not {k}.")
-        eligible = eligible_neuron_count(defect.clean_model)
-        if k > eligible:
-            raise ConfigError(
-                f"--k {k} is more than the {eligible} eligible neurons of defect {defect_id}'s "
-                f"network ({defect.clean_model.arch})."
-            )
-    params = repair.params.model_dump(mode="json")
-    key = content_key("repair", defect_id, method, params, criterion, criterion_params, k)
+    request = repair_request(defect, method, criterion, k, method_params, criterion_params)
+    repair = REPAIRS.create(method, **(method_params or {}))
+    key, criterion, k = request.key, request.criterion, request.k
     existing = find_by_key(catalog, RepairRow, key)
     if existing is not None:
         return existing, False
     ctx = context if context is not None else load_defect(catalog, defect_id, device)
     selected = []
     if criterion is not None:
-        loc, _ = localize(catalog, defect_id, criterion, criterion_params, ctx)
+        loc, _ = localize(catalog, defect_id, criterion, request.criterion_params, ctx)
         neurons, scores = load_scores(catalog, loc)
         selected = top_k(neurons, scores, k)
     outcome = run_repair(
@@ -149,13 +179,14 @@ def repair_defect(
         ctx.splits.test,
         ctx.poisoned_test.poisoned(),
     )
+    weights = catalog.store.encode(outcome.model.state_dict())
     row = RepairRow(
         key=key,
         defect_id=defect_id,
         method=method,
-        params=params,
+        params=request.params,
         criterion=criterion,
-        criterion_params=criterion_params,
+        criterion_params=request.criterion_params,
         k=k,
         neurons={"names": [str(n) for n in outcome.neurons]},
         clean_acc_before=outcome.clean_acc_before,
@@ -163,10 +194,10 @@ def repair_defect(
         asr_before=outcome.asr_before,
         asr_after=outcome.asr_after,
         der=outcome.der,
-        weights_sha256=catalog.store.put(outcome.model.state_dict()),
+        weights_sha256=weights.sha256,
         seconds=outcome.seconds,
     )
-    if not _insert(catalog, row):  # recorded meanwhile by another process: use its entry
+    if not _insert(catalog, row, [weights]):  # recorded meanwhile by another process: use its entry
         return raced_entry(catalog, RepairRow, key), False
     return row, True
 

@@ -1,0 +1,219 @@
+"""Builds: a rebuild reuses everything; a build killed at any point (the driver or a worker)
+resumes to the same catalog as an uninterrupted one; parallel and concurrent builds record
+every job exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.workflows.conftest import (
+    TINY,
+    build_command,
+    snapshot,
+    subprocess_env,
+    wait_for_defect,
+)
+from trojanscope.database.catalog import Catalog
+from trojanscope.database.integrity import verify
+from trojanscope.errors import ConfigError, TrojanscopeError
+from trojanscope.workflows.build import run_build
+from trojanscope.workflows.executors import make_executor
+from trojanscope.workflows.plan import check_catalog, make_plan
+from trojanscope.workflows.spec import parse_spec
+
+
+def build(root: Path, text: str = TINY, workers: int = 1, threads: int | None = None):
+    """Build ``text`` in ``root`` in this process or in a pool, with ``threads`` torch
+    threads (default: this process's, so that both build the same catalog however the suite
+    is run)."""
+    catalog = Catalog.open(root, create=True)
+    before = torch.get_num_threads()
+    threads = threads or before
+    executors = lambda jobs: make_executor(catalog, None, workers, jobs, threads)  # noqa: E731
+    torch.set_num_threads(threads)
+    try:
+        return run_build(parse_spec(text), catalog, executors)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def reference_one_thread(reference, tmp_path_factory):
+    """The reference as `db build --workers N` builds it: one torch thread per process (the
+    reference itself when the suite runs with one)."""
+    if torch.get_num_threads() == 1:
+        return reference
+    root = tmp_path_factory.mktemp("one-thread") / "db"
+    build(root, threads=1)
+    return root
+
+
+def test_the_build_records_the_planned_keys(reference):
+    catalog = Catalog.open(reference)
+    plan = check_catalog(make_plan(parse_spec(TINY)), catalog)
+    assert plan.done == set(plan.keys)  # every key the plan names is what the build recorded
+    shot = snapshot(reference)
+    assert [k for k, *_ in shot["defects"]] == sorted(j.key for j in plan.defects)
+    assert [k for k, _ in shot["clean"]] == [plan.clean[0].key]
+    assert len(shot["localizations"]) == len(shot["repairs"]) == 6
+    assert verify(catalog).ok
+
+
+def test_a_rebuild_reuses_everything(built):
+    before = snapshot(built)
+    summary = build(built)
+    assert summary.defects.built == summary.clean_models.built == summary.analyses_built == 0
+    assert summary.defects.reused == 6 and summary.clean_models.reused == 1
+    assert summary.swept == 0
+    assert [(c.level, c.planned, c.reused, c.accepted) for c in summary.cells] == [
+        ("narrow", 3, 3, 3),
+        ("small", 3, 3, 3),
+    ]
+    assert snapshot(built) == before
+
+
+def test_two_workers_build_the_same_catalog(reference, tmp_path):
+    summary = build(tmp_path / "db", workers=2)
+    assert summary.workers == 2 and summary.defects.built == 6
+    assert snapshot(tmp_path / "db") == snapshot(reference)
+    assert verify(Catalog.open(tmp_path / "db")).ok
+
+
+def test_a_killed_build_resumes_to_the_uninterrupted_catalog(reference, tiny_spec, tmp_path):
+    db = tmp_path / "db"
+    proc = subprocess.Popen(
+        build_command(tiny_spec, db),
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_defect(proc, db)
+    finally:
+        proc.kill()  # SIGKILL: no handler, no clean-up
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    interrupted = snapshot(db)
+    assert 1 <= len(interrupted["defects"]) < 6
+    summary = build(db)
+    assert summary.defects.reused == len(interrupted["defects"])
+    assert summary.defects.built == 6 - len(interrupted["defects"])
+    assert snapshot(db) == snapshot(reference)
+    assert verify(Catalog.open(db)).ok  # no orphan, no temporary file, nothing missing
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The pool's worker processes among the children of ``pid`` (Linux /proc)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    workers = []
+    for child in map(int, children):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"spawn_main" in cmdline:
+            workers.append(child)
+    return workers
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_a_killed_worker_stops_the_build_which_then_resumes(
+    reference_one_thread, tiny_spec, tmp_path
+):
+    db = tmp_path / "db"
+    proc = subprocess.Popen(
+        build_command(tiny_spec, db, "--workers", "2"),
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for_defect(proc, db)
+        workers = _workers_of(proc.pid)
+        assert workers
+        os.kill(workers[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 2, err
+    assert b"a build worker ended without reporting" in err and b"Traceback" not in err
+    build(db, workers=2, threads=1)
+    assert snapshot(db) == snapshot(reference_one_thread)
+    assert verify(Catalog.open(db)).ok
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_ctrl_c_stops_a_pooled_build_and_its_workers(reference_one_thread, tiny_spec, tmp_path):
+    db = tmp_path / "db"
+    proc = subprocess.Popen(
+        build_command(tiny_spec, db, "--workers", "2"),
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    try:
+        wait_for_defect(proc, db)
+        workers = _workers_of(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole group gets it
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, err
+    assert err.rstrip().endswith(b"interrupted: finished entries are kept, nothing half-written.")
+    assert b"Traceback" not in err and b"leaked" not in err
+    assert workers and not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    build(db, workers=2, threads=1)
+    assert snapshot(db) == snapshot(reference_one_thread)
+    assert verify(Catalog.open(db)).ok
+
+
+def test_concurrent_builds_of_one_spec_record_each_job_once(reference, tiny_spec, tmp_path):
+    db = tmp_path / "db"
+    procs = [
+        subprocess.Popen(
+            build_command(tiny_spec, db, "--json"),
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    summaries = [json.loads(out) for out in outputs]
+    # Each defect and clean model was recorded by exactly one of the two; the other reused it.
+    assert sum(s["defects"]["built"] for s in summaries) == 6
+    assert sum(s["clean_models"]["built"] for s in summaries) == 1
+    assert all(s["defects"]["built"] + s["defects"]["reused"] == 6 for s in summaries)
+    assert snapshot(db) == snapshot(reference)
+    assert verify(Catalog.open(db)).ok  # the losers of the races wrote nothing
+
+
+def test_an_attack_that_does_not_fit_is_refused_before_any_training(tmp_path):
+    text = TINY.replace(
+        'attacks = ["badnets"]', 'attacks = [{ name = "badnets", params = { size = 20 } }]'
+    )
+    with pytest.raises(TrojanscopeError, match=r"attack badnets size=20 on digits: .*8x8"):
+        build(tmp_path / "db", text)
+    assert snapshot(tmp_path / "db")["clean"] == []
+
+
+def test_the_first_failing_job_stops_the_build_and_keeps_what_was_made(tmp_path):
+    text = TINY.replace("seeds = [0, 1, 2]", "seeds = [0]").replace(
+        'criterion = "clp"', 'criterion = "clp"\nk = 100000'
+    )
+    with pytest.raises(ConfigError, match="100000 is more than the"):
+        build(tmp_path / "db", text)
+    shot = snapshot(tmp_path / "db")
+    assert len(shot["clean"]) == 1 and len(shot["defects"]) == 1 and len(shot["localizations"]) == 1
+    assert verify(Catalog.open(tmp_path / "db")).ok
