@@ -19,6 +19,7 @@ from trojanscope.attacks.base import ATTACKS
 from trojanscope.database.build import load_splits
 from trojanscope.database.catalog import Catalog
 from trojanscope.database.integrity import sweep
+from trojanscope.device import CPU
 from trojanscope.errors import TrojanscopeError
 from trojanscope.workflows.executors import Executor, Job
 from trojanscope.workflows.jobs import JobResult
@@ -187,7 +188,7 @@ def run_build(
     executors: ExecutorFactory,
     progress: Progress | None = None,
     spec_name: str = "spec",
-    device: str = "cpu",
+    device: str = str(CPU),
 ) -> BuildSummary:
     """Build (or finish) the grid of ``spec`` in ``catalog``: first remove what a killed build
     left (orphan artifacts, temporary files), then run every job not in the catalog on an
