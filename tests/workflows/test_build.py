@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -123,17 +124,23 @@ def _workers_of(pid: int) -> list[int]:
     return workers
 
 
+def _pooled_build(spec: Path, db: Path, **popen: Any) -> subprocess.Popen:
+    """`db build` with two workers in a subprocess, its errors piped."""
+    return subprocess.Popen(
+        build_command(spec, db, "--workers", "2"),
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        **popen,
+    )
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 def test_a_killed_worker_stops_the_build_which_then_resumes(
     reference_one_thread, tiny_spec, tmp_path
 ):
     db = tmp_path / "db"
-    proc = subprocess.Popen(
-        build_command(tiny_spec, db, "--workers", "2"),
-        env=subprocess_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = _pooled_build(tiny_spec, db)
     try:
         wait_for_defect(proc, db)
         workers = _workers_of(proc.pid)
@@ -153,13 +160,8 @@ def test_a_killed_worker_stops_the_build_which_then_resumes(
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 def test_ctrl_c_stops_a_pooled_build_and_its_workers(reference_one_thread, tiny_spec, tmp_path):
     db = tmp_path / "db"
-    proc = subprocess.Popen(
-        build_command(tiny_spec, db, "--workers", "2"),
-        env=subprocess_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group, as a terminal's foreground job
-    )
+    # its own process group, as a terminal's foreground job
+    proc = _pooled_build(tiny_spec, db, start_new_session=True)
     try:
         wait_for_defect(proc, db)
         workers = _workers_of(proc.pid)
