@@ -381,9 +381,10 @@ def db_import(
         raise TrojanscopeError(f"unknown import format '{fmt}'; valid formats: bdefects4nn.")
     if not source.is_dir():
         raise TrojanscopeError(f"{source} is not a folder.")
-    from trojanscope.database.bdefects4nn import parse_arch_map
+    from trojanscope.database.bdefects4nn import find_cases, parse_arch_map, resolve_archs
 
-    parse_arch_map(arch_map or [])  # a bad map fails before the catalog is touched
+    # A bad map or layout fails before the catalog is created or touched.
+    resolve_archs(find_cases(source), parse_arch_map(arch_map or []))
     catalog = Catalog.open(db, create=True)
     summary = import_bdefects4nn(catalog, source, arch_map or [])
     if as_json:

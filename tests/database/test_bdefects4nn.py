@@ -271,6 +271,8 @@ def test_a_bad_arch_map_gets_one_sentence(arch_map, message, source, tmp_path, c
     _export(source, out, capsys, monkeypatch)
     code, _, err = _import(out, tmp_path / "copy", capsys, monkeypatch, "--arch-map", arch_map)
     assert_one_sentence(code, err, message)
+    if "vgg11" not in arch_map:  # refused before the catalog is even created
+        assert not (tmp_path / "copy").exists()
 
 
 def test_a_mapped_architecture_is_imported_under_our_name(source, tmp_path, capsys, monkeypatch):
@@ -304,3 +306,32 @@ def test_a_mapped_architecture_is_imported_under_our_name(source, tmp_path, caps
         d.weights_sha256 for d in list_defects(Catalog.open(source)) if d.status == "accepted"
     }
     assert {r.weights_sha256 for r in rows} == weights
+
+
+def test_an_interrupted_import_leaves_no_half_entry(source, tmp_path, capsys, monkeypatch):
+    """Killed while a defect's artifacts are written: no row of it stays, and the next run
+    imports everything."""
+    from trojanscope.database.bdefects4nn import import_layout
+    from trojanscope.database.store import ArtifactStore
+
+    out = tmp_path / "export"
+    _export(source, out, capsys, monkeypatch)
+    catalog = Catalog.open(tmp_path / "copy", create=True)
+    write = ArtifactStore.write
+
+    def interrupted(self, blobs):
+        blobs = list(blobs)
+        if len(blobs) == 3:  # a defect's weights, trigger and triggered test data
+            write(self, blobs[:1])
+            raise KeyboardInterrupt
+        write(self, blobs)
+
+    monkeypatch.setattr(ArtifactStore, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        import_layout(catalog, out)
+    with catalog.session() as s:
+        assert s.scalar(select(func.count()).select_from(Defect)) == 0
+    monkeypatch.setattr(ArtifactStore, "write", write)
+    result = import_layout(catalog, out)
+    assert [c.imported for c in result.cases] == [True, True]
+    assert len(list_defects(catalog)) == 2
