@@ -588,29 +588,8 @@ def db_show(
         out.print(table)
 
 
-@db_app.command("export")
-def db_export(
-    defect_id: Annotated[int, typer.Argument(help="Defect id (see `trojanscope db list`).")],
-    out_file: Annotated[Path, typer.Option("--out", help="safetensors file to write.")],
-    db: DbOption = DEFAULT_DB,
-    clean: Annotated[bool, typer.Option(help="Export its clean model instead.")] = False,
-) -> None:
-    """Write a defect's weights (or its clean model's) as a safetensors file, e.g. to audit it."""
-    from trojanscope.database.build import get_defect
-    from trojanscope.database.catalog import Catalog
-    from trojanscope.fileio import write_atomic
-
-    _check_output_file(out_file)
-    catalog = Catalog.open(db)
-    row = get_defect(catalog, defect_id)
-    sha = row.clean_model.weights_sha256 if clean else row.weights_sha256
-    write_atomic(out_file, catalog.store.read_bytes(sha))
-    kind = "clean model" if clean else "defect"
-    out.print(f"wrote {shown(out_file)} ({kind} {defect_id}, {sha[:12]})")
-
-
-# The build, study and audit commands (db build/verify/query/stats, localize, repair, bench,
-# scan, manifest, audit) live in their own modules.
+# The build, study and audit commands (db build/verify/query/stats/export/import, localize,
+# repair, bench, scan, manifest, audit) live in their own modules.
 from trojanscope import cli_build, cli_scan, cli_study  # noqa: E402, F401
 
 #: What an interrupted command prints (the README promises it).

@@ -1,5 +1,6 @@
 """Commands of the build system: `db build` (a grid from a spec file, resumable, in parallel),
-`db verify`, `db query` and `db stats`. Registered on the main app by ``trojanscope.cli``."""
+`db verify`, `db query`, `db stats`, `db export` and `db import`. Registered on the main app by
+``trojanscope.cli``."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from trojanscope.cli import (
     DEFAULT_DEVICE,
     DbOption,
     DeviceOption,
+    _check_output_file,
     _device,
     _fmt,
     _print_json,
@@ -243,3 +245,154 @@ def db_stats(
         )
     out.print(table)
     out.print(f"{result.defects} defects: {result.accepted} accepted, {result.rejected} rejected")
+
+
+#: The formats `db export` writes and `db import` reads.
+EXPORT_FORMATS = ("safetensors", "bdefects4nn")
+
+
+@db_app.command("export")
+def db_export(
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="ID|DIR",
+            help="The defect to export (safetensors), or the folder to write (bdefects4nn).",
+        ),
+    ],
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="safetensors file to write (--format safetensors).")
+    ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="safetensors: one defect's weights into --out FILE; bdefects4nn: the catalog's "
+            "defects into folder DIR in the BackdoorDefects4NN layout.",
+        ),
+    ] = "safetensors",
+    include_all: Annotated[
+        bool, typer.Option("--all", help="bdefects4nn: rejected defects too.")
+    ] = False,
+    where: WhereOption = None,
+    db: DbOption = DEFAULT_DB,
+    clean: Annotated[
+        bool, typer.Option(help="safetensors: export the defect's clean model instead.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Write a defect's weights (or its clean model's) as a safetensors file, e.g. to audit it;
+    or, with --format bdefects4nn, the catalog's accepted defects as the reference database's
+    folders (see docs/bdefects4nn.md)."""
+    from trojanscope.database.catalog import Catalog
+    from trojanscope.errors import TrojanscopeError
+
+    if fmt not in EXPORT_FORMATS:
+        raise TrojanscopeError(
+            f"unknown export format '{fmt}'; valid formats: {', '.join(EXPORT_FORMATS)}."
+        )
+    if fmt == "bdefects4nn":
+        from trojanscope.workflows.exchange import export_bdefects4nn
+
+        if out_file is not None or clean:
+            raise TrojanscopeError(
+                "--out and --clean belong to --format safetensors; --format bdefects4nn writes "
+                "the folder DIR."
+            )
+        summary = export_bdefects4nn(Catalog.open(db), Path(target), where, include_all)
+        if as_json:
+            _print_json(summary.model_dump(mode="json"))
+        else:
+            out.print(
+                f"wrote {summary.defects} defects, {summary.clean_models} clean models "
+                f"({summary.files} files) to {shown(summary.out)}",
+                soft_wrap=True,
+            )
+        return
+    _export_safetensors(target, out_file, db, clean, where, include_all, as_json)
+
+
+def _export_safetensors(
+    target: str,
+    out_file: Path | None,
+    db: Path,
+    clean: bool,
+    where: str | None,
+    include_all: bool,
+    as_json: bool,
+) -> None:
+    """`db export ID --out FILE`: one defect's (or its clean model's) stored weights."""
+    from trojanscope.database.build import get_defect
+    from trojanscope.database.catalog import Catalog
+    from trojanscope.errors import TrojanscopeError
+    from trojanscope.fileio import write_atomic
+
+    if where is not None or include_all:
+        raise TrojanscopeError("--where and --all belong to --format bdefects4nn.")
+    if not target.isdigit():
+        raise TrojanscopeError(
+            f"'{target}' is not a defect id (--format safetensors exports one defect; "
+            "--format bdefects4nn writes a folder)."
+        )
+    if out_file is None:
+        raise TrojanscopeError("--format safetensors needs --out FILE.")
+    _check_output_file(out_file)
+    defect_id = int(target)
+    catalog = Catalog.open(db)
+    row = get_defect(catalog, defect_id)
+    sha = row.clean_model.weights_sha256 if clean else row.weights_sha256
+    write_atomic(out_file, catalog.store.read_bytes(sha))
+    kind = "clean model" if clean else "defect"
+    if as_json:
+        _print_json({"out": str(out_file), "kind": kind, "id": defect_id, "sha256": sha})
+        return
+    out.print(f"wrote {shown(out_file)} ({kind} {defect_id}, {sha[:12]})")
+
+
+@db_app.command("import")
+def db_import(
+    source: Annotated[
+        Path, typer.Argument(metavar="DIR", help="A folder in the BackdoorDefects4NN layout.")
+    ],
+    fmt: Annotated[
+        str, typer.Option("--format", help="The layout of DIR (bdefects4nn).")
+    ] = "bdefects4nn",
+    arch_map: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--arch-map",
+            metavar="PUBLISHED=OURS",
+            help="Our architecture for a published architecture name (repeatable; default: "
+            "the same name, if registered).",
+        ),
+    ] = None,
+    db: DbOption = DEFAULT_DB,
+    as_json: JsonFlag = False,
+) -> None:
+    """Import the defects of a folder in the BackdoorDefects4NN layout: every file is scanned
+    first (nothing flagged or unreadable is loaded), then loaded with weights_only=True,
+    checked against its architecture and its recorded sha256, and recorded with its source;
+    defects already in the catalog are kept, so a second run adds nothing."""
+    from trojanscope.database.catalog import Catalog
+    from trojanscope.errors import TrojanscopeError
+    from trojanscope.workflows.exchange import import_bdefects4nn
+
+    if fmt != "bdefects4nn":
+        raise TrojanscopeError(f"unknown import format '{fmt}'; valid formats: bdefects4nn.")
+    if not source.is_dir():
+        raise TrojanscopeError(f"{source} is not a folder.")
+    from trojanscope.database.bdefects4nn import find_cases, parse_arch_map, resolve_archs
+
+    # A bad map or layout fails before the catalog is created or touched.
+    resolve_archs(find_cases(source), parse_arch_map(arch_map or []))
+    catalog = Catalog.open(db, create=True)
+    summary = import_bdefects4nn(catalog, source, arch_map or [])
+    if as_json:
+        _print_json(summary.model_dump(mode="json"))
+        return
+    out.print(
+        f"{summary.found} defects in {shown(summary.source)}: {summary.imported} imported, "
+        f"{summary.present} already in {shown(summary.db)}; {summary.clean_models_imported} "
+        "clean models imported",
+        soft_wrap=True,
+    )

@@ -314,10 +314,14 @@ def test_an_older_catalog_is_upgraded_in_place(template, tmp_path):
     connection = sqlite3.connect(tmp_path / "db" / "catalog.sqlite")
     connection.execute("DROP TABLE repairs")
     connection.execute("ALTER TABLE defects DROP COLUMN masked_clean_acc")
+    connection.execute("ALTER TABLE defects DROP COLUMN provenance")
+    connection.execute("ALTER TABLE clean_models DROP COLUMN provenance")
     connection.commit()
     connection.close()
     catalog = Catalog.open(tmp_path / "db")
-    assert get_defect(catalog, defect_id).masked_clean_acc is None
+    defect = get_defect(catalog, defect_id)
+    assert defect.masked_clean_acc is None and defect.provenance is None
+    assert defect.clean_model.provenance is None
     with catalog.session() as s:
         assert s.execute(text("SELECT count(*) FROM repairs")).scalar() == 0
 

@@ -32,6 +32,9 @@ class CleanModel(Base):
     weights_sha256: Mapped[str] = mapped_column(String(64))
     seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    # Where an imported entry came from: {"format", "source", "files": {path: sha256}} (None:
+    # built here, or recorded before imports existed).
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     defects: Mapped[list[Defect]] = relationship(back_populates="clean_model")
 
 
@@ -70,6 +73,9 @@ class Defect(Base):
     poisoned_test_sha256: Mapped[str] = mapped_column(String(64))
     seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    # Where an imported defect came from: {"format", "source", "files": {path: sha256}} (None:
+    # built here, or recorded before imports existed).
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     clean_model: Mapped[CleanModel] = relationship(back_populates="defects")
     infected: Mapped[list[InfectedNeuronRow]] = relationship(
         back_populates="defect", order_by="InfectedNeuronRow.rank", cascade="all, delete-orphan"

@@ -1,4 +1,5 @@
-"""The JSON records of `db build`, `db verify`, `db query` and `db stats`: defined once here,
+"""The JSON records of `db build`, `db verify`, `db query`, `db stats`, `db export
+--format bdefects4nn` and `db import`: defined once here,
 printed by the command line with ``--json`` and checked key for key by the tests."""
 
 from __future__ import annotations
@@ -117,3 +118,47 @@ class Stats(_Record):
     accepted: int
     rejected: int
     cells: list[CellStats]
+
+
+class ExportedCase(_Record):
+    """One defect `db export --format bdefects4nn` wrote, and its folder under the export."""
+
+    defect_id: int
+    key: str
+    status: str
+    path: str
+
+
+class ExportSummary(_Record):
+    """What `db export --format bdefects4nn` wrote."""
+
+    db: str
+    out: str
+    format: str
+    defects: int
+    clean_models: int
+    files: int
+    cases: list[ExportedCase]
+
+
+class ImportedCase(_Record):
+    """One case folder `db import` read: the defect it is in the catalog, and whether this
+    import added it (False: the catalog held it already)."""
+
+    path: str
+    defect_id: int
+    key: str
+    imported: bool
+
+
+class ImportSummary(_Record):
+    """What `db import` did."""
+
+    source: str
+    db: str
+    format: str
+    found: int
+    imported: int
+    present: int
+    clean_models_imported: int
+    cases: list[ImportedCase]
