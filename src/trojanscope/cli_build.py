@@ -24,6 +24,7 @@ from trojanscope.cli import (
     DEFAULT_DB,
     DEFAULT_DEVICE,
     DbOption,
+    DbUrlOption,
     DeviceOption,
     _device,
     _fmt,
@@ -31,6 +32,7 @@ from trojanscope.cli import (
     _threads,
     db_app,
     err,
+    open_catalog,
     out,
     shown,
 )
@@ -73,6 +75,7 @@ def _build_progress() -> Iterator[BuildProgress]:
 def db_build(
     spec_file: Annotated[Path, typer.Argument(metavar="SPEC", help="Build spec (TOML).")],
     db: DbOption = DEFAULT_DB,
+    db_url: DbUrlOption = None,
     workers: Annotated[
         int, typer.Option(min=1, help="Processes building at once (one torch thread each).")
     ] = 1,
@@ -84,7 +87,6 @@ def db_build(
 ) -> None:
     """Build the grid a spec declares: clean models, defects, criteria and repairs; whatever
     the catalog holds is reused, so a killed build resumes where it stopped."""
-    from trojanscope.database.catalog import Catalog
     from trojanscope.workflows.build import run_build
     from trojanscope.workflows.executors import make_executor
     from trojanscope.workflows.plan import check_catalog, make_plan
@@ -94,8 +96,8 @@ def db_build(
     spec = load_spec(spec_file)
     if dry_run:
         plan = make_plan(spec)
-        if (db / "catalog.sqlite").exists():
-            plan = check_catalog(plan, Catalog.open(db))
+        if db_url is not None or (db / "catalog.sqlite").exists():
+            plan = check_catalog(plan, open_catalog(db, db_url))
         clean, defects = plan.todo()
         counts = {
             "clean_models": {"planned": len(plan.clean), "todo": len(clean)},
@@ -110,7 +112,7 @@ def db_build(
             )
         return
     _threads()
-    catalog = Catalog.open(db, create=True)
+    catalog = open_catalog(db, db_url, create=True)
     with _build_progress() as progress:
         summary = run_build(
             spec,
@@ -156,13 +158,14 @@ def _render_build(summary: Any) -> None:
 
 
 @db_app.command("verify")
-def db_verify(db: DbOption = DEFAULT_DB, as_json: JsonFlag = False) -> None:
+def db_verify(
+    db: DbOption = DEFAULT_DB, db_url: DbUrlOption = None, as_json: JsonFlag = False
+) -> None:
     """Re-hash every artifact of the catalog; report missing, corrupt and orphaned files (exit
     code 1 if there is any)."""
-    from trojanscope.database.catalog import Catalog
     from trojanscope.workflows.query import verify_report
 
-    report = verify_report(Catalog.open(db))
+    report = verify_report(open_catalog(db, db_url))
     if as_json:
         _print_json(report.model_dump(mode="json"))
     else:
@@ -193,13 +196,15 @@ WhereOption = Annotated[
 
 @db_app.command("query")
 def db_query(
-    where: WhereOption = None, db: DbOption = DEFAULT_DB, as_json: JsonFlag = False
+    where: WhereOption = None,
+    db: DbOption = DEFAULT_DB,
+    db_url: DbUrlOption = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """The defects matching a selection, with their keys and weight hashes."""
-    from trojanscope.database.catalog import Catalog
     from trojanscope.workflows.query import query
 
-    records = query(Catalog.open(db), where)
+    records = query(open_catalog(db, db_url), where)
     if as_json:
         _print_json([r.model_dump(mode="json") for r in records])
         return
@@ -220,13 +225,15 @@ def db_query(
 
 @db_app.command("stats")
 def db_stats(
-    where: WhereOption = None, db: DbOption = DEFAULT_DB, as_json: JsonFlag = False
+    where: WhereOption = None,
+    db: DbOption = DEFAULT_DB,
+    db_url: DbUrlOption = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Accepted and rejected defects per cell, with how often each acceptance rule rejected."""
-    from trojanscope.database.catalog import Catalog
     from trojanscope.workflows.query import stats
 
-    result = stats(Catalog.open(db), where)
+    result = stats(open_catalog(db, db_url), where)
     if as_json:
         _print_json(result.model_dump(mode="json"))
         return
