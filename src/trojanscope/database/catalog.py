@@ -164,11 +164,6 @@ class Catalog:
         postgres_url(url)  # a bad URL is refused before any folder is made
         if path.exists() and not path.is_dir():
             raise CatalogError(f"--db {path} is a file, not the catalog's artifact folder.")
-        if not path.is_dir() and not create:
-            raise CatalogError(
-                f"no artifact store at {path}: with --db-url, --db names the folder (shared by "
-                "every builder) that holds the catalog's artifacts."
-            )
         catalog = cls(path, url)
         where = catalog.location
         with catalog.engine.connect() as connection:
@@ -185,6 +180,11 @@ class Catalog:
                     f"no trojanscope catalog in the database {where} (create one with "
                     f"`trojanscope db build SPEC --db {path} --db-url URL`)."
                 )
+        if not path.is_dir() and not create:
+            raise CatalogError(
+                f"no artifact store at {path}: with --db-url, --db names the folder (shared by "
+                "every builder) that holds the catalog's artifacts."
+            )
         if create:
             if not path.parent.is_dir():
                 raise CatalogError(f"cannot create catalog {path}: {path.parent} does not exist.")
