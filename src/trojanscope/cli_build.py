@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -36,6 +36,7 @@ from trojanscope.cli import (
     out,
     shown,
 )
+from trojanscope.errors import NoCatalogError
 
 if TYPE_CHECKING:
     from trojanscope.workflows.build import Progress as BuildProgress
@@ -97,7 +98,9 @@ def db_build(
     if dry_run:
         plan = make_plan(spec)
         if db_url is not None or (db / "catalog.sqlite").exists():
-            plan = check_catalog(plan, open_catalog(db, db_url))
+            # an empty database: everything is to build
+            with suppress(NoCatalogError):
+                plan = check_catalog(plan, open_catalog(db, db_url))
         clean, defects = plan.todo()
         counts = {
             "clean_models": {"planned": len(plan.clean), "todo": len(clean)},

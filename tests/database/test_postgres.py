@@ -4,6 +4,7 @@ an entry being recorded; unusable databases and URLs are one sentence."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -60,6 +61,36 @@ def test_entries_round_trip_through_postgres_unchanged(template, pg_url, tmp_pat
         reference.key
     ]
     assert verify(catalog).ok
+
+
+def test_the_db_commands_read_a_postgres_catalog(template, pg_url, tmp_path, capsys, monkeypatch):
+    from tests.workflows.conftest import TINY
+
+    root, _, defect_id, _ = template
+    spec = tmp_path / "spec.toml"
+    spec.write_text(TINY)
+    store = tmp_path / "store"
+    common = ["--db", store, "--db-url", pg_url]
+    code, out, err = run(["db", "build", spec, *common, "--dry-run", "--json"], capsys, monkeypatch)
+    assert code == 0, err  # an empty database: everything is to build
+    assert json.loads(out)["defects"] == {"planned": 6, "todo": 6}
+    shutil.copytree(root / "objects", store / "objects")
+    _copy_rows(Catalog.open(root), Catalog.open(store, create=True, url=pg_url))
+    code, out, err = run(["db", "query", *common, "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    assert [r["id"] for r in json.loads(out)] == [defect_id]
+    code, out, err = run(["db", "stats", *common, "--json"], capsys, monkeypatch)
+    assert code == 0 and json.loads(out)["accepted"] == 1, err
+    code, out, err = run(["db", "verify", *common], capsys, monkeypatch)
+    assert code == 0 and "0 missing, 0 corrupt, 0 orphaned" in out, err
+
+
+def test_no_server_is_a_skip_of_one_sentence(monkeypatch):
+    from tests import pgserver
+
+    monkeypatch.setattr(pgserver, "_binary", lambda name: None)
+    reason = pgserver.unavailable()
+    assert reason == "no PostgreSQL server binaries here (initdb, pg_ctl, postgres not found)."
 
 
 def _row(key: str, sha256: str = "0" * 64) -> CleanModel:

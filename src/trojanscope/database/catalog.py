@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trojanscope.database.schema import Base
 from trojanscope.database.store import ArtifactStore, Blob
-from trojanscope.errors import CatalogError
+from trojanscope.errors import CatalogError, NoCatalogError
 
 CATALOG_FILE = "catalog.sqlite"
 OBJECTS_DIR = "objects"
@@ -117,7 +117,7 @@ class Catalog:
             raise CatalogError(f"--db {path} is a file, not a catalog folder.")
         if not db_file.exists() and not db_file.is_symlink():
             if not create:
-                raise CatalogError(
+                raise NoCatalogError(
                     f"no trojanscope catalog at {path} (create one with `trojanscope db build "
                     f"SPEC --db {path}`, `trojanscope quickstart --db {path}` or `trojanscope "
                     f"inject --db {path} ...`)."
@@ -176,7 +176,7 @@ class Catalog:
                     "trojanscope never adds its own to a foreign database; choose another one."
                 )
             if not create:
-                raise CatalogError(
+                raise NoCatalogError(
                     f"no trojanscope catalog in the database {where} (create one with "
                     f"`trojanscope db build SPEC --db {path} --db-url URL`)."
                 )
