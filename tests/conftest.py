@@ -80,3 +80,23 @@ def plain_config(quantity: Quantity, **params) -> InjectionConfig:
         acceptance=Acceptance(min_patched_ratio=0.0),
         **params,
     )
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server on loopback for the whole session (see tests/pgserver.py); the
+    tests that need it skip, with the reason in one sentence, where none can run."""
+    from tests import pgserver
+
+    reason = pgserver.unavailable()
+    if reason is not None:
+        pytest.skip(f"PostgreSQL catalog tests skipped: {reason}")
+    server = pgserver.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server) -> str:
+    """The URL of a fresh, empty database of the test server."""
+    return postgres_server.new_database()

@@ -28,6 +28,8 @@ from trojanscope.textsafe import HIDDEN_INLINE, escape_match, shown
 if TYPE_CHECKING:
     import torch
 
+    from trojanscope.database.catalog import Catalog
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -61,7 +63,22 @@ def styled(*parts: str | tuple[str, str]) -> Text:
 out = LiteralConsole(width=None if sys.stdout.isatty() else 132)
 err = LiteralConsole(stderr=True)
 
-DbOption = Annotated[Path, typer.Option("--db", help="Catalog folder.")]
+DbOption = Annotated[
+    Path,
+    typer.Option(
+        "--db", help="Catalog folder (with --db-url: the shared folder of its artifacts)."
+    ),
+]
+DbUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db-url",
+        envvar="TROJANSCOPE_DB_URL",
+        show_default=False,
+        help="PostgreSQL database holding the catalog's rows, e.g. "
+        "postgresql://USER@HOST:5432/DB (default: SQLite in --db).",
+    ),
+]
 AttackParamOption = Annotated[
     list[str] | None,
     typer.Option(help="Attack parameter KEY=VALUE (repeatable), e.g. size=4, alpha=0.2."),
@@ -98,6 +115,13 @@ def _device(name: str) -> torch.device:
     from trojanscope.device import resolve_device
 
     return resolve_device(name)
+
+
+def open_catalog(db: Path, url: str | None, create: bool = False) -> Catalog:
+    """The catalog ``--db`` (and ``--db-url``) name; with ``create``, made if missing."""
+    from trojanscope.database import catalog
+
+    return catalog.Catalog.open(db, create=create, url=url)
 
 
 def _print_json(data: Any) -> None:
@@ -157,6 +181,7 @@ def _check_seeds(seeds: list[int]) -> list[int]:
 @app.command()
 def quickstart(
     db: DbOption = DEFAULT_DB,
+    db_url: DbUrlOption = None,
     json_file: Annotated[
         Path | None, typer.Option("--json", help="Also write the results as JSON to this file.")
     ] = None,
@@ -184,7 +209,6 @@ def quickstart(
     """Train a clean model, inject an attack at every level, localize with the criteria."""
     from trojanscope.attacks.base import ATTACKS
     from trojanscope.database.build import CleanSpec
-    from trojanscope.database.catalog import Catalog
     from trojanscope.database.quickstart import LEVELS, plan_size, run_quickstart
     from trojanscope.fileio import write_atomic
     from trojanscope.injection.quantity import Order
@@ -210,7 +234,7 @@ def quickstart(
     attack_params = parse_key_values(attack_param or [])
     splits = spec.splits()  # validates names and parameters before any work
     ATTACKS.create(attack, **attack_params).validate(splits.shape, splits.num_classes)
-    catalog = Catalog.open(db, create=True)
+    catalog = open_catalog(db, db_url, create=True)
     with _progress(plan_size(levels, seeds, criteria)) as step:
         result = run_quickstart(
             catalog,
@@ -328,6 +352,7 @@ def inject(
         int, typer.Option(help="Seed of the clean model and of the defect (0 to 2**32-1).")
     ] = 0,
     db: DbOption = DEFAULT_DB,
+    db_url: DbUrlOption = None,
     width: Annotated[float, typer.Option(help="Architecture width multiplier.")] = 1.0,
     target: Annotated[int | None, typer.Option(help="Target label (default 0).")] = None,
     target_mode: Annotated[
@@ -359,7 +384,6 @@ def inject(
         defect_summary,
         ensure_clean_model,
     )
-    from trojanscope.database.catalog import Catalog
     from trojanscope.injection.pipeline import InjectionConfig
     from trojanscope.registry import validate_params
 
@@ -393,7 +417,7 @@ def inject(
     )
     splits = spec.splits()  # validates the names; checks the attack fits before any training
     ATTACKS.create(attack, seed=seed, **attack_params).validate(splits.shape, splits.num_classes)
-    catalog = Catalog.open(db, create=True)
+    catalog = open_catalog(db, db_url, create=True)
     with _progress(2) as step:
         step(f"clean {arch} on {dataset}")
         clean, model, splits = ensure_clean_model(catalog, spec, run_on)
@@ -473,13 +497,13 @@ def list_kind(
 @db_app.command("list")
 def db_list(
     db: DbOption = DEFAULT_DB,
+    db_url: DbUrlOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
 ) -> None:
     """Every defect in the catalog, one line each."""
     from trojanscope.database.build import defect_summary, list_defects
-    from trojanscope.database.catalog import Catalog
 
-    rows = list_defects(Catalog.open(db))
+    rows = list_defects(open_catalog(db, db_url))
     if as_json:
         _print_json([defect_summary(r) for r in rows])
         return
@@ -519,6 +543,7 @@ def db_list(
 def db_show(
     defect_id: Annotated[int, typer.Argument(help="Defect id (see `trojanscope db list`).")],
     db: DbOption = DEFAULT_DB,
+    db_url: DbUrlOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full record as JSON.")] = False,
 ) -> None:
     """One defect with its infected neurons and localization results."""
@@ -528,9 +553,8 @@ def db_show(
         list_localizations,
         localization_summary,
     )
-    from trojanscope.database.catalog import Catalog
 
-    catalog = Catalog.open(db)
+    catalog = open_catalog(db, db_url)
     row = get_defect(catalog, defect_id)
     locs = [localization_summary(loc) for loc in list_localizations(catalog, defect_id)]
     neurons = [

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -25,6 +25,7 @@ from trojanscope.cli import (
     DEFAULT_DB,
     DEFAULT_DEVICE,
     DbOption,
+    DbUrlOption,
     DeviceOption,
     _check_output_file,
     _device,
@@ -33,9 +34,11 @@ from trojanscope.cli import (
     _threads,
     db_app,
     err,
+    open_catalog,
     out,
     shown,
 )
+from trojanscope.errors import NoCatalogError
 
 if TYPE_CHECKING:
     from trojanscope.workflows.build import Progress as BuildProgress
@@ -75,6 +78,7 @@ def _build_progress() -> Iterator[BuildProgress]:
 def db_build(
     spec_file: Annotated[Path, typer.Argument(metavar="SPEC", help="Build spec (TOML).")],
     db: DbOption = DEFAULT_DB,
+    db_url: DbUrlOption = None,
     workers: Annotated[
         int, typer.Option(min=1, help="Processes building at once (one torch thread each).")
     ] = 1,
@@ -86,7 +90,6 @@ def db_build(
 ) -> None:
     """Build the grid a spec declares: clean models, defects, criteria and repairs; whatever
     the catalog holds is reused, so a killed build resumes where it stopped."""
-    from trojanscope.database.catalog import Catalog
     from trojanscope.workflows.build import run_build
     from trojanscope.workflows.executors import make_executor
     from trojanscope.workflows.plan import check_catalog, make_plan
@@ -96,8 +99,10 @@ def db_build(
     spec = load_spec(spec_file)
     if dry_run:
         plan = make_plan(spec)
-        if (db / "catalog.sqlite").exists():
-            plan = check_catalog(plan, Catalog.open(db))
+        if db_url is not None or (db / "catalog.sqlite").exists():
+            # an empty database: everything is to build
+            with suppress(NoCatalogError):
+                plan = check_catalog(plan, open_catalog(db, db_url))
         clean, defects = plan.todo()
         counts = {
             "clean_models": {"planned": len(plan.clean), "todo": len(clean)},
@@ -112,7 +117,7 @@ def db_build(
             )
         return
     _threads()
-    catalog = Catalog.open(db, create=True)
+    catalog = open_catalog(db, db_url, create=True)
     with _build_progress() as progress:
         summary = run_build(
             spec,
@@ -158,13 +163,14 @@ def _render_build(summary: Any) -> None:
 
 
 @db_app.command("verify")
-def db_verify(db: DbOption = DEFAULT_DB, as_json: JsonFlag = False) -> None:
+def db_verify(
+    db: DbOption = DEFAULT_DB, db_url: DbUrlOption = None, as_json: JsonFlag = False
+) -> None:
     """Re-hash every artifact of the catalog; report missing, corrupt and orphaned files (exit
     code 1 if there is any)."""
-    from trojanscope.database.catalog import Catalog
     from trojanscope.workflows.query import verify_report
 
-    report = verify_report(Catalog.open(db))
+    report = verify_report(open_catalog(db, db_url))
     if as_json:
         _print_json(report.model_dump(mode="json"))
     else:
@@ -195,13 +201,15 @@ WhereOption = Annotated[
 
 @db_app.command("query")
 def db_query(
-    where: WhereOption = None, db: DbOption = DEFAULT_DB, as_json: JsonFlag = False
+    where: WhereOption = None,
+    db: DbOption = DEFAULT_DB,
+    db_url: DbUrlOption = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """The defects matching a selection, with their keys and weight hashes."""
-    from trojanscope.database.catalog import Catalog
     from trojanscope.workflows.query import query
 
-    records = query(Catalog.open(db), where)
+    records = query(open_catalog(db, db_url), where)
     if as_json:
         _print_json([r.model_dump(mode="json") for r in records])
         return
@@ -222,13 +230,15 @@ def db_query(
 
 @db_app.command("stats")
 def db_stats(
-    where: WhereOption = None, db: DbOption = DEFAULT_DB, as_json: JsonFlag = False
+    where: WhereOption = None,
+    db: DbOption = DEFAULT_DB,
+    db_url: DbUrlOption = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Accepted and rejected defects per cell, with how often each acceptance rule rejected."""
-    from trojanscope.database.catalog import Catalog
     from trojanscope.workflows.query import stats
 
-    result = stats(Catalog.open(db), where)
+    result = stats(open_catalog(db, db_url), where)
     if as_json:
         _print_json(result.model_dump(mode="json"))
         return
@@ -276,6 +286,7 @@ def db_export(
     ] = False,
     where: WhereOption = None,
     db: DbOption = DEFAULT_DB,
+    db_url: DbUrlOption = None,
     clean: Annotated[
         bool, typer.Option(help="safetensors: export the defect's clean model instead.")
     ] = False,
@@ -284,7 +295,6 @@ def db_export(
     """Write a defect's weights (or its clean model's) as a safetensors file, e.g. to audit it;
     or, with --format bdefects4nn, the catalog's accepted defects as the reference database's
     folders (see docs/bdefects4nn.md)."""
-    from trojanscope.database.catalog import Catalog
     from trojanscope.errors import TrojanscopeError
 
     if fmt not in EXPORT_FORMATS:
@@ -299,7 +309,7 @@ def db_export(
                 "--out and --clean belong to --format safetensors; --format bdefects4nn writes "
                 "the folder DIR."
             )
-        summary = export_bdefects4nn(Catalog.open(db), Path(target), where, include_all)
+        summary = export_bdefects4nn(open_catalog(db, db_url), Path(target), where, include_all)
         if as_json:
             _print_json(summary.model_dump(mode="json"))
         else:
@@ -309,13 +319,14 @@ def db_export(
                 soft_wrap=True,
             )
         return
-    _export_safetensors(target, out_file, db, clean, where, include_all, as_json)
+    _export_safetensors(target, out_file, db, db_url, clean, where, include_all, as_json)
 
 
 def _export_safetensors(
     target: str,
     out_file: Path | None,
     db: Path,
+    db_url: str | None,
     clean: bool,
     where: str | None,
     include_all: bool,
@@ -323,7 +334,6 @@ def _export_safetensors(
 ) -> None:
     """`db export ID --out FILE`: one defect's (or its clean model's) stored weights."""
     from trojanscope.database.build import get_defect
-    from trojanscope.database.catalog import Catalog
     from trojanscope.errors import TrojanscopeError
     from trojanscope.fileio import write_atomic
 
@@ -338,7 +348,7 @@ def _export_safetensors(
         raise TrojanscopeError("--format safetensors needs --out FILE.")
     _check_output_file(out_file)
     defect_id = int(target)
-    catalog = Catalog.open(db)
+    catalog = open_catalog(db, db_url)
     row = get_defect(catalog, defect_id)
     sha = row.clean_model.weights_sha256 if clean else row.weights_sha256
     write_atomic(out_file, catalog.store.read_bytes(sha))
@@ -367,13 +377,13 @@ def db_import(
         ),
     ] = None,
     db: DbOption = DEFAULT_DB,
+    db_url: DbUrlOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Import the defects of a folder in the BackdoorDefects4NN layout: every file is scanned
     first (nothing flagged or unreadable is loaded), then loaded with weights_only=True,
     checked against its architecture and its recorded sha256, and recorded with its source;
     defects already in the catalog are kept, so a second run adds nothing."""
-    from trojanscope.database.catalog import Catalog
     from trojanscope.errors import TrojanscopeError
     from trojanscope.workflows.exchange import import_bdefects4nn
 
@@ -385,7 +395,7 @@ def db_import(
 
     # A bad map or layout fails before the catalog is created or touched.
     resolve_archs(find_cases(source), parse_arch_map(arch_map or []))
-    catalog = Catalog.open(db, create=True)
+    catalog = open_catalog(db, db_url, create=True)
     summary = import_bdefects4nn(catalog, source, arch_map or [])
     if as_json:
         _print_json(summary.model_dump(mode="json"))

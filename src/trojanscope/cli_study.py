@@ -17,6 +17,7 @@ from trojanscope.cli import (
     DEFAULT_DB,
     DEFAULT_DEVICE,
     DbOption,
+    DbUrlOption,
     DeviceOption,
     _device,
     _fmt,
@@ -24,6 +25,7 @@ from trojanscope.cli import (
     _progress,
     _threads,
     app,
+    open_catalog,
     out,
     parse_key_values,
     shown,
@@ -84,17 +86,17 @@ def localize_cmd(
     criterion: Annotated[str, typer.Option(help="Criterion (see `trojanscope list criteria`).")],
     param: ParamOption = None,
     db: DbOption = DEFAULT_DB,
+    db_url: DbUrlOption = None,
     as_json: JsonFlag = False,
     device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Localize a stored defect with one criterion and score it against the ground truth."""
     from trojanscope.database.build import load_scores, localization_summary, localize
-    from trojanscope.database.catalog import Catalog
     from trojanscope.localization.metrics import top_k
 
     _threads()
     run_on = _device(device)
-    catalog = Catalog.open(db)
+    catalog = open_catalog(db, db_url)
     row, created = localize(
         catalog, defect_id, criterion, parse_key_values(param or []), device=run_on
     )
@@ -158,16 +160,16 @@ def repair_cmd(
         typer.Option("--param", help="Repair parameter KEY=VALUE (repeatable), e.g. epochs=5."),
     ] = None,
     db: DbOption = DEFAULT_DB,
+    db_url: DbUrlOption = None,
     as_json: JsonFlag = False,
     device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Repair a stored defect on a criterion's top-k neurons; the stored model is unchanged."""
-    from trojanscope.database.catalog import Catalog
     from trojanscope.database.study import repair_defect, repair_summary
 
     _threads()
     run_on = _device(device)
-    catalog = Catalog.open(db)
+    catalog = open_catalog(db, db_url)
     row, created = repair_defect(
         catalog, defect_id, method, criterion, k, parse_key_values(param or []), device=run_on
     )
@@ -208,15 +210,14 @@ def _study_table(
 
 
 def _selection(
-    db: Path, where: str | None, default_status: str | None = "accepted"
+    db: Path, db_url: str | None, where: str | None, default_status: str | None = "accepted"
 ) -> tuple[Any, list[Any]]:
     """The catalog and its defects matching ``where`` (an error if none does); without a
     status condition, those of ``default_status`` (None: every status)."""
-    from trojanscope.database.catalog import Catalog
     from trojanscope.database.study import select_defects
 
     _threads()
-    catalog = Catalog.open(db)
+    catalog = open_catalog(db, db_url)
     defects = select_defects(catalog, where, default_status)
     if not defects:
         raise TrojanscopeError(f"no defect in {db} matches the selection.")
@@ -242,6 +243,7 @@ def bench_localize_cmd(
     criteria: Annotated[str, typer.Option(help="'all' or a comma-separated list.")] = "all",
     where: WhereOption = None,
     db: DbOption = DEFAULT_DB,
+    db_url: DbUrlOption = None,
     plots: Annotated[
         Path | None, typer.Option(help="Folder for the PNG plots (default: DB/plots).")
     ] = None,
@@ -255,7 +257,7 @@ def bench_localize_cmd(
 
     run_on = _device(device)
     names = _names(criteria, CRITERIA)
-    catalog, defects = _selection(db, where)
+    catalog, defects = _selection(db, db_url, where)
     folder = _plots_folder(plots or db / "plots")
     with _progress(len(defects) * len(names)) as step:
         rows = bench_localize(catalog, defects, names, step, run_on)
@@ -281,6 +283,7 @@ def bench_repair_cmd(
     k: Annotated[int | None, typer.Option(help="Neurons per repair (default: truth size).")] = None,
     where: WhereOption = None,
     db: DbOption = DEFAULT_DB,
+    db_url: DbUrlOption = None,
     as_json: JsonFlag = False,
     device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
@@ -292,7 +295,7 @@ def bench_repair_cmd(
     run_on = _device(device)
     method_names = _names(methods, REPAIRS)
     criterion_names = _names(criteria, CRITERIA)
-    catalog, defects = _selection(db, where)
+    catalog, defects = _selection(db, db_url, where)
     with _progress(len(defects) * plan_pairs(method_names, criterion_names)) as step:
         rows = bench_repair(catalog, defects, method_names, criterion_names, k, step, run_on)
     keys = ["method", "criterion", "level", "attack", "order"]
@@ -320,13 +323,14 @@ def report_study_cmd(
         ),
     ] = None,
     db: DbOption = DEFAULT_DB,
+    db_url: DbUrlOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """The stored study as an HTML page and a Markdown file; runs no criterion or repair."""
     from trojanscope.database.results import count_defects, defect_record, stored_results
     from trojanscope.report.study import build_report, header, write_report
 
-    catalog, defects = _selection(db, where, default_status=None)
+    catalog, defects = _selection(db, db_url, where, default_status=None)
     folder = _plots_folder(out_dir, "the report")
     locs, repairs = stored_results(catalog, defects)
     records = [defect_record(d) for d in defects]

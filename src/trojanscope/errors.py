@@ -17,5 +17,9 @@ class CatalogError(TrojanscopeError):
     """A missing, unwritable or inconsistent catalog."""
 
 
+class NoCatalogError(CatalogError):
+    """No catalog where one was asked for (nothing to open, nothing refused)."""
+
+
 class CorruptArtifactError(TrojanscopeError):
     """A stored file whose content does not match its hash or cannot be parsed."""

@@ -82,10 +82,10 @@ def wait_for_defect(proc: subprocess.Popen[bytes], db: Path, timeout: float = 30
         time.sleep(0.05)
 
 
-def snapshot(root: Path) -> dict[str, list[tuple[object, ...]]]:
+def snapshot(root: Path, url: str | None = None) -> dict[str, list[tuple[object, ...]]]:
     """What a build recorded, independent of row ids and timing: keys and artifact hashes
     (localizations and repairs by their defect's key, since their own keys use row ids)."""
-    catalog = Catalog.open(root)
+    catalog = Catalog.open(root, url=url)
     with catalog.session() as s:
         defect_keys = dict(s.execute(select(Defect.id, Defect.key)).all())
         return {

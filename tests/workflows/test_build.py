@@ -8,11 +8,13 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from sqlalchemy import func, select
 
 from tests.workflows.conftest import (
     TINY,
@@ -23,6 +25,7 @@ from tests.workflows.conftest import (
 )
 from trojanscope.database.catalog import Catalog
 from trojanscope.database.integrity import verify
+from trojanscope.database.schema import JobClaim
 from trojanscope.errors import ConfigError, TrojanscopeError
 from trojanscope.workflows.build import run_build
 from trojanscope.workflows.executors import make_executor
@@ -179,26 +182,64 @@ def test_ctrl_c_stops_a_pooled_build_and_its_workers(reference_one_thread, tiny_
     assert verify(Catalog.open(db)).ok
 
 
-def test_concurrent_builds_of_one_spec_record_each_job_once(reference, tiny_spec, tmp_path):
+#: `db build` with every job it runs noted in a journal (one line per job: pid and key).
+JOURNALED_BUILD = """\
+import os, sys
+from trojanscope.workflows import executors
+
+real = executors.run_job
+
+def noted(job, catalog, device):
+    with open(os.environ["JOURNAL"], "a") as fh:
+        fh.write(f"{os.getpid()} {job.key}\\n")
+    return real(job, catalog, device)
+
+executors.run_job = noted
+from trojanscope.entry import main
+sys.argv = ["trojanscope", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_concurrent_builds_of_one_spec_run_each_job_once(
+    backend, reference, tiny_spec, tmp_path, request
+):
+    """Two `db build` of one spec at once, on one catalog: every job runs exactly once (the
+    claims), every key is recorded once, and the catalog equals an uninterrupted build's."""
     db = tmp_path / "db"
+    url = request.getfixturevalue("pg_url") if backend == "postgres" else None
+    script = tmp_path / "journaled.py"
+    script.write_text(JOURNALED_BUILD)
+    journal = tmp_path / "journal"
+    command = [sys.executable, str(script), *build_command(tiny_spec, db, "--json")[3:]]
+    if url is not None:
+        command += ["--db-url", url]
     procs = [
         subprocess.Popen(
-            build_command(tiny_spec, db, "--json"),
-            env=subprocess_env(),
+            command,
+            env={**subprocess_env(), "JOURNAL": str(journal)},
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         for _ in range(2)
     ]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0]
-    summaries = [json.loads(out) for out in outputs]
-    # Each defect and clean model was recorded by exactly one of the two; the other reused it.
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+    summaries = [json.loads(out) for out, _ in outputs]
+    plan = make_plan(parse_spec(TINY))
+    runs = [line.split() for line in journal.read_text().splitlines()]
+    assert sorted(key for _, key in runs) == sorted(plan.keys)  # each job ran exactly once
+    assert len({pid for pid, _ in runs}) == 2  # and the two builds shared them
     assert sum(s["defects"]["built"] for s in summaries) == 6
     assert sum(s["clean_models"]["built"] for s in summaries) == 1
     assert all(s["defects"]["built"] + s["defects"]["reused"] == 6 for s in summaries)
-    assert snapshot(db) == snapshot(reference)
-    assert verify(Catalog.open(db)).ok  # the losers of the races wrote nothing
+    assert all(s["defects"]["accepted"] == 6 for s in summaries)
+    assert snapshot(db, url) == snapshot(reference)  # no duplicate key, nothing missing
+    catalog = Catalog.open(db, url=url)
+    assert verify(catalog).ok  # no orphan file
+    with catalog.session() as session:
+        assert session.scalar(select(func.count()).select_from(JobClaim)) == 0  # all released
 
 
 def test_an_attack_that_does_not_fit_is_refused_before_any_training(tmp_path):

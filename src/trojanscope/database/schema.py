@@ -1,4 +1,5 @@
-"""Catalog tables: clean models, defects, their infected neurons, localizations, repairs."""
+"""Catalog tables: clean models, defects, their infected neurons, localizations, repairs, and
+the claims of the build jobs running now."""
 
 from __future__ import annotations
 
@@ -146,6 +147,22 @@ class RepairRow(Base):
     seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     defect: Mapped[Defect] = relationship(back_populates="repairs")
+
+
+class JobClaim(Base):
+    """A build job some process is running now (see ``database.claims``): one row per job
+    key, removed when the job ends; a row whose owner died is taken over."""
+
+    __tablename__ = "job_claims"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # the job's catalog key
+    owner: Mapped[str] = mapped_column(String(300))  # host:pid:random, unique per build
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int]
+    # When the owner process started (Linux /proc ticks; None elsewhere): a reused pid is not
+    # mistaken for the owner.
+    process_start: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    started: Mapped[float] = mapped_column(Float)  # seconds since the epoch (database clock
+    heartbeat: Mapped[float] = mapped_column(Float)  # on PostgreSQL, else the host's)
 
 
 #: The columns of each table that name artifacts of the store (a localization may name one

@@ -3,7 +3,10 @@ data, run the missing jobs (clean models before the defects that need them) and 
 
 A job records each entry as soon as it is made, and ``Catalog.record`` writes an entry with
 its artifacts in one transaction, so a build killed at any moment, then started again,
-finishes the grid with nothing duplicated or half-written.
+finishes the grid with nothing duplicated or half-written. A job is claimed in the catalog
+before it runs (``database.claims``), so builds of one spec running at once share the work:
+a job another build holds is skipped, and rechecked until that build has recorded it (or
+given it up, or died).
 """
 
 from __future__ import annotations
@@ -14,16 +17,25 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from typing import Literal
 
 from trojanscope.attacks.base import ATTACKS
 from trojanscope.database.build import load_splits
 from trojanscope.database.catalog import Catalog
+from trojanscope.database.claims import STALE_AFTER, Claims
 from trojanscope.database.integrity import sweep
 from trojanscope.device import CPU
 from trojanscope.errors import TrojanscopeError
 from trojanscope.workflows.executors import Executor, Job
 from trojanscope.workflows.jobs import JobResult
-from trojanscope.workflows.plan import CleanJob, DefectJob, Plan, check_catalog, make_plan
+from trojanscope.workflows.plan import (
+    CleanJob,
+    DefectJob,
+    Plan,
+    check_catalog,
+    make_plan,
+    recorded,
+)
 from trojanscope.workflows.records import BuildSummary, CellSummary, Counts, DefectCounts
 from trojanscope.workflows.spec import BuildSpec
 
@@ -78,11 +90,57 @@ class _Schedule:
         if isinstance(job, CleanJob):
             self.defects.extend(self.waiting.pop(job.key, []))
 
+    def retry(self, job: Job) -> None:
+        """Put ``job`` (no longer held elsewhere) first in its queue."""
+        if isinstance(job, CleanJob):
+            self.clean.appendleft(job)
+        else:
+            self.defects.appendleft(job)
 
-def execute(plan: Plan, executor: Executor, progress: Progress) -> dict[str, JobResult]:
+
+@dataclass
+class Sharing:
+    """How a build shares its catalog with other builds running at once: the claims it holds,
+    and how often (seconds) it rechecks the jobs another build holds."""
+
+    catalog: Catalog
+    claims: Claims
+    poll: float = 1.0
+    #: Jobs another build held when this one wanted them.
+    held: list[Job] = field(default_factory=list)
+    _checked: float = 0.0
+
+    def take(self, job: Job) -> bool:
+        """Claim ``job``; False (and it is kept as held) if another build holds it."""
+        if self.claims.acquire(job.key):
+            return True
+        self.held.append(job)
+        return False
+
+    def due(self) -> bool:
+        """Whether the held jobs are to be rechecked now (at most once per ``poll``)."""
+        return bool(self.held) and time.monotonic() - self._checked >= self.poll
+
+    def recheck(self) -> tuple[list[Job], list[Job]]:
+        """The held jobs that are free now (no live build holds them), and those still
+        held; noted as checked now."""
+        self._checked = time.monotonic()
+        taken = self.claims.taken([job.key for job in self.held])
+        free = [job for job in self.held if job.key not in taken]
+        self.held = [job for job in self.held if job.key in taken]
+        return free, self.held
+
+
+def execute(
+    plan: Plan, executor: Executor, progress: Progress, sharing: Sharing | None = None
+) -> dict[str, JobResult]:
     """Run the plan's missing jobs on ``executor``; the results by job key. On the first
     failure no new job starts; running ones finish (their entries are kept), then it is
-    raised."""
+    raised.
+
+    With ``sharing``, each job is claimed before it runs and released when it ends; a job
+    another build holds waits, and is taken as reused once that build has recorded it (or
+    run here if that build gave it up or died)."""
     clean_todo, defect_todo = plan.todo()
     pending_clean = {job.key for job in clean_todo}
     schedule = _Schedule(deque(clean_todo), deque())
@@ -95,17 +153,54 @@ def execute(plan: Plan, executor: Executor, progress: Progress) -> dict[str, Job
     results: dict[str, JobResult] = {}
     running: dict[Future[JobResult], Job] = {}
     failure: BaseException | None = None
+
+    def done_elsewhere(job: Job) -> bool:
+        """Whether another build recorded every entry of ``job``: if so it counts as reused
+        (its status noted) and what waited for it may run."""
+        assert sharing is not None
+        complete, status = recorded(job, sharing.catalog)
+        if not complete:
+            return False
+        kind: Literal["clean", "defect"] = "clean" if isinstance(job, CleanJob) else "defect"
+        results[job.key] = JobResult(kind, job.key, False, 0.0, status)
+        if status is not None:
+            plan.statuses[job.key] = status
+        schedule.finished(job)
+        progress.done(job, results[job.key])
+        return True
+
     while True:
         while failure is None and len(running) < executor.capacity:
             ready = schedule.next()
             if ready is None:
                 break
+            if sharing is not None:
+                if not sharing.take(ready):
+                    continue
+                if done_elsewhere(ready):  # recorded since this build planned
+                    sharing.claims.release(ready.key)
+                    continue
             running[executor.submit(ready)] = ready
+        if sharing is not None and failure is None and sharing.due():
+            free, _ = sharing.recheck()
+            for job in free:
+                if not done_elsewhere(job):
+                    schedule.retry(job)  # given up or its build died: run it here
+            if free:
+                continue
+        waiting_elsewhere = sharing is not None and failure is None and bool(sharing.held)
         if not running:
-            break
-        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            if not waiting_elsewhere:
+                break
+            assert sharing is not None
+            time.sleep(sharing.poll)
+            continue
+        timeout = sharing.poll if waiting_elsewhere and sharing is not None else None
+        finished, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
         for future in finished:
             job = running.pop(future)
+            if sharing is not None:
+                sharing.claims.release(job.key)
             error = future.exception()
             if error is not None:
                 failure = failure or error
@@ -189,11 +284,18 @@ def run_build(
     progress: Progress | None = None,
     spec_name: str = "spec",
     device: str = str(CPU),
+    stale_after: float = STALE_AFTER,
+    poll: float = 1.0,
 ) -> BuildSummary:
     """Build (or finish) the grid of ``spec`` in ``catalog``: first remove what a killed build
     left (orphan artifacts, temporary files), then run every job not in the catalog on an
     executor made for that many jobs (closed at the end; at once if the build fails or is
-    interrupted)."""
+    interrupted).
+
+    Each job is claimed in the catalog while it runs (``stale_after``: seconds without a
+    heartbeat after which another build may take a claim over; a claim whose process is gone
+    from this host is taken over at once); jobs another build holds are rechecked every
+    ``poll`` seconds until it has recorded them."""
     started = time.perf_counter()
     swept = len(sweep(catalog))
     plan = check_catalog(make_plan(spec), catalog)
@@ -202,7 +304,10 @@ def run_build(
     executor = executors(len(clean_todo) + len(defect_todo))
     finished = False
     try:
-        results = execute(plan, executor, progress or Progress())
+        with Claims(catalog, stale_after).heartbeat() as claims:
+            results = execute(
+                plan, executor, progress or Progress(), Sharing(catalog, claims, poll)
+            )
         finished = True
     finally:
         executor.close(wait=finished)

@@ -80,14 +80,15 @@ def _watch_parent() -> None:
             os._exit(0)
 
 
-def _start_worker(root: str, device: str | None, threads: int) -> None:
-    """Worker set-up: its torch threads, its own connection to the catalog, a watchdog."""
+def _start_worker(root: str, url: str | None, device: str | None, threads: int) -> None:
+    """Worker set-up: its torch threads, its own connection to the catalog (``url``: its
+    PostgreSQL database, None: SQLite), a watchdog."""
     global _catalog, _device
     torch.set_num_threads(threads)
     # Ctrl-C reaches every process of the terminal's group: the build alone handles it (it
     # terminates the workers, whose running jobs leave whole entries or none).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _catalog = Catalog.open(Path(root))
+    _catalog = Catalog.open(Path(root), url=url)
     _device = None if device is None else torch.device(device)
     threading.Thread(target=_watch_parent, name="parent-watchdog", daemon=True).start()
 
@@ -119,7 +120,12 @@ class WorkerPool(Executor):
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
-            initargs=(str(catalog.root), None if device is None else str(device), threads),
+            initargs=(
+                str(catalog.root),
+                catalog.url,
+                None if device is None else str(device),
+                threads,
+            ),
         )
         self.workers: list[multiprocessing.process.BaseProcess] = []
         self._start(workers)

@@ -165,6 +165,28 @@ def analysis_keys(job: DefectJob, defect: Defect) -> list[str]:
     return keys
 
 
+def recorded(job: CleanJob | DefectJob, catalog: Catalog) -> tuple[bool, str | None]:
+    """Whether every entry of ``job`` is in ``catalog`` now (as :func:`check_catalog` decides
+    for a whole plan), and the status of its defect if it is recorded (None for a clean
+    model): what a build asks of a job another build held."""
+    if isinstance(job, CleanJob):
+        with catalog.session() as session:
+            clean_id = session.scalar(select(CleanModel.id).where(CleanModel.key == job.key))
+        return clean_id is not None, None
+    with catalog.session() as session:
+        defect_id = session.scalar(select(Defect.id).where(Defect.key == job.key))
+    if defect_id is None:
+        return False, None
+    row = get_defect(catalog, defect_id)
+    if row.status != "accepted":
+        return True, row.status
+    keys = analysis_keys(job, row)
+    with catalog.session() as session:
+        found = set(session.scalars(select(Localization.key).where(Localization.key.in_(keys))))
+        found |= set(session.scalars(select(RepairRow.key).where(RepairRow.key.in_(keys))))
+    return all(k in found for k in keys), row.status
+
+
 def check_catalog(plan: Plan, catalog: Catalog) -> Plan:
     """Mark the jobs whose entries are all in ``catalog`` as done (a defect job is done when
     its defect is rejected, or accepted with every localization and repair recorded)."""
