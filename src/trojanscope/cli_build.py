@@ -25,6 +25,7 @@ from trojanscope.cli import (
     DEFAULT_DEVICE,
     DbOption,
     DeviceOption,
+    _amp,
     _device,
     _fmt,
     _print_json,
@@ -77,6 +78,15 @@ def db_build(
         int, typer.Option(min=1, help="Processes building at once (one torch thread each).")
     ] = 1,
     device: DeviceOption = DEFAULT_DEVICE,
+    amp: Annotated[
+        str | None,
+        typer.Option(
+            "--amp",
+            help="Mixed-precision training: bf16, fp16 or off, overriding the spec's `amp` "
+            "(and so the keys of what is trained). bf16: CPU, CUDA of compute capability 8.0+, "
+            "mps on macOS 14+; fp16: CUDA, mps.",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Plan only: count the jobs, build nothing.")
     ] = False,
@@ -92,6 +102,7 @@ def db_build(
 
     run_on = _device(device)
     spec = load_spec(spec_file)
+    spec = spec.model_copy(update={"amp": _amp(run_on, spec.amp if amp is None else amp)})
     if dry_run:
         plan = make_plan(spec)
         if (db / "catalog.sqlite").exists():
