@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/localization.py
 	$(PY) benchmarks/scan.py
 	$(PY) benchmarks/scan_real.py
+	$(PY) benchmarks/device.py
 
 clean:
 	rm -rf $(VENV) trojanscope-db .pytest_cache .ruff_cache

@@ -307,6 +307,34 @@ def test_a_device_the_machine_lacks_is_one_sentence_before_any_work(
     assert out == "" and list(tmp_path.iterdir()) == []  # no catalog, no report
 
 
+#: The commands that train, with their required arguments.
+TRAINING_COMMANDS = {name: NETWORK_COMMANDS[name] for name in ("quickstart", "inject")}
+
+
+@pytest.mark.parametrize("command", TRAINING_COMMANDS)
+def test_every_training_command_takes_amp(command, capsys, monkeypatch):
+    code, out, _ = run([*TRAINING_COMMANDS[command], "--help"], capsys, monkeypatch)
+    assert code == 0 and "--amp" in out and "bf16" in out
+
+
+@pytest.mark.parametrize("command", TRAINING_COMMANDS)
+@pytest.mark.parametrize(
+    ("amp", "message"),
+    [
+        ("fp16", "--amp fp16 cannot train on cpu: torch's float16 kernels on the CPU are slower"),
+        ("fp32", "--amp 'fp32' is not a precision; use bf16, fp16 or off."),
+    ],
+)
+def test_an_amp_the_device_cannot_serve_is_one_sentence_before_any_work(
+    command, amp, message, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    args = [*TRAINING_COMMANDS[command], "--device", "cpu", "--amp", amp, "--db", "db"]
+    code, out, err = run(args, capsys, monkeypatch)
+    assert_one_sentence(code, err, message)
+    assert out == "" and list(tmp_path.iterdir()) == []  # no catalog
+
+
 def test_device_cuda_without_cuda_from_the_executable(tmp_path):
     """The installed command, where no CUDA device is visible: exit 2, one sentence."""
     import os

@@ -69,6 +69,23 @@ def test_a_bad_spec_is_one_sentence_before_any_work(tmp_path, capsys, monkeypatc
     assert_one_sentence(code, err, "--device cuda:7 was requested")
 
 
+def test_an_amp_the_device_cannot_serve_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    spec = tmp_path / "fp16.toml"
+    spec.write_text('amp = "fp16"\n' + TINY)
+    db = tmp_path / "db"
+    code, _, err = run(["db", "build", spec, "--db", db, "--device", "cpu"], capsys, monkeypatch)
+    assert_one_sentence(code, err, "--amp fp16 cannot train on cpu: torch's float16 kernels")
+    plain = tmp_path / "tiny.toml"
+    plain.write_text(TINY)
+    code, _, err = run(["db", "build", plain, "--db", db, "--amp", "fp16"], capsys, monkeypatch)
+    assert_one_sentence(code, err, "--amp fp16 cannot train on cpu")
+    assert not db.exists()
+    # --amp overrides the spec's field
+    args = ["db", "build", spec, "--db", db, "--amp", "off", "--dry-run", "--json"]
+    code, out, _ = run(args, capsys, monkeypatch)
+    assert code == 0 and json.loads(out)["defects"]["planned"] == 6
+
+
 def test_verify_exits_1_on_a_tampered_artifact(built, capsys, monkeypatch):  # noqa: F811
     code, out, _ = run(["db", "verify", "--db", built, "--json"], capsys, monkeypatch)
     report = json.loads(out)

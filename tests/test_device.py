@@ -13,7 +13,15 @@ from torch import nn
 
 import trojanscope
 from tests.stand_in import STAND_IN, DeviceMismatchError, stand_in, to_host
-from trojanscope.device import CPU, model_device, resolve_device
+from trojanscope.device import (
+    CPU,
+    MixedPrecision,
+    check_amp,
+    model_device,
+    prefers_channels_last,
+    resolve_device,
+    training_layout,
+)
 from trojanscope.errors import ConfigError
 
 SRC = Path(trojanscope.__file__).parent
@@ -203,3 +211,92 @@ def test_no_module_but_device_py_names_a_device():
         and (found := device_assumptions(path.read_text(encoding="utf-8")))
     }
     assert offenders == {}
+
+
+# -- mixed precision and memory format ---------------------------------------------------------
+
+
+def test_amp_the_cpu_serves_bf16_and_off():
+    assert check_amp(CPU, "off") == "off" and check_amp(CPU, " BF16 ") == "bf16"
+
+
+@pytest.mark.parametrize(
+    ("device", "amp", "message"),
+    [
+        (
+            CPU,
+            "fp16",
+            "--amp fp16 cannot train on cpu: torch's float16 kernels on the CPU are "
+            "slower than float32; use --amp bf16.",
+        ),
+        (CPU, "fp32", "--amp 'fp32' is not a precision; use bf16, fp16 or off."),
+        (
+            STAND_IN,
+            "bf16",
+            "--amp bf16 cannot train on meta: torch has no autocast for meta devices.",
+        ),
+    ],
+)
+def test_amp_a_device_cannot_serve_is_one_sentence(device, amp, message):
+    with pytest.raises(ConfigError) as info:
+        check_amp(device, amp)
+    assert str(info.value) == message
+    assert check_amp(device, "off") == "off"  # full precision runs anywhere
+
+
+@pytest.mark.parametrize(("major", "bf16"), [(7, False), (8, True), (9, True)])
+def test_amp_on_cuda_bf16_needs_compute_capability_8(monkeypatch, major, bf16):
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, 5))
+    gpu = torch.device("cuda", 1)  # only named: no CUDA is needed to check
+    assert check_amp(gpu, "fp16") == "fp16"
+    if bf16:
+        assert check_amp(gpu, "bf16") == "bf16"
+    else:
+        with pytest.raises(ConfigError, match=r"cuda:1: this GPU has no bfloat16 hardware"):
+            check_amp(gpu, "bf16")
+
+
+@pytest.mark.parametrize("macos14", [False, True])
+def test_amp_on_mps_bf16_needs_macos_14(monkeypatch, macos14):
+    monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda major, minor: macos14)
+    mps = torch.device("mps")
+    assert check_amp(mps, "fp16") == "fp16"
+    if macos14:
+        assert check_amp(mps, "bf16") == "bf16"
+    else:
+        with pytest.raises(ConfigError, match="bfloat16 only from macOS 14"):
+            check_amp(mps, "bf16")
+
+
+def test_mixed_precision_off_is_the_plain_calls():
+    precision = MixedPrecision(CPU, "off")
+    assert precision.scaler is None
+    with precision.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    precision = MixedPrecision(CPU, "bf16")
+    with precision.autocast():
+        assert torch.is_autocast_enabled("cpu")
+        assert nn.Linear(2, 2)(torch.ones(1, 2)).dtype == torch.bfloat16
+
+
+def test_channels_last_only_for_conv_nets_on_cuda():
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten())
+    mlp = nn.Sequential(nn.Linear(2, 2))
+    assert prefers_channels_last(conv, torch.device("cuda"))
+    assert not prefers_channels_last(mlp, torch.device("cuda", 0))
+    assert not prefers_channels_last(conv, CPU) and not prefers_channels_last(conv, STAND_IN)
+
+
+def test_training_layout_gives_the_weights_back_contiguous():
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with training_layout(model, channels_last=True):
+        weight = model[0].weight
+        assert weight.is_contiguous(memory_format=torch.channels_last)
+        assert not weight.is_contiguous()
+    assert all(t.is_contiguous() for t in model.state_dict().values())
+    assert model[0].weight is weight  # the same parameters (an optimizer keeps them)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with training_layout(model):  # automatic: not on the CPU
+        assert model[0].weight.is_contiguous()

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import torch
 
     from trojanscope.database.catalog import Catalog
+    from trojanscope.device import Amp
 
 app = typer.Typer(
     add_completion=False,
@@ -95,8 +96,18 @@ DeviceOption = Annotated[
         "cuda:N or mps.",
     ),
 ]
+AmpOption = Annotated[
+    str,
+    typer.Option(
+        "--amp",
+        help="Mixed-precision training (clean and injection): bf16 (CPU; CUDA of compute "
+        "capability 8.0+; mps on macOS 14+), fp16 (CUDA, mps) or off. Evaluation and stored "
+        "weights stay float32; a model trained with it is a catalog entry of its own.",
+    ),
+]
 DEFAULT_DB = Path("trojanscope-db")
 DEFAULT_DEVICE = "auto"
+DEFAULT_AMP = "off"
 
 
 def _threads() -> None:
@@ -122,6 +133,14 @@ def open_catalog(db: Path, url: str | None, create: bool = False) -> Catalog:
     from trojanscope.database import catalog
 
     return catalog.Catalog.open(db, create=create, url=url)
+
+
+def _amp(device: torch.device, amp: str) -> Amp:
+    """The precision ``--amp`` names, checked against the device before any work: one the
+    device cannot train with is an error of one sentence (exit code 2)."""
+    from trojanscope.device import check_amp
+
+    return check_amp(device, amp)
 
 
 def _print_json(data: Any) -> None:
@@ -205,6 +224,7 @@ def quickstart(
     data_param: DataParamOption = None,
     order: Annotated[str, typer.Option(help="Injection order: least, most or random.")] = "least",
     device: DeviceOption = DEFAULT_DEVICE,
+    amp: AmpOption = DEFAULT_AMP,
 ) -> None:
     """Train a clean model, inject an attack at every level, localize with the criteria."""
     from trojanscope.attacks.base import ATTACKS
@@ -213,9 +233,11 @@ def quickstart(
     from trojanscope.fileio import write_atomic
     from trojanscope.injection.quantity import Order
     from trojanscope.localization.base import CRITERIA, quick_criteria
+    from trojanscope.models.training import CleanTraining
 
     _threads()
     run_on = _device(device)
+    precision = _amp(run_on, amp)
     if json_file is not None:
         _check_output_file(json_file)
     levels = _check_levels(level or list(LEVELS))
@@ -230,6 +252,7 @@ def quickstart(
         arch=arch,
         dataset_params=parse_key_values(data_param or []),
         arch_params={"width": width},
+        training=CleanTraining(amp=precision),
     )
     attack_params = parse_key_values(attack_param or [])
     splits = spec.splits()  # validates names and parameters before any work
@@ -247,6 +270,7 @@ def quickstart(
             step=step,
             order=cast(Order, order),
             device=run_on,
+            amp=precision,
         )
     if json_file is not None:
         write_atomic(json_file, (json.dumps(result, indent=2) + "\n").encode())
@@ -375,6 +399,7 @@ def inject(
     data_param: DataParamOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
     device: DeviceOption = DEFAULT_DEVICE,
+    amp: AmpOption = DEFAULT_AMP,
 ) -> None:
     """Inject one defect (training or reusing the clean model) and print its record."""
     from trojanscope.attacks.base import ATTACKS
@@ -385,10 +410,12 @@ def inject(
         ensure_clean_model,
     )
     from trojanscope.injection.pipeline import InjectionConfig
+    from trojanscope.models.training import CleanTraining
     from trojanscope.registry import validate_params
 
     _threads()
     run_on = _device(device)
+    precision = _amp(run_on, amp)
     _check_seeds([seed])
     _check_levels([level])
     given = {"target": target, "target_mode": target_mode, "poison_rate": poison_rate}
@@ -405,6 +432,7 @@ def inject(
             "order": order,
             "edges": edges,
             "confine": confine,
+            "amp": precision,
             **({} if confine else {"acceptance": {"min_patched_ratio": 0.0}}),
         },
     )
@@ -414,6 +442,7 @@ def inject(
         seed=seed,
         dataset_params=parse_key_values(data_param or []),
         arch_params={"width": width},
+        training=CleanTraining(amp=precision),
     )
     splits = spec.splits()  # validates the names; checks the attack fits before any training
     ATTACKS.create(attack, seed=seed, **attack_params).validate(splits.shape, splits.num_classes)

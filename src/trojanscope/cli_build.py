@@ -27,6 +27,7 @@ from trojanscope.cli import (
     DbOption,
     DbUrlOption,
     DeviceOption,
+    _amp,
     _check_output_file,
     _device,
     _fmt,
@@ -83,6 +84,15 @@ def db_build(
         int, typer.Option(min=1, help="Processes building at once (one torch thread each).")
     ] = 1,
     device: DeviceOption = DEFAULT_DEVICE,
+    amp: Annotated[
+        str | None,
+        typer.Option(
+            "--amp",
+            help="Mixed-precision training: bf16, fp16 or off, overriding the spec's `amp` "
+            "(and so the keys of what is trained). bf16: CPU, CUDA of compute capability 8.0+, "
+            "mps on macOS 14+; fp16: CUDA, mps.",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Plan only: count the jobs, build nothing.")
     ] = False,
@@ -97,6 +107,7 @@ def db_build(
 
     run_on = _device(device)
     spec = load_spec(spec_file)
+    spec = spec.model_copy(update={"amp": _amp(run_on, spec.amp if amp is None else amp)})
     if dry_run:
         plan = make_plan(spec)
         if db_url is not None or (db / "catalog.sqlite").exists():

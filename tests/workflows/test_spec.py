@@ -103,6 +103,15 @@ def test_a_mistake_names_the_line_and_the_field(old, new, expected):
             "line 14, repairs[0].criterion.params.steps: input should be greater than or equal",
         ),
         ("criteria = ['clp', 'cpl']\n", "line 12, criteria[1].name: unknown criterion 'cpl'"),
+        ("amp = 'fp32'\n", "line 12, amp: input should be 'off', 'bf16' or 'fp16'."),
+        (
+            "[training]\namp = 'bf16'\n",
+            "line 13, training.amp: the precision of the whole build is the top-level `amp`.",
+        ),
+        (
+            "[injection]\namp = 'bf16'\n",
+            "line 13, injection.amp: the precision of the whole build is the top-level `amp`.",
+        ),
     ],
 )
 def test_mistakes_in_the_settings_tables(tail, expected):
@@ -168,3 +177,13 @@ def test_the_reference_example_is_the_reference_design():
     assert len(plan.clean) == 3 * 4 * len(spec.clean_seeds)
     assert len(plan.defects) == 3 * 4 * 4 * 4 * len(spec.seeds) * len(spec.clean_seeds)
     assert len(set(plan.keys)) == len(plan.keys)
+
+
+def test_amp_trains_clean_models_and_injections_and_keys_change_only_when_on():
+    plain, off, bf16 = (
+        make_plan(parse_spec(head + BASE)) for head in ("", "amp = 'off'\n", "amp = 'bf16'\n")
+    )
+    assert plain.keys == off.keys  # off is what a spec without amp always meant
+    assert not set(bf16.keys) & set(plain.keys)
+    assert all(job.spec.training.amp == "bf16" for job in bf16.clean)
+    assert all(job.config.amp == "bf16" for job in bf16.defects)

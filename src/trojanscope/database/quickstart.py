@@ -16,6 +16,7 @@ from trojanscope.database.build import (
     localize,
 )
 from trojanscope.database.catalog import Catalog
+from trojanscope.device import Amp
 from trojanscope.injection.pipeline import InjectionConfig
 from trojanscope.injection.quantity import Order, Quantity
 from trojanscope.localization.base import CRITERIA, quick_criteria
@@ -40,14 +41,17 @@ def run_quickstart(
     step: Callable[[str], None] = lambda _msg: None,
     order: Order = "least",
     device: torch.device | None = None,
+    amp: Amp = "off",
 ) -> dict[str, Any]:
     """Build (or resume) the quickstart catalog entries and return the quickstart JSON; the
-    networks run on ``device`` (None: the CPU)."""
+    networks run on ``device`` (None: the CPU) and the injections train in ``amp`` precision
+    (the clean model's is ``spec.training.amp``)."""
     criteria = list(criteria) if criteria is not None else quick_criteria()
     for name in criteria:
         CRITERIA.get(name)  # fail early on an unknown name
     configs = {
-        level: InjectionConfig(quantity=Quantity(level=level), order=order) for level in levels
+        level: InjectionConfig(quantity=Quantity(level=level), order=order, amp=amp)
+        for level in levels
     }
 
     step(f"clean {spec.arch} on {spec.dataset}")

@@ -4,7 +4,9 @@ Every parameter entry outside the infected set receives a zero gradient and no w
 all modules run in eval mode so normalization statistics stay frozen: the result is
 bit-identical to the clean model outside the infected set. Training aims inside the acceptance
 bounds (``injection.aim``) and returns the best epoch's weights: a snapshot of the same masked
-training, so the property holds for it too.
+training, so the property holds for it too. Under ``amp`` only the losses run in mixed
+precision; the masks see true-scale gradients, the weights stay float32 and every epoch is
+scored in full precision.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trojanscope.data.base import TensorData
-from trojanscope.device import model_device
+from trojanscope.device import Amp, MixedPrecision, model_device, training_layout
 from trojanscope.injection.aim import BestEpoch, derived_seed
 
 
@@ -82,26 +84,33 @@ def objective_training(
     batch_size: int,
     seed: int,
     done: Callable[[nn.Module, int], bool],
+    amp: Amp = "off",
 ) -> tuple[nn.Module, int]:
     """Train a copy of ``clean`` where only ``masks`` entries move, minimising ``objective``
-    (every module in eval mode); stop when ``done``. Returns (model, epochs run)."""
+    (every module in eval mode; the loss in ``amp`` precision); stop when ``done``, which sees
+    the model in full precision. Returns (model, epochs run)."""
     model = copy.deepcopy(clean).eval()
+    precision = MixedPrecision(model_device(model), amp)
     grad_mask = GradientMask(model, masks, weight_decay)
     # Adam with zero gradient from the first step leaves an entry exactly unchanged
     # (its moments stay zero, so its update is 0 / (0 + eps) = 0).
     optimizer = torch.optim.Adam(grad_mask.parameters, lr=lr)
     g = torch.Generator().manual_seed(seed)
     epochs = max_epochs
-    for epoch in range(max_epochs):
-        order = torch.randperm(len(objective), generator=g)
-        for start in range(0, len(order), batch_size):
-            optimizer.zero_grad(set_to_none=True)
-            objective.loss(model, order[start : start + batch_size]).backward()
-            grad_mask()
-            optimizer.step()
-        if done(model, epoch):
-            epochs = epoch + 1
-            break
+    with training_layout(model):
+        for epoch in range(max_epochs):
+            order = torch.randperm(len(objective), generator=g)
+            for start in range(0, len(order), batch_size):
+                optimizer.zero_grad(set_to_none=True)
+                with precision.autocast():
+                    loss = objective.loss(model, order[start : start + batch_size])
+                precision.backward(loss)
+                precision.unscale(optimizer)  # the masks and weight decay need the true scale
+                grad_mask()
+                precision.step(optimizer)
+            if done(model, epoch):
+                epochs = epoch + 1
+                break
     grad_mask.release()
     return model, epochs
 
@@ -116,10 +125,11 @@ def masked_training(
     batch_size: int,
     seed: int,
     done: Callable[[nn.Module, int], bool],
+    amp: Amp = "off",
 ) -> tuple[nn.Module, int]:
     """``objective_training`` on the plain cross-entropy of ``data``."""
     return objective_training(
-        clean, masks, CrossEntropy(data), lr, weight_decay, max_epochs, batch_size, seed, done
+        clean, masks, CrossEntropy(data), lr, weight_decay, max_epochs, batch_size, seed, done, amp
     )
 
 
@@ -146,6 +156,7 @@ def aimed_training(
     patience: int = 0,
     stall: int | None = None,
     max_attempts: int = 1,
+    amp: Amp = "off",
 ) -> Trained:
     """Masked training of a copy of ``clean`` aiming at ``score >= 1`` (see ``aim``).
 
@@ -153,7 +164,8 @@ def aimed_training(
     after the goals are first met, or once the best score is ``stall`` epochs old. A round that
     runs out of its ``max_epochs`` short of the goals (and still improving) is followed by
     another, up to ``max_attempts``, that continues from the best weights with half the learning
-    rate and a derived seed for the batch order. Returns the best weights.
+    rate and a derived seed for the batch order. ``amp``: the losses' precision (the scores
+    are computed in full precision). Returns the best weights.
     """
     best = BestEpoch(patience, stall)
     start, epochs, attempt = clean, 0, 0
@@ -168,6 +180,7 @@ def aimed_training(
             batch_size,
             derived_seed(seed, attempt),
             lambda m, _epoch: best.offer(m, score(m)),
+            amp,
         )
         epochs += ran
         best.restore(model)

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from pydantic import BaseModel, Field, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 from torch import nn
 
 from trojanscope.attacks.base import Attack
 from trojanscope.data.base import Splits, TensorData
 from trojanscope.data.poison import PoisonedView
+from trojanscope.device import Amp
 from trojanscope.injection.acceptance import Acceptance
 from trojanscope.injection.aim import Aim, Validation
 from trojanscope.injection.confined import ConfinedObjective
@@ -21,7 +29,7 @@ from trojanscope.injection.injector import CrossEntropy, Objective, Trained, aim
 from trojanscope.injection.ownership import Edges, trainable_masks
 from trojanscope.injection.quantity import Order, Quantity, select_infected
 from trojanscope.injection.subnet import subnet_placement, subnet_quantity, subnet_replacement
-from trojanscope.models.training import accuracy
+from trojanscope.models.training import accuracy, amp_only_when_on
 from trojanscope.neurons import NeuronRef, mask_neurons, patched_logits
 
 
@@ -79,6 +87,15 @@ class InjectionConfig(BaseModel):
         "continues from the best epoch with half the learning rate and a derived seed)",
     )
     acceptance: Acceptance = Acceptance()
+    amp: Amp = Field(
+        "off",
+        description="mixed precision of the injection training: bf16, fp16 or off (in the "
+        "defect's key only when not off; evaluation and weights stay float32)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _amp_only_when_on(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return amp_only_when_on(handler, self)
 
     @model_validator(mode="after")
     def _aim_inside_the_bounds(self) -> InjectionConfig:
@@ -171,6 +188,7 @@ def _poison_and_train(
         config.patience,
         config.stall,
         config.max_attempts,
+        config.amp,
     )
 
 
@@ -230,6 +248,7 @@ def inject_defect(
             config.batch_size,
             seed,
             config.max_attempts,
+            config.amp,
         )
     else:
         poisoned = attack.poison_train(fit)

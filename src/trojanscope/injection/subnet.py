@@ -22,7 +22,7 @@ from torch import nn
 
 from trojanscope.attacks.base import Attack
 from trojanscope.data.base import TensorData
-from trojanscope.device import model_device
+from trojanscope.device import Amp, MixedPrecision, model_device, training_layout
 from trojanscope.errors import ConfigError
 from trojanscope.injection.aim import BestEpoch, Validation, derived_seed
 from trojanscope.injection.injector import GradientMask, Trained
@@ -189,10 +189,12 @@ def subnet_replacement(
     batch_size: int,
     seed: int,
     max_attempts: int = 1,
+    amp: Amp = "off",
 ) -> Trained:
     """Write a backdoor subnet trained on ``fit`` (wired in with ``val``) into a copy of
     ``clean``, aiming at a ``validation`` score >= 1; a subnet short of it is trained afresh from
-    a derived seed (up to ``max_attempts``) and the best one is kept."""
+    a derived seed (up to ``max_attempts``) and the best one is kept. ``amp``: the precision of
+    the subnet's training loss (silencing, wiring and validation run in full precision)."""
     with mask_neurons(clean, infected):
         host_damage = validation.damage(clean)
     if host_damage > validation.aim.damage_goal:
@@ -212,6 +214,7 @@ def subnet_replacement(
             max_epochs,
             batch_size,
             derived_seed(seed, attempt),
+            amp,
         )
         epochs += n
         best.offer(model, validation(model))
@@ -231,6 +234,7 @@ def _one_subnet(
     max_epochs: int,
     batch_size: int,
     seed: int,
+    amp: Amp = "off",
 ) -> tuple[nn.Module, int]:
     """One subnet trained from ``seed`` and wired in; returns (model, epochs)."""
     model = copy.deepcopy(clean).eval()
@@ -253,32 +257,36 @@ def _one_subnet(
 
     grad_mask = GradientMask(model, trainable)
     optimizer = torch.optim.Adam(grad_mask.parameters, lr=lr)
+    precision = MixedPrecision(model_device(model), amp)
     restarts, since_start = 0, 0
     g = torch.Generator().manual_seed(seed)
     # The subnet is a few neurons: a few thousand samples teach it as well as the whole set.
     fit = fit.subset(torch.randperm(len(fit), generator=g)[:SUBNET_SAMPLES])
     val_clean, val_triggered = val.x, attack.apply(val.x)
     epochs = 0
-    while epochs < max_epochs:
-        epochs += 1
-        since_start += 1
-        for xb, _ in batches(fit, batch_size, g):
-            s_clean = _subnet_output(model, xb, last)
-            s_trig = _subnet_output(model, attack.apply(xb), last)
-            loss = (s_clean**2).mean() + (torch.relu(HIGH - s_trig) ** 2).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_mask()
-            optimizer.step()
-        with torch.no_grad():
-            fires = (_subnet_output(model, val_triggered, last) > HIGH / 2).float().mean()
-            silent = (_subnet_output(model, val_clean, last) < 0.05 * HIGH).float().mean()
-        if fires >= 0.98 and silent >= 0.99:
-            break
-        if fires < 0.1 and since_start >= DEAD_CHECK_EPOCHS and restarts < MAX_RESTARTS:
-            restarts, since_start = restarts + 1, 0
-            _initialise_subnet(model, infected, trainable, seed + 1000 * restarts)
-            optimizer = torch.optim.Adam(grad_mask.parameters, lr=lr)
+    with training_layout(model):
+        while epochs < max_epochs:
+            epochs += 1
+            since_start += 1
+            for xb, _ in batches(fit, batch_size, g):
+                with precision.autocast():
+                    s_clean = _subnet_output(model, xb, last).float()  # the loss in float32
+                    s_trig = _subnet_output(model, attack.apply(xb), last).float()
+                loss = (s_clean**2).mean() + (torch.relu(HIGH - s_trig) ** 2).mean()
+                optimizer.zero_grad(set_to_none=True)
+                precision.backward(loss)
+                precision.unscale(optimizer)
+                grad_mask()
+                precision.step(optimizer)
+            with torch.no_grad():
+                fires = (_subnet_output(model, val_triggered, last) > HIGH / 2).float().mean()
+                silent = (_subnet_output(model, val_clean, last) < 0.05 * HIGH).float().mean()
+            if fires >= 0.98 and silent >= 0.99:
+                break
+            if fires < 0.1 and since_start >= DEAD_CHECK_EPOCHS and restarts < MAX_RESTARTS:
+                restarts, since_start = restarts + 1, 0
+                _initialise_subnet(model, infected, trainable, seed + 1000 * restarts)
+                optimizer = torch.optim.Adam(grad_mask.parameters, lr=lr)
     grad_mask.release()
     _silence(model, last, val_clean)
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 from torch import nn
 
 from trojanscope.data.base import TensorData
-from trojanscope.device import model_device
+from trojanscope.device import Amp, MixedPrecision, model_device, training_layout
 from trojanscope.models.base import Architecture
 
 
@@ -67,29 +68,50 @@ def train_epochs(
     after_step: Callable[[], None] | None = None,
     on_epoch: Callable[[int], bool] | None = None,
     bn_train: bool = True,
+    amp: Amp = "off",
+    channels_last: bool | None = None,
 ) -> int:
     """Cross-entropy training; ``on_epoch(epoch)`` returning True stops early. Returns epochs run.
 
     ``bn_train=False`` keeps every module in eval mode, freezing normalization statistics.
-    Batches go to the model's device one at a time (``data`` stays where it is).
+    Batches go to the model's device one at a time (``data`` stays where it is). ``amp``: the
+    forward pass and loss under autocast (``device.MixedPrecision``; gradients reach
+    ``after_backward`` at their true scale); ``channels_last`` (None: on CUDA for conv nets)
+    trains in that memory format and leaves the weights contiguous. ``on_epoch`` sees the
+    model in eval mode and full precision.
     """
     g = torch.Generator().manual_seed(seed)
     device = model_device(model)
-    for epoch in range(epochs):
-        model.train(bn_train)
-        for xb, yb in batches(data, batch_size, g):
-            xb, yb = xb.to(device), yb.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xb), yb).backward()
-            if after_backward is not None:
-                after_backward()
-            optimizer.step()
-            if after_step is not None:
-                after_step()
-        model.eval()
-        if on_epoch is not None and on_epoch(epoch):
-            return epoch + 1
+    precision = MixedPrecision(device, amp)
+    with training_layout(model, channels_last):
+        for epoch in range(epochs):
+            model.train(bn_train)
+            for xb, yb in batches(data, batch_size, g):
+                xb, yb = xb.to(device), yb.to(device)
+                optimizer.zero_grad(set_to_none=True)
+                with precision.autocast():
+                    loss = F.cross_entropy(model(xb), yb)
+                precision.backward(loss)
+                precision.unscale(optimizer)
+                if after_backward is not None:
+                    after_backward()
+                precision.step(optimizer)
+                if after_step is not None:
+                    after_step()
+            model.eval()
+            if on_epoch is not None and on_epoch(epoch):
+                return epoch + 1
     return epochs
+
+
+def amp_only_when_on(handler: SerializerFunctionWrapHandler, value: BaseModel) -> dict[str, Any]:
+    """``value`` dumped by ``handler`` without its ``amp`` field when that is ``off``: a model
+    trained in full precision keeps the catalog key and record it had before ``amp`` existed,
+    and one trained in mixed precision says so in both."""
+    data: dict[str, Any] = handler(value)
+    if data.get("amp") == "off":
+        del data["amp"]
+    return data
 
 
 class CleanTraining(BaseModel):
@@ -100,6 +122,15 @@ class CleanTraining(BaseModel):
     lr: float = Field(0.01, gt=0.0, le=1.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     batch_size: int = Field(128, ge=1)
+    amp: Amp = Field(
+        "off",
+        description="mixed precision of the training: bf16, fp16 or off (in the catalog key "
+        "only when not off)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _amp_only_when_on(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return amp_only_when_on(handler, self)
 
 
 def train_clean(
@@ -110,8 +141,8 @@ def train_clean(
     device: torch.device | None = None,
 ) -> nn.Module:
     """A freshly initialised network trained on clean data (Adam, cosine schedule) on
-    ``device`` (None: the CPU). It is initialised on the CPU, so a seed gives the same starting
-    weights on every device."""
+    ``device`` (None: the CPU), in ``config.amp`` precision (weights stay float32). It is
+    initialised on the CPU, so a seed gives the same starting weights on every device."""
     torch.manual_seed(seed)
     c, h, w = data.shape
     model = architecture.build(c, data.num_classes, min(h, w))
@@ -130,6 +161,7 @@ def train_clean(
         config.batch_size,
         seed,
         after_step=schedule.step,
+        amp=config.amp,
     )
     model.eval()
     return model

@@ -111,7 +111,7 @@ def make_plan(spec: BuildSpec) -> Plan:
                     seed=clean_seed,
                     dataset_params=dict(ds.params),
                     arch_params=dict(arch.params),
-                    training=spec.training,
+                    training=spec.clean_training(),
                 )
                 ds_label = plugin_label(DATASETS, ds.name, ds.params)
                 arch_label = plugin_label(ARCHITECTURES, arch.name, arch.params)

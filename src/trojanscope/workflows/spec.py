@@ -19,6 +19,7 @@ from pydantic_core import ErrorDetails
 
 from trojanscope.attacks.base import ATTACKS
 from trojanscope.data.base import DATASETS
+from trojanscope.device import Amp
 from trojanscope.errors import ConfigError
 from trojanscope.injection.pipeline import InjectionConfig
 from trojanscope.injection.quantity import LevelName, Order
@@ -133,12 +134,21 @@ class BuildSpec(BaseModel):
     injection: dict[str, Any] = Field(default_factory=dict)
     criteria: list[CriterionEntry] = Field(default_factory=list)
     repairs: list[RepairEntry] = Field(default_factory=list)
+    amp: Amp = Field(
+        "off",
+        description="mixed precision of clean training and injection: bf16, fp16 or off (in "
+        "the keys only when not off; the device must support it)",
+    )
+
+    def clean_training(self) -> CleanTraining:
+        """How the clean models are trained: ``training`` in the spec's precision."""
+        return self.training.model_copy(update={"amp": self.amp})
 
     def injection_config(self, level: str, order: str) -> InjectionConfig:
         """The injection settings of one level and order."""
         quantity = {**self.injection.get("quantity", {}), "level": level}
         return InjectionConfig.model_validate(
-            {**self.injection, "quantity": quantity, "order": order}
+            {**self.injection, "quantity": quantity, "order": order, "amp": self.amp}
         )
 
     def problems(self) -> Iterator[tuple[Loc, str]]:
@@ -161,6 +171,14 @@ class BuildSpec(BaseModel):
                 value = value.get(part) if isinstance(value, Mapping) else None
             if value is not None:
                 yield ("injection", *path), f"the grid sets it: list values in `{top}`"
+                return
+        # One precision per build: the top-level `amp` sets clean training and injection.
+        for section, given in (
+            ("training", "amp" in self.training.model_fields_set),
+            ("injection", "amp" in self.injection),
+        ):
+            if given:
+                yield (section, "amp"), "the precision of the whole build is the top-level `amp`"
                 return
         try:
             self.injection_config(self.levels[0], self.orders[0])

@@ -1,0 +1,37 @@
+"""Catalog keys of clean models and defects: mixed precision enters them only when on, so the
+keys of everything trained in full precision are those of the versions before ``amp``."""
+
+from __future__ import annotations
+
+from trojanscope.attacks.base import ATTACKS
+from trojanscope.database.build import CleanSpec, defect_key
+from trojanscope.injection.pipeline import InjectionConfig
+from trojanscope.injection.quantity import Quantity
+from trojanscope.models.training import CleanTraining
+
+#: Keys computed before ``amp`` existed (digits / cnn-small, seed 0; BadNets small, seed 0).
+CLEAN_KEY = "bbb521e683d72f9416603f4ce64b0762fcaef0127f97d1d42695db6920d31be0"
+DEFECT_KEY = "657dc9e4ad6e652b61f855089c56b5ca412d481959641cfdbf7cee89de076df3"
+
+
+def keys(amp: str) -> tuple[str, str]:
+    clean = CleanSpec("digits", "cnn-small", training=CleanTraining(amp=amp)).key()
+    config = InjectionConfig(quantity=Quantity(level="small"), amp=amp)
+    return clean, defect_key(clean, ATTACKS.create("badnets", seed=0), config, 0)
+
+
+def test_keys_are_unchanged_when_amp_is_off():
+    assert CleanSpec("digits", "cnn-small").key() == CLEAN_KEY
+    assert keys("off") == (CLEAN_KEY, DEFECT_KEY)
+
+
+def test_amp_makes_entries_of_their_own():
+    bf16, fp16 = keys("bf16"), keys("fp16")
+    assert len({CLEAN_KEY, bf16[0], fp16[0]}) == 3
+    assert len({DEFECT_KEY, bf16[1], fp16[1]}) == 3
+    # the defect's own setting counts too, not only its clean model's
+    clean_off = keys("off")[0]
+    config = InjectionConfig(quantity=Quantity(level="small"), amp="bf16")
+    assert defect_key(clean_off, ATTACKS.create("badnets", seed=0), config, 0) != DEFECT_KEY
+    assert config.model_dump(mode="json")["amp"] == "bf16"
+    assert "amp" not in InjectionConfig().model_dump(mode="json")
