@@ -1,10 +1,14 @@
-"""Catalog keys of clean models and defects: mixed precision enters them only when on, so the
-keys of everything trained in full precision are those of the versions before ``amp``."""
+"""Catalog keys of clean models and defects, and stored models rebuilt as they were trained:
+mixed precision enters keys only when on; VGG's pool rounding always does."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+from torch import nn
+
 from trojanscope.attacks.base import ATTACKS
-from trojanscope.database.build import CleanSpec, defect_key
+from trojanscope.database.build import CleanSpec, _build_model, defect_key
 from trojanscope.injection.pipeline import InjectionConfig
 from trojanscope.injection.quantity import Quantity
 from trojanscope.models.training import CleanTraining
@@ -35,3 +39,24 @@ def test_amp_makes_entries_of_their_own():
     assert defect_key(clean_off, ATTACKS.create("badnets", seed=0), config, 0) != DEFECT_KEY
     assert config.model_dump(mode="json")["amp"] == "bf16"
     assert "amp" not in InjectionConfig().model_dump(mode="json")
+
+
+def _row(arch_params: dict[str, object]) -> SimpleNamespace:
+    shape = {"channels": 1, "num_classes": 10, "height": 28, "width": 28}
+    return SimpleNamespace(arch="vgg11", arch_params=arch_params, input_shape=shape)
+
+
+def test_a_vgg_stored_before_ceil_pools_is_rebuilt_with_flooring_pools():
+    old = _build_model(_row({"width": 0.25}))
+    new = _build_model(_row({"width": 0.25, "ceil_pools": True}))
+    assert not any(m.ceil_mode for m in old.modules() if isinstance(m, nn.MaxPool2d))
+    assert all(m.ceil_mode for m in new.modules() if isinstance(m, nn.MaxPool2d))
+
+
+def test_the_pool_mode_enters_the_clean_model_key():
+    ceil = CleanSpec(dataset="digits", arch="vgg11", arch_params={"width": 0.25})
+    floor = CleanSpec(
+        dataset="digits", arch="vgg11", arch_params={"width": 0.25, "ceil_pools": False}
+    )
+    assert ceil.key() != floor.key()
+    assert ceil.resolved()[1]["ceil_pools"] is True

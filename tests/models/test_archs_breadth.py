@@ -58,11 +58,28 @@ def test_construction_is_deterministic_and_width_scales(arch):
     assert sum(p.numel() for p in full.parameters()) > 8 * sum(p.numel() for p in a.parameters())
 
 
-@pytest.mark.parametrize(("size", "pools"), [(8, 3), (16, 4), (28, 4), (32, 5)])
+def _pools(model: nn.Module) -> list[nn.MaxPool2d]:
+    return [m for m in model.modules() if isinstance(m, nn.MaxPool2d)]
+
+
+@pytest.mark.parametrize(("size", "pools"), [(8, 3), (16, 4), (28, 5), (32, 5)])
 def test_vgg_keeps_only_the_pools_the_input_allows(size, pools):
     for arch in ("vgg11", "vgg16"):
         model = _build(arch, size=size)
-        assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == pools
+        assert len(_pools(model)) == pools
+        assert all(p.ceil_mode for p in _pools(model))
+        x = torch.rand(1, 1, size, size)
+        assert model.features(x).shape[-2:] == (1, 1)  # the last map is one pixel
+
+
+def test_vgg_flooring_pools_on_request_and_for_models_stored_before_the_option():
+    floor = ARCHITECTURES.create("vgg11", width=0.25, ceil_pools=False).build(1, 10, 28)
+    assert len(_pools(floor)) == 4 and not any(p.ceil_mode for p in _pools(floor))
+    # A stored model's parameters without the field were recorded when pools floored.
+    cls = ARCHITECTURES.get("vgg11")
+    assert cls.from_stored({"width": 0.25}).params.ceil_pools is False
+    assert cls.from_stored({"width": 0.25, "ceil_pools": True}).params.ceil_pools is True
+    assert ARCHITECTURES.get("resnet18").from_stored({"width": 0.5}).params.width == 0.5
 
 
 @pytest.mark.parametrize("arch", ALL)

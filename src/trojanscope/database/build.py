@@ -101,7 +101,7 @@ def _cached_splits(dataset: str, params_json: str, seed: int) -> Splits:
 
 def _build_model(row: CleanModel) -> nn.Module:
     shape = row.input_shape
-    arch = ARCHITECTURES.create(row.arch, **row.arch_params)
+    arch = ARCHITECTURES.get(row.arch).from_stored(row.arch_params)
     return arch.build(shape["channels"], shape["num_classes"], min(shape["height"], shape["width"]))
 
 

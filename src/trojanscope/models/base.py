@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar, Self
+
 from pydantic import BaseModel, Field
 from torch import nn
 from typing_extensions import TypeVar
@@ -23,6 +25,14 @@ class Architecture(Plugin[ArchP_co]):
 
     kind = "architecture"
     min_size = 8
+    #: Values of parameters added after models were stored: a stored model whose parameters lack
+    #: one was built with this value, not with the parameter's (newer) default.
+    stored_defaults: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def from_stored(cls, params: dict[str, Any]) -> Self:
+        """The plug-in a stored model was built with, from its recorded parameters."""
+        return cls(**{**cls.stored_defaults, **params})
 
     def build(self, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
         raise NotImplementedError
