@@ -18,9 +18,16 @@ from tests.workflows.conftest import TINY, build_command, snapshot, subprocess_e
 from trojanscope.cli_build import bare_ray_option
 from trojanscope.database.catalog import Catalog
 from trojanscope.database.integrity import verify
-from trojanscope.errors import TrojanscopeError
+from trojanscope.errors import CatalogError, ConfigError, TrojanscopeError
 from trojanscope.workflows.build import run_build
-from trojanscope.workflows.executors import Executor, InProcess, RayExecutor, import_ray
+from trojanscope.workflows.executors import (
+    Executor,
+    InProcess,
+    RayExecutor,
+    _ray_job,
+    import_ray,
+)
+from trojanscope.workflows.plan import make_plan
 from trojanscope.workflows.spec import parse_spec
 
 needs_ray = pytest.mark.skipif(
@@ -65,6 +72,25 @@ def test_a_local_ray_instance_builds_the_in_process_catalog(reference_one_thread
     import ray
 
     assert not ray.is_initialized()  # the build left Ray, which stopped its instance
+
+
+@needs_ray
+def test_a_failing_job_raises_its_own_error_through_ray(tmp_path):
+    text = TINY.replace("seeds = [0, 1, 2]", "seeds = [0]").replace(
+        'criterion = "clp"', 'criterion = "clp"\nk = 100000'
+    )
+    catalog = Catalog.open(tmp_path / "db", create=True)
+    with pytest.raises(ConfigError, match="100000 is more than the") as caught:
+        run_build(parse_spec(text), catalog, lambda _jobs: RayExecutor(catalog, None, workers=1))
+    assert type(caught.value) is ConfigError  # the job's own error, not Ray's wrapper
+    shot = snapshot(tmp_path / "db")
+    assert len(shot["clean"]) == 1 and len(shot["defects"]) == 1
+
+
+def test_a_node_that_does_not_see_the_catalog_says_so(tmp_path):
+    job = make_plan(parse_spec(TINY)).clean[0]
+    with pytest.raises(CatalogError, match=r"sees no catalog at .*: the --db folder must be"):
+        _ray_job(str(tmp_path / "elsewhere"), None, job)
 
 
 @needs_ray

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from trojanscope.database.catalog import Catalog
+from trojanscope.database.catalog import CATALOG_FILE, Catalog
 from trojanscope.device import assigned_device, is_cuda
 from trojanscope.errors import CatalogError, ConfigError, TrojanscopeError
 from trojanscope.workflows.jobs import JobResult, run_job
@@ -245,14 +245,12 @@ def _ray_job(root: str, device: torch.device | None, job: Job) -> JobResult:
     torch.set_num_threads(1)
     catalog = _ray_catalogs.get(root)
     if catalog is None:
-        try:
-            catalog = Catalog.open(Path(root))
-        except CatalogError as exc:
+        if not (Path(root) / CATALOG_FILE).exists():
             raise CatalogError(
-                f"on Ray node {socket.gethostname()}: {str(exc).rstrip('.')} (the --db folder "
-                "must be on a file system every node mounts at the same path)."
-            ) from None
-        _ray_catalogs[root] = catalog
+                f"Ray node {socket.gethostname()} sees no catalog at {root}: the --db folder "
+                "must be on a file system every node mounts at the same path."
+            )
+        catalog = _ray_catalogs[root] = Catalog.open(Path(root))
     return run_job(job, catalog, assigned_device(device))
 
 
