@@ -5,6 +5,8 @@ Ray installed, `--ray` says how to install it."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.workflows.conftest import TINY, build_command, snapshot, subprocess_env
+from tests.workflows.conftest import (
+    TINY,
+    build_command,
+    snapshot,
+    subprocess_env,
+    wait_for_defect,
+)
 from trojanscope.cli_build import bare_ray_option
 from trojanscope.database.catalog import Catalog
 from trojanscope.database.integrity import verify
@@ -85,6 +93,29 @@ def test_a_failing_job_raises_its_own_error_through_ray(tmp_path):
     assert type(caught.value) is ConfigError  # the job's own error, not Ray's wrapper
     shot = snapshot(tmp_path / "db")
     assert len(shot["clean"]) == 1 and len(shot["defects"]) == 1
+
+
+@needs_ray
+def test_ctrl_c_stops_a_ray_build(tiny_spec, tmp_path):
+    db = tmp_path / "db"
+    proc = subprocess.Popen(  # its own process group, as a terminal's foreground job
+        build_command(tiny_spec, db, "--ray", "--workers", "2"),
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        wait_for_defect(proc, db)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole group gets it
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, err
+    assert err.rstrip().endswith(b"interrupted: finished entries are kept, nothing half-written.")
+    assert b"Traceback" not in err
+    assert verify(Catalog.open(db)).ok
 
 
 def test_a_node_that_does_not_see_the_catalog_says_so(tmp_path):
