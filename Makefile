@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/attack_defaults.py
 	$(PY) benchmarks/sufficiency.py
 	$(PY) benchmarks/localization.py
+	$(PY) benchmarks/build.py
 	$(PY) benchmarks/scan.py
 	$(PY) benchmarks/scan_real.py
 	$(PY) benchmarks/device.py

@@ -681,6 +681,7 @@ def main() -> None:
     from trojanscope import interrupt
 
     interrupt.install()
+    sys.argv[1:] = cli_build.bare_ray_option(sys.argv[1:])
     try:
         app()
     except TrojanscopeError as exc:

@@ -75,14 +75,39 @@ def _build_progress() -> Iterator[BuildProgress]:
         bar.update(task, description="done")
 
 
+def bare_ray_option(args: list[str]) -> list[str]:
+    """``db build`` arguments with a bare ``--ray`` (last, or followed by an option or by an
+    existing file such as the spec) written ``--ray=local``, since the option parser has no
+    options of optional value; ``--ray ADDRESS`` and ``--ray=ADDRESS`` are kept."""
+    if args[:2] != ["db", "build"]:
+        return args
+    from trojanscope.workflows.executors import RAY_LOCAL
+
+    fixed = list(args)
+    for i, arg in enumerate(fixed):
+        if arg == "--":
+            break
+        if arg != "--ray":
+            continue
+        following = fixed[i + 1] if i + 1 < len(fixed) else None
+        if following is None or following.startswith("-") or Path(following).is_file():
+            fixed[i] = f"--ray={RAY_LOCAL}"
+    return fixed
+
+
 @db_app.command("build")
 def db_build(
     spec_file: Annotated[Path, typer.Argument(metavar="SPEC", help="Build spec (TOML).")],
     db: DbOption = DEFAULT_DB,
     db_url: DbUrlOption = None,
     workers: Annotated[
-        int, typer.Option(min=1, help="Processes building at once (one torch thread each).")
-    ] = 1,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Jobs running at once, each a process with one torch thread (default 1; "
+            "with --ray, the cluster's CPUs, or GPUs on CUDA).",
+        ),
+    ] = None,
     device: DeviceOption = DEFAULT_DEVICE,
     amp: Annotated[
         str | None,
@@ -91,6 +116,16 @@ def db_build(
             help="Mixed-precision training: bf16, fp16 or off, overriding the spec's `amp` "
             "(and so the keys of what is trained). bf16: CPU, CUDA of compute capability 8.0+, "
             "mps on macOS 14+; fp16: CUDA, mps.",
+        ),
+    ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="[ADDRESS]",
+            help="Run the jobs as Ray tasks: alone, on a local Ray instance (or the one "
+            "RAY_ADDRESS names); with ADDRESS (HOST:PORT, or auto), on that running cluster, "
+            "whose nodes must all see --db at the same path. Needs trojanscope[ray].",
         ),
     ] = None,
     dry_run: Annotated[
@@ -127,13 +162,17 @@ def db_build(
                 f"{len(plan.defects)} defects to build in {shown(db)}"
             )
         return
+    if ray is not None:
+        from trojanscope.workflows.executors import prepare_ray
+
+        prepare_ray(ray)  # Ray installed and the address answering, before any work
     _threads()
     catalog = open_catalog(db, db_url, create=True)
     with _build_progress() as progress:
         summary = run_build(
             spec,
             catalog,
-            lambda jobs: make_executor(catalog, run_on, workers, jobs),
+            lambda jobs: make_executor(catalog, run_on, workers, jobs, ray=ray),
             progress,
             str(spec_file),
             str(run_on),

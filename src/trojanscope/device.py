@@ -203,3 +203,15 @@ def training_layout(model: nn.Module, channels_last: bool | None = None) -> Iter
         yield
     finally:
         model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+
+
+def is_cuda(device: torch.device | None) -> bool:
+    """True for a CUDA device (a scheduler such as Ray then reserves a GPU for the job)."""
+    return device is not None and device.type == "cuda"
+
+
+def assigned_device(device: torch.device | None) -> torch.device | None:
+    """``device`` as seen by a job that a scheduler placed on one GPU: the scheduler (Ray)
+    makes only that GPU visible (``CUDA_VISIBLE_DEVICES``), so every CUDA device becomes the
+    first visible one; any other device is kept as it is."""
+    return torch.device("cuda", 0) if is_cuda(device) else device

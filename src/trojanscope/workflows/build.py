@@ -26,7 +26,7 @@ from trojanscope.database.claims import STALE_AFTER, Claims
 from trojanscope.database.integrity import sweep
 from trojanscope.device import CPU
 from trojanscope.errors import TrojanscopeError
-from trojanscope.workflows.executors import Executor, Job
+from trojanscope.workflows.executors import Executor, Job, WorkerDied
 from trojanscope.workflows.jobs import JobResult
 from trojanscope.workflows.plan import (
     CleanJob,
@@ -38,10 +38,6 @@ from trojanscope.workflows.plan import (
 )
 from trojanscope.workflows.records import BuildSummary, CellSummary, Counts, DefectCounts
 from trojanscope.workflows.spec import BuildSpec
-
-
-class WorkerDied(TrojanscopeError):
-    """A worker process ended without reporting (killed, out of memory)."""
 
 
 @dataclass
