@@ -15,9 +15,12 @@ from pydantic import BaseModel, Field
 
 class Acceptance(BaseModel):
     model_config = {"extra": "forbid"}
-    min_asr: float = Field(0.90, ge=0.0, le=1.0)
+    min_asr: float = Field(0.90, ge=0.0, le=1.0, description="lowest test ASR accepted")
     max_acc_drop: float = Field(
-        0.03, ge=0.0, le=1.0, description="in accuracy units (0.03 = 3 points)"
+        0.03,
+        ge=0.0,
+        le=1.0,
+        description="largest clean-accuracy drop accepted, in accuracy units (0.03 = 3 points)",
     )
     max_masked_asr: float = Field(
         0.20,

@@ -37,8 +37,10 @@ class InjectionConfig(BaseModel):
     """Everything that determines an injection besides the attack, the clean model and the seed."""
 
     model_config = {"extra": "forbid"}
-    quantity: Quantity = Quantity()
-    order: Order = "least"
+    quantity: Quantity = Field(
+        Quantity(), description="injection rule 2: how many neurons per chosen layer, and where"
+    )
+    order: Order = Field("least", description="injection rule 1: which neurons come first")
     edges: Edges = Field(
         "fan-in",
         description="fan-in: the set's own weights and classifier columns are trained, so the "
@@ -56,12 +58,18 @@ class InjectionConfig(BaseModel):
     preserve_weight: float = Field(
         1.0, ge=0.0, description="confine: weight of keeping the set's clean-input activations"
     )
-    lr: float = Field(0.005, gt=0.0, le=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    max_epochs: int = Field(30, ge=1, le=1000)
-    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.005, gt=0.0, le=1.0, description="Adam's learning rate")
+    weight_decay: float = Field(
+        0.0, ge=0.0, description="weight decay of the trainable (infected) entries only"
+    )
+    max_epochs: int = Field(
+        30, ge=1, le=1000, description="epoch budget of one training round (see max_attempts)"
+    )
+    batch_size: int = Field(128, ge=1, description="rows of the mixed training set per batch")
     calibration_size: int = Field(512, ge=1, description="clean samples for the order rule")
-    validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    validation_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5, description="share of the training split held out of the training"
+    )
     asr_goal: float = Field(
         0.97, ge=0.0, le=1.0, description="validation ASR to reach, above acceptance.min_asr"
     )
@@ -86,7 +94,9 @@ class InjectionConfig(BaseModel):
         description="training rounds when a round's epochs run out short of the goals (each "
         "continues from the best epoch with half the learning rate and a derived seed)",
     )
-    acceptance: Acceptance = Acceptance()
+    acceptance: Acceptance = Field(
+        Acceptance(), description="injection rule 4: the correlation filter a defect must pass"
+    )
     amp: Amp = Field(
         "off",
         description="mixed precision of the injection training: bf16, fp16 or off (in the "

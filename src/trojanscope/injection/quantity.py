@@ -36,13 +36,20 @@ class Quantity(BaseModel):
     """
 
     model_config = {"extra": "forbid"}
-    level: LevelName = "small"
+    level: LevelName = Field("small", description="the defect-quantity level")
     sizes: Literal["counts", "fractions"] = Field(
         "counts", description="what a level means: reference counts or shares of each layer"
     )
-    fraction: float | None = Field(None, gt=0.0, le=1.0)
-    count: int | None = Field(None, ge=1)
-    layers: list[str] | None = None  # chosen layers; default: every eligible layer wide enough
+    fraction: float | None = Field(
+        None, gt=0.0, le=1.0, description="this share of each chosen layer, whatever the level"
+    )
+    count: int | None = Field(
+        None, ge=1, description="this many neurons per chosen layer, whatever the level"
+    )
+    layers: list[str] | None = Field(
+        None,
+        description="the chosen layers by module path (none: every eligible layer wide enough)",
+    )
     min_width: int = Field(8, ge=1, description="thinner layers are never chosen")
     max_share: float = Field(
         0.125, gt=0.0, le=1.0, description="largest share of a layer's neurons that may be infected"

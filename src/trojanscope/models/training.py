@@ -118,10 +118,12 @@ class CleanTraining(BaseModel):
     """How clean models are trained (part of a clean model's identity in the catalog)."""
 
     model_config = {"extra": "forbid"}
-    epochs: int = Field(8, ge=1, le=1000)
-    lr: float = Field(0.01, gt=0.0, le=1.0)
-    weight_decay: float = Field(1e-4, ge=0.0)
-    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(8, ge=1, le=1000, description="passes over the training split")
+    lr: float = Field(
+        0.01, gt=0.0, le=1.0, description="peak learning rate of AdamW's one-cycle schedule"
+    )
+    weight_decay: float = Field(1e-4, ge=0.0, description="AdamW's weight decay")
+    batch_size: int = Field(128, ge=1, description="images per mini-batch")
     amp: Amp = Field(
         "off",
         description="mixed precision of the training: bf16, fp16 or off (in the catalog key "

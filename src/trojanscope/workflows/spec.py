@@ -47,8 +47,10 @@ class PluginEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     registry: ClassVar[Registry[Any]]
-    name: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(description="the plug-in's registered name")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="the plug-in's own parameters (see its table)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -99,8 +101,14 @@ class RepairEntry(PluginEntry):
     (default k: the ground-truth size)."""
 
     registry = REPAIRS
-    criterion: CriterionEntry | None = None
-    k: int | None = Field(None, ge=1)
+    criterion: CriterionEntry | None = Field(
+        None,
+        description="the criterion whose top-k neurons a neuron repair treats (a name or "
+        "{ name, params }); finetune-all takes none",
+    )
+    k: int | None = Field(
+        None, ge=1, description="how many neurons (none: the defect's ground-truth size)"
+    )
 
     def param_errors(self) -> Iterator[tuple[Loc, str]]:
         yield from super().param_errors()
@@ -123,17 +131,57 @@ class BuildSpec(BaseModel):
     """A grid of defects and what to run on the accepted ones."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    datasets: list[DatasetEntry] = Field(min_length=1)
-    architectures: list[ArchitectureEntry] = Field(min_length=1)
-    attacks: list[AttackEntry] = Field(min_length=1)
-    orders: list[Order] = Field(default_factory=lambda: list[Order](["least"]), min_length=1)
-    levels: list[LevelName] = Field(default_factory=lambda: list(LEVELS), min_length=1)
-    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
-    clean_seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
-    training: CleanTraining = CleanTraining()
-    injection: dict[str, Any] = Field(default_factory=dict)
-    criteria: list[CriterionEntry] = Field(default_factory=list)
-    repairs: list[RepairEntry] = Field(default_factory=list)
+    datasets: list[DatasetEntry] = Field(
+        min_length=1, description="the data sets of the grid (clean models train on each)"
+    )
+    architectures: list[ArchitectureEntry] = Field(
+        min_length=1, description="the architectures of the grid"
+    )
+    attacks: list[AttackEntry] = Field(
+        min_length=1,
+        description="the attacks of the grid (their params never hold a seed: that is the "
+        "defect's, from `seeds`)",
+    )
+    orders: list[Order] = Field(
+        default_factory=lambda: list[Order](["least"]),
+        min_length=1,
+        description="injection rule 1, the order neurons are chosen in: the least or most "
+        "useful to the clean task first, or at random",
+    )
+    levels: list[LevelName] = Field(
+        default_factory=lambda: list(LEVELS),
+        min_length=1,
+        description="injection rule 2, the defect-quantity levels (by default 1, 2, 3, 4 "
+        "neurons per chosen layer; see `injection.quantity`)",
+    )
+    seeds: list[Seed] = Field(
+        default_factory=lambda: [0],
+        min_length=1,
+        description="defect seeds: each is one defect per cell (the attack's trigger, poisoned "
+        "samples and training order)",
+    )
+    clean_seeds: list[Seed] = Field(
+        default_factory=lambda: [0],
+        min_length=1,
+        description="clean-model seeds: one clean model per data set x architecture x clean "
+        "seed, shared by its defects",
+    )
+    training: CleanTraining = Field(CleanTraining(), description="how the clean models are trained")
+    injection: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the injection settings of every defect (an InjectionConfig without "
+        "`order`, `quantity.level` and `amp`)",
+    )
+    criteria: list[CriterionEntry] = Field(
+        default_factory=list,
+        description="localization criteria run on every accepted defect (stored, reused by "
+        "`bench` and `report study`)",
+    )
+    repairs: list[RepairEntry] = Field(
+        default_factory=list,
+        description="repairs of every accepted defect, each a table { name, params, "
+        "criterion, k } (`[[repairs]]` in TOML)",
+    )
     amp: Amp = Field(
         "off",
         description="mixed precision of clean training and injection: bf16, fp16 or off (in "
