@@ -228,12 +228,12 @@ def quickstart(
 ) -> None:
     """Train a clean model, inject an attack at every level, localize with the criteria."""
     from trojanscope.attacks.base import ATTACKS
-    from trojanscope.database.build import CleanSpec
-    from trojanscope.database.quickstart import LEVELS, plan_size, run_quickstart
     from trojanscope.fileio import write_atomic
     from trojanscope.injection.quantity import Order
     from trojanscope.localization.base import CRITERIA, quick_criteria
     from trojanscope.models.training import CleanTraining
+    from trojanscope.workflows.defects import CleanSpec
+    from trojanscope.workflows.quickstart import LEVELS, plan_size, run_quickstart
 
     _threads()
     run_on = _device(device)
@@ -280,7 +280,7 @@ def quickstart(
 
 
 def _check_levels(levels: list[str]) -> list[str]:
-    from trojanscope.database.quickstart import LEVELS
+    from trojanscope.workflows.quickstart import LEVELS
 
     bad = [lv for lv in levels if lv not in LEVELS]
     if bad:
@@ -403,15 +403,15 @@ def inject(
 ) -> None:
     """Inject one defect (training or reusing the clean model) and print its record."""
     from trojanscope.attacks.base import ATTACKS
-    from trojanscope.database.build import (
+    from trojanscope.injection.pipeline import InjectionConfig
+    from trojanscope.models.training import CleanTraining
+    from trojanscope.registry import validate_params
+    from trojanscope.workflows.defects import (
         CleanSpec,
         build_defect,
         defect_summary,
         ensure_clean_model,
     )
-    from trojanscope.injection.pipeline import InjectionConfig
-    from trojanscope.models.training import CleanTraining
-    from trojanscope.registry import validate_params
 
     _threads()
     run_on = _device(device)
@@ -462,7 +462,7 @@ def inject(
 
 
 def _render_defect(row: Any, reused: bool = False) -> None:
-    from trojanscope.database.build import defect_summary
+    from trojanscope.workflows.defects import defect_summary
 
     table = Table(
         show_header=False, title=f"defect {row.id}" + (" (from the catalog)" if reused else "")
@@ -530,7 +530,7 @@ def db_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
 ) -> None:
     """Every defect in the catalog, one line each."""
-    from trojanscope.database.build import defect_summary, list_defects
+    from trojanscope.workflows.defects import defect_summary, list_defects
 
     rows = list_defects(open_catalog(db, db_url))
     if as_json:
@@ -576,7 +576,7 @@ def db_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print the full record as JSON.")] = False,
 ) -> None:
     """One defect with its infected neurons and localization results."""
-    from trojanscope.database.build import (
+    from trojanscope.workflows.defects import (
         defect_summary,
         get_defect,
         list_localizations,

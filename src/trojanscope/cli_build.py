@@ -344,9 +344,9 @@ def _export_safetensors(
     as_json: bool,
 ) -> None:
     """`db export ID --out FILE`: one defect's (or its clean model's) stored weights."""
-    from trojanscope.database.build import get_defect
     from trojanscope.errors import TrojanscopeError
     from trojanscope.fileio import write_atomic
+    from trojanscope.workflows.defects import get_defect
 
     if where is not None or include_all:
         raise TrojanscopeError("--where and --all belong to --format bdefects4nn.")
@@ -402,7 +402,7 @@ def db_import(
         raise TrojanscopeError(f"unknown import format '{fmt}'; valid formats: bdefects4nn.")
     if not source.is_dir():
         raise TrojanscopeError(f"{source} is not a folder.")
-    from trojanscope.database.bdefects4nn import find_cases, parse_arch_map, resolve_archs
+    from trojanscope.workflows.bdefects4nn import find_cases, parse_arch_map, resolve_archs
 
     # A bad map or layout fails before the catalog is created or touched.
     resolve_archs(find_cases(source), parse_arch_map(arch_map or []))

@@ -116,8 +116,8 @@ def audit(
     or data that do not fit, a checkpoint weights_only refuses); 3 inconclusive scan."""
     from trojanscope.cli import _device, _threads
     from trojanscope.fileio import write_atomic
-    from trojanscope.report.audit import audit_model
     from trojanscope.report.html import render_audit
+    from trojanscope.workflows.audit import audit_model
 
     _threads()
     run_on = _device(device)

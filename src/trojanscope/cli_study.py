@@ -91,8 +91,8 @@ def localize_cmd(
     device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Localize a stored defect with one criterion and score it against the ground truth."""
-    from trojanscope.database.build import load_scores, localization_summary, localize
     from trojanscope.localization.metrics import top_k
+    from trojanscope.workflows.defects import load_scores, localization_summary, localize
 
     _threads()
     run_on = _device(device)
@@ -165,7 +165,7 @@ def repair_cmd(
     device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Repair a stored defect on a criterion's top-k neurons; the stored model is unchanged."""
-    from trojanscope.database.study import repair_defect, repair_summary
+    from trojanscope.workflows.study import repair_defect, repair_summary
 
     _threads()
     run_on = _device(device)
@@ -214,7 +214,7 @@ def _selection(
 ) -> tuple[Any, list[Any]]:
     """The catalog and its defects matching ``where`` (an error if none does); without a
     status condition, those of ``default_status`` (None: every status)."""
-    from trojanscope.database.study import select_defects
+    from trojanscope.workflows.study import select_defects
 
     _threads()
     catalog = open_catalog(db, db_url)
@@ -251,9 +251,10 @@ def bench_localize_cmd(
     device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Every criterion on every selected defect (stored results reused); aggregate and plot."""
-    from trojanscope.database.study import aggregate, bench_localize
     from trojanscope.localization.base import CRITERIA
     from trojanscope.report.plots import wji_by_level
+    from trojanscope.report.tables import aggregate
+    from trojanscope.workflows.study import bench_localize
 
     run_on = _device(device)
     names = _names(criteria, CRITERIA)
@@ -288,9 +289,10 @@ def bench_repair_cmd(
     device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Every repair with every criterion on every selected defect; aggregate."""
-    from trojanscope.database.study import aggregate, bench_repair, plan_pairs
     from trojanscope.localization.base import CRITERIA
     from trojanscope.repair.base import REPAIRS
+    from trojanscope.report.tables import aggregate
+    from trojanscope.workflows.study import bench_repair, plan_pairs
 
     run_on = _device(device)
     method_names = _names(methods, REPAIRS)
@@ -327,8 +329,8 @@ def report_study_cmd(
     as_json: JsonFlag = False,
 ) -> None:
     """The stored study as an HTML page and a Markdown file; runs no criterion or repair."""
-    from trojanscope.database.results import count_defects, defect_record, stored_results
     from trojanscope.report.study import build_report, header, write_report
+    from trojanscope.workflows.results import count_defects, defect_record, stored_results
 
     catalog, defects = _selection(db, db_url, where, default_status=None)
     folder = _plots_folder(out_dir, "the report")

@@ -11,17 +11,6 @@ import torch
 from sqlalchemy import event, func, select, text
 
 from tests.stand_in import stand_in
-from trojanscope.database.build import (
-    CleanSpec,
-    build_defect,
-    ensure_clean_model,
-    get_defect,
-    list_defects,
-    load_defect,
-    load_scores,
-    load_weights,
-    localize,
-)
 from trojanscope.database.catalog import Catalog
 from trojanscope.database.schema import Defect, InfectedNeuronRow
 from trojanscope.device import CPU, model_device
@@ -35,6 +24,17 @@ from trojanscope.injection.quantity import Quantity
 from trojanscope.localization.base import CRITERIA
 from trojanscope.models.training import accuracy
 from trojanscope.neurons import NeuronRef
+from trojanscope.workflows.defects import (
+    CleanSpec,
+    build_defect,
+    ensure_clean_model,
+    get_defect,
+    list_defects,
+    load_defect,
+    load_scores,
+    load_weights,
+    localize,
+)
 
 
 def test_defect_round_trips(built):
@@ -174,7 +174,7 @@ def test_weights_of_another_architecture_are_refused(built):
     catalog, clean, *_ = built
     other = torch.nn.Linear(3, 3).state_dict()
     sha = catalog.store.put(other)
-    from trojanscope.database.build import load_weights
+    from trojanscope.workflows.defects import load_weights
 
     with pytest.raises(CorruptArtifactError, match="do not fit architecture 'cnn-small'"):
         load_weights(catalog, clean, sha)

@@ -36,7 +36,6 @@ from typing import Any
 import torch
 from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, Text
 
-from trojanscope.database.build import find_by_key, get_defect_by_key
 from trojanscope.database.catalog import Catalog, content_key
 from trojanscope.database.schema import Base, CleanModel, Defect, InfectedNeuronRow
 from trojanscope.database.store import Blob
@@ -45,6 +44,7 @@ from trojanscope.errors import CatalogError, CorruptArtifactError, TrojanscopeEr
 from trojanscope.fileio import write_atomic
 from trojanscope.models.base import ARCHITECTURES
 from trojanscope.neurons import NeuronRef, all_neurons
+from trojanscope.workflows.defects import find_by_key, get_defect_by_key
 
 #: What ``defect_record.pt`` says it is, and the version of its layout.
 FORMAT = "trojanscope/bdefects4nn"
