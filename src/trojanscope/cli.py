@@ -234,6 +234,7 @@ def quickstart(
     from trojanscope.models.training import CleanTraining
     from trojanscope.workflows.defects import CleanSpec
     from trojanscope.workflows.quickstart import LEVELS, plan_size, run_quickstart
+    from trojanscope.workflows.records import QuickstartResult
 
     _threads()
     run_on = _device(device)
@@ -273,7 +274,8 @@ def quickstart(
             amp=precision,
         )
     if json_file is not None:
-        write_atomic(json_file, (json.dumps(result, indent=2) + "\n").encode())
+        record = QuickstartResult.model_validate(result).model_dump()
+        write_atomic(json_file, (json.dumps(record, indent=2) + "\n").encode())
     _render_quickstart(result)
     if json_file is not None:
         err.print(f"wrote {shown(json_file)}")
@@ -412,6 +414,7 @@ def inject(
         defect_summary,
         ensure_clean_model,
     )
+    from trojanscope.workflows.records import DefectSummary
 
     _threads()
     run_on = _device(device)
@@ -456,7 +459,7 @@ def inject(
         )
     record = defect_summary(row)
     if as_json:
-        _print_json(record)
+        _print_json(DefectSummary(**record).model_dump())
         return
     _render_defect(row, reused=not created)
 
@@ -531,10 +534,11 @@ def db_list(
 ) -> None:
     """Every defect in the catalog, one line each."""
     from trojanscope.workflows.defects import defect_summary, list_defects
+    from trojanscope.workflows.records import DefectSummary
 
     rows = list_defects(open_catalog(db, db_url))
     if as_json:
-        _print_json([defect_summary(r) for r in rows])
+        _print_json([DefectSummary(**defect_summary(r)).model_dump() for r in rows])
         return
     table = Table(title=f"defects in {shown(db)}")
     for col in (
@@ -582,6 +586,7 @@ def db_show(
         list_localizations,
         localization_summary,
     )
+    from trojanscope.workflows.records import DefectDetail
 
     catalog = open_catalog(db, db_url)
     row = get_defect(catalog, defect_id)
@@ -598,8 +603,8 @@ def db_show(
     ]
     if as_json:
         clean = row.clean_model
-        _print_json(
-            {
+        record = DefectDetail(
+            **{
                 **defect_summary(row),
                 "dataset": clean.dataset,
                 "arch": clean.arch,
@@ -618,6 +623,7 @@ def db_show(
                 "localization": locs,
             }
         )
+        _print_json(record.model_dump())
         return
     _render_defect(row)
     table = Table(title="infected neurons (injection order)")

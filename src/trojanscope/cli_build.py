@@ -103,6 +103,7 @@ def db_build(
     from trojanscope.workflows.build import run_build
     from trojanscope.workflows.executors import make_executor
     from trojanscope.workflows.plan import check_catalog, make_plan
+    from trojanscope.workflows.records import BuildPlan, JobCounts
     from trojanscope.workflows.spec import load_spec
 
     run_on = _device(device)
@@ -115,12 +116,12 @@ def db_build(
             with suppress(NoCatalogError):
                 plan = check_catalog(plan, open_catalog(db, db_url))
         clean, defects = plan.todo()
-        counts = {
-            "clean_models": {"planned": len(plan.clean), "todo": len(clean)},
-            "defects": {"planned": len(plan.defects), "todo": len(defects)},
-        }
+        counts = BuildPlan(
+            clean_models=JobCounts(planned=len(plan.clean), todo=len(clean)),
+            defects=JobCounts(planned=len(plan.defects), todo=len(defects)),
+        )
         if as_json:
-            _print_json(counts)
+            _print_json(counts.model_dump())
         else:
             out.print(
                 f"{len(clean)} of {len(plan.clean)} clean models and {len(defects)} of "
@@ -347,6 +348,7 @@ def _export_safetensors(
     from trojanscope.errors import TrojanscopeError
     from trojanscope.fileio import write_atomic
     from trojanscope.workflows.defects import get_defect
+    from trojanscope.workflows.records import ExportedWeights
 
     if where is not None or include_all:
         raise TrojanscopeError("--where and --all belong to --format bdefects4nn.")
@@ -365,7 +367,8 @@ def _export_safetensors(
     write_atomic(out_file, catalog.store.read_bytes(sha))
     kind = "clean model" if clean else "defect"
     if as_json:
-        _print_json({"out": str(out_file), "kind": kind, "id": defect_id, "sha256": sha})
+        record = ExportedWeights(out=str(out_file), kind=kind, id=defect_id, sha256=sha)
+        _print_json(record.model_dump())
         return
     out.print(f"wrote {shown(out_file)} ({kind} {defect_id}, {sha[:12]})")
 
