@@ -225,20 +225,20 @@ def test_changed_data_are_detected(built):
 def test_a_racing_builder_reuses_the_first_entry(built):
     """Two processes that build the same defect: the second keeps the first's entry."""
     catalog, clean, model, splits, defect, config = built
-    from trojanscope.database import build
+    from trojanscope.workflows import defects
 
-    real = build.get_defect_by_key
+    real = defects.get_defect_by_key
     calls = []
 
     def missing_once(cat, key):  # the second builder checked before the first committed
         calls.append(key)
         return None if len(calls) == 1 else real(cat, key)
 
-    build.get_defect_by_key = missing_once
+    defects.get_defect_by_key = missing_once
     try:
-        row, created = build.build_defect(catalog, clean, model, splits, "badnets", {}, config, 0)
+        row, created = defects.build_defect(catalog, clean, model, splits, "badnets", {}, config, 0)
     finally:
-        build.get_defect_by_key = real
+        defects.get_defect_by_key = real
     assert not created and row.id == defect.id
     assert len(list_defects(catalog)) == 1
 
