@@ -23,12 +23,12 @@ from _results import write_results
 
 from trojanscope.attacks.base import ATTACKS
 from trojanscope.data.base import DATASETS
-from trojanscope.database.build import CleanSpec, build_defect, ensure_clean_model
 from trojanscope.database.catalog import Catalog
 from trojanscope.errors import TrojanscopeError
 from trojanscope.injection.pipeline import InjectionConfig
 from trojanscope.injection.quantity import Quantity
 from trojanscope.models.base import ARCHITECTURES
+from trojanscope.workflows.defects import CleanSpec, build_defect, ensure_clean_model
 
 
 def pick_dataset(limit: int) -> tuple[str, dict]:

@@ -30,15 +30,16 @@ from _results import write_results
 
 from trojanscope.attacks.base import ATTACKS
 from trojanscope.data.base import DATASETS
-from trojanscope.database.build import CleanSpec
 from trojanscope.database.catalog import Catalog
-from trojanscope.database.quickstart import LEVELS, run_quickstart
-from trojanscope.database.study import aggregate, bench_localize, bench_repair, select_defects
 from trojanscope.localization.base import CRITERIA, EvidenceData
 from trojanscope.models.base import ARCHITECTURES
 from trojanscope.models.training import CleanTraining, accuracy, train_clean
 from trojanscope.repair.base import REPAIRS
 from trojanscope.report.plots import wji_by_level
+from trojanscope.report.tables import aggregate
+from trojanscope.workflows.defects import CleanSpec
+from trojanscope.workflows.quickstart import LEVELS, run_quickstart
+from trojanscope.workflows.study import bench_localize, bench_repair, select_defects
 
 LOC_METRICS = ["wji", "f1", "auroc", "ap", "seconds", "cost_forward"]
 REPAIR_METRICS = ["clean_acc_after", "asr_after", "asr_drop", "acc_drop", "der", "seconds"]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from trojanscope.database.build import CleanSpec
 from trojanscope.database.catalog import Catalog
-from trojanscope.database.quickstart import run_quickstart
+from trojanscope.workflows.defects import CleanSpec
+from trojanscope.workflows.quickstart import run_quickstart
 
 
 def main() -> None:

@@ -228,12 +228,13 @@ def quickstart(
 ) -> None:
     """Train a clean model, inject an attack at every level, localize with the criteria."""
     from trojanscope.attacks.base import ATTACKS
-    from trojanscope.database.build import CleanSpec
-    from trojanscope.database.quickstart import LEVELS, plan_size, run_quickstart
     from trojanscope.fileio import write_atomic
     from trojanscope.injection.quantity import Order
     from trojanscope.localization.base import CRITERIA, quick_criteria
     from trojanscope.models.training import CleanTraining
+    from trojanscope.workflows.defects import CleanSpec
+    from trojanscope.workflows.quickstart import LEVELS, plan_size, run_quickstart
+    from trojanscope.workflows.records import QuickstartResult
 
     _threads()
     run_on = _device(device)
@@ -273,14 +274,15 @@ def quickstart(
             amp=precision,
         )
     if json_file is not None:
-        write_atomic(json_file, (json.dumps(result, indent=2) + "\n").encode())
+        record = QuickstartResult.model_validate(result).model_dump()
+        write_atomic(json_file, (json.dumps(record, indent=2) + "\n").encode())
     _render_quickstart(result)
     if json_file is not None:
         err.print(f"wrote {shown(json_file)}")
 
 
 def _check_levels(levels: list[str]) -> list[str]:
-    from trojanscope.database.quickstart import LEVELS
+    from trojanscope.workflows.quickstart import LEVELS
 
     bad = [lv for lv in levels if lv not in LEVELS]
     if bad:
@@ -403,15 +405,16 @@ def inject(
 ) -> None:
     """Inject one defect (training or reusing the clean model) and print its record."""
     from trojanscope.attacks.base import ATTACKS
-    from trojanscope.database.build import (
+    from trojanscope.injection.pipeline import InjectionConfig
+    from trojanscope.models.training import CleanTraining
+    from trojanscope.registry import validate_params
+    from trojanscope.workflows.defects import (
         CleanSpec,
         build_defect,
         defect_summary,
         ensure_clean_model,
     )
-    from trojanscope.injection.pipeline import InjectionConfig
-    from trojanscope.models.training import CleanTraining
-    from trojanscope.registry import validate_params
+    from trojanscope.workflows.records import DefectSummary
 
     _threads()
     run_on = _device(device)
@@ -456,13 +459,13 @@ def inject(
         )
     record = defect_summary(row)
     if as_json:
-        _print_json(record)
+        _print_json(DefectSummary(**record).model_dump())
         return
     _render_defect(row, reused=not created)
 
 
 def _render_defect(row: Any, reused: bool = False) -> None:
-    from trojanscope.database.build import defect_summary
+    from trojanscope.workflows.defects import defect_summary
 
     table = Table(
         show_header=False, title=f"defect {row.id}" + (" (from the catalog)" if reused else "")
@@ -530,11 +533,12 @@ def db_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
 ) -> None:
     """Every defect in the catalog, one line each."""
-    from trojanscope.database.build import defect_summary, list_defects
+    from trojanscope.workflows.defects import defect_summary, list_defects
+    from trojanscope.workflows.records import DefectSummary
 
     rows = list_defects(open_catalog(db, db_url))
     if as_json:
-        _print_json([defect_summary(r) for r in rows])
+        _print_json([DefectSummary(**defect_summary(r)).model_dump() for r in rows])
         return
     table = Table(title=f"defects in {shown(db)}")
     for col in (
@@ -576,12 +580,13 @@ def db_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print the full record as JSON.")] = False,
 ) -> None:
     """One defect with its infected neurons and localization results."""
-    from trojanscope.database.build import (
+    from trojanscope.workflows.defects import (
         defect_summary,
         get_defect,
         list_localizations,
         localization_summary,
     )
+    from trojanscope.workflows.records import DefectDetail
 
     catalog = open_catalog(db, db_url)
     row = get_defect(catalog, defect_id)
@@ -598,8 +603,8 @@ def db_show(
     ]
     if as_json:
         clean = row.clean_model
-        _print_json(
-            {
+        record = DefectDetail(
+            **{
                 **defect_summary(row),
                 "dataset": clean.dataset,
                 "arch": clean.arch,
@@ -618,6 +623,7 @@ def db_show(
                 "localization": locs,
             }
         )
+        _print_json(record.model_dump())
         return
     _render_defect(row)
     table = Table(title="infected neurons (injection order)")

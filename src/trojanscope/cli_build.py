@@ -138,6 +138,7 @@ def db_build(
     from trojanscope.workflows.build import run_build
     from trojanscope.workflows.executors import make_executor
     from trojanscope.workflows.plan import check_catalog, make_plan
+    from trojanscope.workflows.records import BuildPlan, JobCounts
     from trojanscope.workflows.spec import load_spec
 
     run_on = _device(device)
@@ -150,12 +151,12 @@ def db_build(
             with suppress(NoCatalogError):
                 plan = check_catalog(plan, open_catalog(db, db_url))
         clean, defects = plan.todo()
-        counts = {
-            "clean_models": {"planned": len(plan.clean), "todo": len(clean)},
-            "defects": {"planned": len(plan.defects), "todo": len(defects)},
-        }
+        counts = BuildPlan(
+            clean_models=JobCounts(planned=len(plan.clean), todo=len(clean)),
+            defects=JobCounts(planned=len(plan.defects), todo=len(defects)),
+        )
         if as_json:
-            _print_json(counts)
+            _print_json(counts.model_dump())
         else:
             out.print(
                 f"{len(clean)} of {len(plan.clean)} clean models and {len(defects)} of "
@@ -383,9 +384,10 @@ def _export_safetensors(
     as_json: bool,
 ) -> None:
     """`db export ID --out FILE`: one defect's (or its clean model's) stored weights."""
-    from trojanscope.database.build import get_defect
     from trojanscope.errors import TrojanscopeError
     from trojanscope.fileio import write_atomic
+    from trojanscope.workflows.defects import get_defect
+    from trojanscope.workflows.records import ExportedWeights
 
     if where is not None or include_all:
         raise TrojanscopeError("--where and --all belong to --format bdefects4nn.")
@@ -404,7 +406,8 @@ def _export_safetensors(
     write_atomic(out_file, catalog.store.read_bytes(sha))
     kind = "clean model" if clean else "defect"
     if as_json:
-        _print_json({"out": str(out_file), "kind": kind, "id": defect_id, "sha256": sha})
+        record = ExportedWeights(out=str(out_file), kind=kind, id=defect_id, sha256=sha)
+        _print_json(record.model_dump())
         return
     out.print(f"wrote {shown(out_file)} ({kind} {defect_id}, {sha[:12]})")
 
@@ -441,7 +444,7 @@ def db_import(
         raise TrojanscopeError(f"unknown import format '{fmt}'; valid formats: bdefects4nn.")
     if not source.is_dir():
         raise TrojanscopeError(f"{source} is not a folder.")
-    from trojanscope.database.bdefects4nn import find_cases, parse_arch_map, resolve_archs
+    from trojanscope.workflows.bdefects4nn import find_cases, parse_arch_map, resolve_archs
 
     # A bad map or layout fails before the catalog is created or touched.
     resolve_archs(find_cases(source), parse_arch_map(arch_map or []))

@@ -67,6 +67,7 @@ def manifest_verify(
     """Check DIR against its manifest: edited, missing, extra and refused entries. Exit code 0
     when everything matches, 1 otherwise."""
     from trojanscope.scan.manifest import MANIFEST_NAME, verify_manifest
+    from trojanscope.workflows.records import ManifestReport
 
     if not directory.is_dir():
         raise TrojanscopeError(f"{directory} is not a folder.")
@@ -75,7 +76,7 @@ def manifest_verify(
         raise TrojanscopeError(f"no manifest at {manifest_path}.")
     result = verify_manifest(directory, manifest)
     if as_json:
-        _print_json(result.as_dict())
+        _print_json(ManifestReport(**result.as_dict()).model_dump())
     else:
         for item in result.edited:
             out.print(styled(("edited", "red"), "  ", item.path))
@@ -116,8 +117,9 @@ def audit(
     or data that do not fit, a checkpoint weights_only refuses); 3 inconclusive scan."""
     from trojanscope.cli import _device, _threads
     from trojanscope.fileio import write_atomic
-    from trojanscope.report.audit import audit_model
     from trojanscope.report.html import render_audit
+    from trojanscope.workflows.audit import audit_model
+    from trojanscope.workflows.records import AuditRecord
 
     _threads()
     run_on = _device(device)
@@ -127,7 +129,7 @@ def audit(
     result = audit_model(model, arch, data, width, device=run_on)
     write_atomic(report, render_audit(result).encode())
     if as_json:
-        _print_json({**result.as_dict(), "report": str(report)})
+        _print_json(AuditRecord(**result.as_dict(), report=str(report)).model_dump())
     else:
         style = _VERDICT_STYLE.get(result.verdict, "bold red")
         out.print(styled("verdict: ", (result.verdict, style)))

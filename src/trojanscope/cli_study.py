@@ -91,8 +91,9 @@ def localize_cmd(
     device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Localize a stored defect with one criterion and score it against the ground truth."""
-    from trojanscope.database.build import load_scores, localization_summary, localize
     from trojanscope.localization.metrics import top_k
+    from trojanscope.workflows.defects import load_scores, localization_summary, localize
+    from trojanscope.workflows.records import LocalizeRecord
 
     _threads()
     run_on = _device(device)
@@ -112,7 +113,7 @@ def localize_cmd(
         "top": [{"neuron": str(n), "score": score_of[n]} for n in top],
     }
     if as_json:
-        _print_json(result)
+        _print_json(LocalizeRecord(**result).model_dump())
         return
     out.print(
         f"defect {defect_id}, criterion {shown(criterion)} (evidence: {shown(row.evidence)})"
@@ -165,7 +166,8 @@ def repair_cmd(
     device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Repair a stored defect on a criterion's top-k neurons; the stored model is unchanged."""
-    from trojanscope.database.study import repair_defect, repair_summary
+    from trojanscope.workflows.records import RepairRecord
+    from trojanscope.workflows.study import repair_defect, repair_summary
 
     _threads()
     run_on = _device(device)
@@ -175,7 +177,7 @@ def repair_cmd(
     )
     result = {**repair_summary(row), "reused": not created}
     if as_json:
-        _print_json(result)
+        _print_json(RepairRecord(**result).model_dump())
         return
     out.print(
         f"defect {defect_id}: {shown(method)}"
@@ -214,7 +216,7 @@ def _selection(
 ) -> tuple[Any, list[Any]]:
     """The catalog and its defects matching ``where`` (an error if none does); without a
     status condition, those of ``default_status`` (None: every status)."""
-    from trojanscope.database.study import select_defects
+    from trojanscope.workflows.study import select_defects
 
     _threads()
     catalog = open_catalog(db, db_url)
@@ -251,9 +253,11 @@ def bench_localize_cmd(
     device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Every criterion on every selected defect (stored results reused); aggregate and plot."""
-    from trojanscope.database.study import aggregate, bench_localize
     from trojanscope.localization.base import CRITERIA
     from trojanscope.report.plots import wji_by_level
+    from trojanscope.report.tables import aggregate
+    from trojanscope.workflows.records import BenchLocalize
+    from trojanscope.workflows.study import bench_localize
 
     run_on = _device(device)
     names = _names(criteria, CRITERIA)
@@ -269,7 +273,8 @@ def bench_localize_cmd(
     )
     written = wji_by_level(rows, folder)
     if as_json:
-        _print_json({"rows": rows, "table": table, "plots": [str(p) for p in written]})
+        record = BenchLocalize(rows=rows, table=table, plots=[str(p) for p in written])
+        _print_json(record.model_dump())
         return
     columns = (*LOC_COLUMNS, ("cost (fwd)", "cost_forward"))
     out.print(_study_table("localization study (mean±std)", table, keys, columns))
@@ -288,9 +293,11 @@ def bench_repair_cmd(
     device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Every repair with every criterion on every selected defect; aggregate."""
-    from trojanscope.database.study import aggregate, bench_repair, plan_pairs
     from trojanscope.localization.base import CRITERIA
     from trojanscope.repair.base import REPAIRS
+    from trojanscope.report.tables import aggregate
+    from trojanscope.workflows.records import BenchRepair
+    from trojanscope.workflows.study import bench_repair, plan_pairs
 
     run_on = _device(device)
     method_names = _names(methods, REPAIRS)
@@ -305,7 +312,7 @@ def bench_repair_cmd(
         key=lambda e: (e["method"], e["criterion"] or "", e["attack"], e["order"], e["level"]),
     )
     if as_json:
-        _print_json({"rows": rows, "table": table})
+        _print_json(BenchRepair(rows=rows, table=table).model_dump())
         return
     out.print(_study_table("repair study (mean±std)", table, keys, REPAIR_COLUMNS))
 
@@ -327,8 +334,9 @@ def report_study_cmd(
     as_json: JsonFlag = False,
 ) -> None:
     """The stored study as an HTML page and a Markdown file; runs no criterion or repair."""
-    from trojanscope.database.results import count_defects, defect_record, stored_results
     from trojanscope.report.study import build_report, header, write_report
+    from trojanscope.workflows.records import StudyReport
+    from trojanscope.workflows.results import count_defects, defect_record, stored_results
 
     catalog, defects = _selection(db, db_url, where, default_status=None)
     folder = _plots_folder(out_dir, "the report")
@@ -338,16 +346,15 @@ def report_study_cmd(
     head = header(db, command, where, records, count_defects(catalog), (len(locs), len(repairs)))
     written = write_report(build_report(head, records, locs, repairs), folder)
     if as_json:
-        _print_json(
-            {
-                "html": str(folder / "study.html"),
-                "markdown": str(folder / "study.md"),
-                "plots": [str(p) for p in written if p.suffix == ".png"],
-                "defects": len(records),
-                "localizations": len(locs),
-                "repairs": len(repairs),
-            }
+        record = StudyReport(
+            html=str(folder / "study.html"),
+            markdown=str(folder / "study.md"),
+            plots=[str(p) for p in written if p.suffix == ".png"],
+            defects=len(records),
+            localizations=len(locs),
+            repairs=len(repairs),
         )
+        _print_json(record.model_dump())
         return
     out.print(
         f"wrote {shown(folder / 'study.html')} and {shown(folder / 'study.md')} "

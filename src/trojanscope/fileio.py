@@ -1,11 +1,16 @@
 """Files the user asked for: atomic writes with the user's umask, and checks of output paths.
 
-Kept free of heavy imports: the scan command's fast start-up path writes SARIF with it.
+The one place that knows how trojanscope puts a file or a folder into place without readers
+ever seeing half of it: a temporary sibling, then a rename (or a link). Kept free of heavy
+imports: the scan command's fast start-up path writes SARIF with it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from trojanscope.errors import TrojanscopeError
@@ -42,6 +47,48 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _sibling(path: Path) -> Path:
+    """A fresh temporary name beside ``path`` (the ``.tmp-`` prefix marks it as temporary)."""
+    return path.with_name(f".tmp-{os.urandom(8).hex()}-{path.name}")
+
+
+@contextmanager
+def create_atomic(path: Path, suffixes: Sequence[str] = ()) -> Iterator[Path]:
+    """A temporary path beside ``path`` for a file that something else creates (a SQLite
+    engine, say); when the block ends without error the file is linked into place, never
+    replacing a file that appeared at ``path`` meanwhile (that one is kept). The temporary file,
+    and the files named after it with ``suffixes`` (``-journal``), are removed in any case:
+    an interrupted creation leaves no file at ``path`` rather than half of one."""
+    tmp = _sibling(path)
+    try:
+        yield tmp
+        try:
+            os.link(tmp, path)  # atomic, and never replaces an existing file
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links
+            if not path.exists():
+                os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, *(tmp.with_name(tmp.name + s) for s in suffixes)):
+            leftover.unlink(missing_ok=True)
+
+
+@contextmanager
+def replace_dir_atomic(path: Path) -> Iterator[Path]:
+    """A new temporary folder beside ``path`` to build a tree in; when the block ends without
+    error it is renamed to ``path`` (an empty folder there is replaced), otherwise removed with
+    everything in it: readers never see half a tree."""
+    tmp = _sibling(path)
+    try:
+        tmp.mkdir()
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_output_file(path: Path) -> None:

@@ -2,10 +2,10 @@ import shutil
 
 import pytest
 
-from trojanscope.database.build import CleanSpec, build_defect, ensure_clean_model, get_defect
 from trojanscope.database.catalog import Catalog
 from trojanscope.injection.pipeline import InjectionConfig
 from trojanscope.injection.quantity import Quantity
+from trojanscope.workflows.defects import CleanSpec, build_defect, ensure_clean_model, get_defect
 
 
 @pytest.fixture(scope="session")

@@ -11,17 +11,6 @@ import torch
 from sqlalchemy import event, func, select, text
 
 from tests.stand_in import stand_in
-from trojanscope.database.build import (
-    CleanSpec,
-    build_defect,
-    ensure_clean_model,
-    get_defect,
-    list_defects,
-    load_defect,
-    load_scores,
-    load_weights,
-    localize,
-)
 from trojanscope.database.catalog import Catalog
 from trojanscope.database.schema import Defect, InfectedNeuronRow
 from trojanscope.device import CPU, model_device
@@ -35,6 +24,17 @@ from trojanscope.injection.quantity import Quantity
 from trojanscope.localization.base import CRITERIA
 from trojanscope.models.training import accuracy
 from trojanscope.neurons import NeuronRef
+from trojanscope.workflows.defects import (
+    CleanSpec,
+    build_defect,
+    ensure_clean_model,
+    get_defect,
+    list_defects,
+    load_defect,
+    load_scores,
+    load_weights,
+    localize,
+)
 
 
 def test_defect_round_trips(built):
@@ -174,7 +174,7 @@ def test_weights_of_another_architecture_are_refused(built):
     catalog, clean, *_ = built
     other = torch.nn.Linear(3, 3).state_dict()
     sha = catalog.store.put(other)
-    from trojanscope.database.build import load_weights
+    from trojanscope.workflows.defects import load_weights
 
     with pytest.raises(CorruptArtifactError, match="do not fit architecture 'cnn-small'"):
         load_weights(catalog, clean, sha)
@@ -225,20 +225,20 @@ def test_changed_data_are_detected(built):
 def test_a_racing_builder_reuses_the_first_entry(built):
     """Two processes that build the same defect: the second keeps the first's entry."""
     catalog, clean, model, splits, defect, config = built
-    from trojanscope.database import build
+    from trojanscope.workflows import defects
 
-    real = build.get_defect_by_key
+    real = defects.get_defect_by_key
     calls = []
 
     def missing_once(cat, key):  # the second builder checked before the first committed
         calls.append(key)
         return None if len(calls) == 1 else real(cat, key)
 
-    build.get_defect_by_key = missing_once
+    defects.get_defect_by_key = missing_once
     try:
-        row, created = build.build_defect(catalog, clean, model, splits, "badnets", {}, config, 0)
+        row, created = defects.build_defect(catalog, clean, model, splits, "badnets", {}, config, 0)
     finally:
-        build.get_defect_by_key = real
+        defects.get_defect_by_key = real
     assert not created and row.id == defect.id
     assert len(list_defects(catalog)) == 1
 

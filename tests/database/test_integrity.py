@@ -129,7 +129,7 @@ def test_verify_reports_missing_corrupt_and_foreign_files(catalog):
 
 def test_references_include_a_localizations_own_artifacts(built):
     catalog, *_, defect, _ = built
-    from trojanscope.database.build import localize
+    from trojanscope.workflows.defects import localize
 
     loc, _ = localize(catalog, defect.id, "nc", {"steps": 2})  # NC stores its reversed triggers
     assert loc.extra and loc.extra.get("artifacts_sha256")

@@ -15,11 +15,11 @@ from sqlalchemy import text
 
 from tests.pgserver import _free_port
 from tests.test_cli import assert_one_sentence, run
-from trojanscope.database.build import get_defect, list_defects, load_defect, localize
 from trojanscope.database.catalog import Catalog
 from trojanscope.database.integrity import sweep, verify
 from trojanscope.database.schema import Base, CleanModel, Defect
 from trojanscope.errors import CatalogError
+from trojanscope.workflows.defects import get_defect, list_defects, load_defect, localize
 
 
 def _copy_rows(source: Catalog, target: Catalog) -> None:

@@ -11,13 +11,13 @@ from sqlalchemy import func, select
 
 from tests.database.conftest import template  # noqa: F401 (fixture)
 from tests.test_cli import assert_one_sentence, run
-from trojanscope.database.build import localize
 from trojanscope.database.catalog import Catalog
-from trojanscope.database.results import stored_results
 from trojanscope.database.schema import Defect, InfectedNeuronRow, Localization, RepairRow
-from trojanscope.database.study import bench_localize, bench_repair, select_defects
 from trojanscope.report.study import CAPTIONS, build_report, md_escape, render_markdown
 from trojanscope.report.study_sections import GROUP_KEYS, TITLES, headline_section, reason_kinds
+from trojanscope.workflows.defects import localize
+from trojanscope.workflows.results import stored_results
+from trojanscope.workflows.study import bench_localize, bench_repair, select_defects
 
 PNG = b"\x89PNG\r\n\x1a\n"
 EVIL = "<i>evil</i>&co"

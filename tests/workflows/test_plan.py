@@ -1,8 +1,8 @@
 """Plans: keys are hashes of what determines each result, identical for identical specs
 however they are written, shared clean models, duplicates planned once."""
 
-from trojanscope.database.build import CleanSpec
 from trojanscope.models.training import CleanTraining
+from trojanscope.workflows.defects import CleanSpec
 from trojanscope.workflows.plan import make_plan
 from trojanscope.workflows.spec import parse_spec
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import sqlite3
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -41,6 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from trojanscope.database.schema import Base
 from trojanscope.database.store import ArtifactStore, Blob
 from trojanscope.errors import CatalogError, NoCatalogError
+from trojanscope.fileio import create_atomic
 
 CATALOG_FILE = "catalog.sqlite"
 OBJECTS_DIR = "objects"
@@ -371,9 +371,8 @@ def _create_database(db_file: Path) -> None:
     """Create the catalog's tables in a temporary file, then link it into place: an
     interrupted creation leaves no catalog file rather than an empty one, and a catalog that
     another process created meanwhile is kept."""
-    tmp = db_file.with_name(f".tmp-{secrets.token_hex(8)}-{db_file.name}")
-    engine = create_engine(f"sqlite:///{tmp}")
-    try:
+    with create_atomic(db_file, suffixes=("-journal",)) as tmp:
+        engine = create_engine(f"sqlite:///{tmp}")
         try:
             Base.metadata.create_all(engine)
         except (DatabaseError, OperationalError) as exc:
@@ -382,16 +381,6 @@ def _create_database(db_file: Path) -> None:
             ) from None
         finally:
             engine.dispose()
-        try:
-            os.link(tmp, db_file)  # atomic, and never replaces an existing catalog
-        except FileExistsError:
-            pass
-        except OSError:  # a file system without hard links
-            if not db_file.exists():
-                os.replace(tmp, db_file)
-    finally:
-        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
-            leftover.unlink(missing_ok=True)
 
 
 def _outdated(engine: Engine) -> bool:

@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from trojanscope.report.audit import CLP_THRESHOLD, AuditResult  # noqa: E402
+from trojanscope.report.audit_result import CLP_THRESHOLD, AuditResult  # noqa: E402
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>trojanscope audit: {{ r.model }}</title>

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ matplotlib.use("Agg")  # files only: no screen on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from trojanscope.errors import TrojanscopeError  # noqa: E402
+from trojanscope.fileio import write_atomic  # noqa: E402
 
 #: Levels in their natural order; others follow alphabetically.
 LEVEL_ORDER = ("narrow", "small", "middle", "large")
@@ -55,8 +57,10 @@ def wji_by_level(rows: Sequence[dict[str, Any]], folder: Path) -> list[Path]:
         ax.legend(fontsize="small")
         fig.tight_layout()
         path = folder / f"wji-{criterion}.png"
+        buffer = io.BytesIO()
         try:
-            fig.savefig(path, dpi=100)
+            fig.savefig(buffer, format="png", dpi=100)
+            write_atomic(path, buffer.getvalue())
         except OSError as exc:
             raise TrojanscopeError(f"cannot write plot {path}: {exc.strerror or exc}.") from None
         finally:

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trojanscope.database.study import aggregate
 from trojanscope.report import study_plots as plots
+from trojanscope.report.tables import aggregate
 from trojanscope.textsafe import shown
 
 Row = dict[str, Any]

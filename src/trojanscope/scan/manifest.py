@@ -13,7 +13,6 @@ import errno
 import hashlib
 import json
 import os
-import secrets
 import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from trojanscope.errors import TrojanscopeError
+from trojanscope.fileio import write_atomic
 
 MANIFEST_NAME = "trojanscope-manifest.json"
 MANIFEST_VERSION = 1
@@ -38,9 +38,6 @@ _OPEN_FLAGS = (
     | getattr(os, "O_NONBLOCK", 0)
     | getattr(os, "O_BINARY", 0)
     | getattr(os, "O_CLOEXEC", 0)
-)
-_NEW_FLAGS = (
-    os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 )
 
 
@@ -274,35 +271,19 @@ def create_manifest(directory: Path, output: Path | None = None) -> Path:
 
 
 def _write_atomic(output: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file in ``output``'s folder, then rename it into place.
+    """Write ``data`` to ``output`` atomically (``trojanscope.fileio.write_atomic``).
 
     The manifest gets the mode of any file the user creates (0o666 less the umask): it is meant
     to be shared, and a user whose umask keeps files private gets a private manifest."""
     folder = output.parent
     if not folder.is_dir():
         raise TrojanscopeError(f"Folder {folder} for the manifest does not exist.")
-    tmp: Path | None = None
     try:
-        while tmp is None:
-            candidate = folder / f".trojanscope-manifest-{secrets.token_hex(8)}.tmp"
-            try:  # the kernel applies the umask to 0o666
-                fd = os.open(candidate, _NEW_FLAGS, 0o666)
-            except FileExistsError:
-                continue
-            tmp = candidate
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, output)
-        tmp = None
+        write_atomic(output, data)
     except OSError as exc:
         raise TrojanscopeError(
             f"Manifest {output} could not be written ({exc.strerror or exc})."
         ) from None
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- verify

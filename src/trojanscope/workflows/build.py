@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from trojanscope.attacks.base import ATTACKS
-from trojanscope.database.build import load_splits
 from trojanscope.database.catalog import Catalog
 from trojanscope.database.claims import STALE_AFTER, Claims
 from trojanscope.database.integrity import sweep
 from trojanscope.device import CPU
 from trojanscope.errors import TrojanscopeError
+from trojanscope.workflows.defects import load_splits
 from trojanscope.workflows.executors import Executor, Job, WorkerDied
 from trojanscope.workflows.jobs import JobResult
 from trojanscope.workflows.plan import (

@@ -1,5 +1,5 @@
 """`db export --format bdefects4nn` and `db import`: the catalog written to and read from the
-BackdoorDefects4NN layout (``trojanscope.database.bdefects4nn``), as the records the command
+BackdoorDefects4NN layout (``trojanscope.workflows.bdefects4nn``), as the records the command
 line prints."""
 
 from __future__ import annotations
@@ -7,15 +7,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from trojanscope.database.bdefects4nn import export_layout, import_layout, parse_arch_map
 from trojanscope.database.catalog import Catalog
-from trojanscope.database.study import select_defects
+from trojanscope.workflows.bdefects4nn import export_layout, import_layout, parse_arch_map
 from trojanscope.workflows.records import (
     ExportedCase,
     ExportSummary,
     ImportedCase,
     ImportSummary,
 )
+from trojanscope.workflows.study import select_defects
 
 FORMAT = "bdefects4nn"
 

@@ -10,16 +10,16 @@ from typing import Literal
 
 import torch
 
-from trojanscope.database.build import (
+from trojanscope.database.catalog import Catalog
+from trojanscope.workflows.defects import (
     build_clean_model,
     build_defect,
     ensure_clean_model,
     load_defect,
     localize,
 )
-from trojanscope.database.catalog import Catalog
-from trojanscope.database.study import repair_defect
 from trojanscope.workflows.plan import CleanJob, DefectJob
+from trojanscope.workflows.study import repair_defect
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,15 @@ from sqlalchemy import select
 
 from trojanscope.attacks.base import ATTACKS
 from trojanscope.data.base import DATASETS
-from trojanscope.database.build import CleanSpec, defect_key, get_defect, localization_key
 from trojanscope.database.catalog import Catalog
 from trojanscope.database.schema import CleanModel, Defect, Localization, RepairRow
-from trojanscope.database.study import repair_request
 from trojanscope.injection.pipeline import InjectionConfig
 from trojanscope.localization.base import CRITERIA
 from trojanscope.models.base import ARCHITECTURES
+from trojanscope.workflows.defects import CleanSpec, defect_key, get_defect, localization_key
 from trojanscope.workflows.labels import plugin_label
 from trojanscope.workflows.spec import BuildSpec, CriterionEntry, RepairEntry
+from trojanscope.workflows.study import repair_request
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from trojanscope.data.base import DATASETS
 from trojanscope.database.catalog import Catalog
 from trojanscope.database.integrity import verify
 from trojanscope.database.schema import Defect
-from trojanscope.database.study import injection_order, select_defects
 from trojanscope.models.base import ARCHITECTURES
 from trojanscope.workflows.labels import plugin_label
 from trojanscope.workflows.records import (
@@ -22,6 +21,7 @@ from trojanscope.workflows.records import (
     Stats,
     VerifyReport,
 )
+from trojanscope.workflows.study import injection_order, select_defects
 
 
 def defect_record(row: Defect) -> DefectRecord:

@@ -1,8 +1,11 @@
-"""The JSON records of `db build`, `db verify`, `db query`, `db stats`, `db export
---format bdefects4nn` and `db import`: defined once here,
-printed by the command line with ``--json`` and checked key for key by the tests."""
+"""The JSON records the commands print with ``--json`` (and `quickstart --json FILE` writes):
+defined once here, printed by the command line and checked key for key by the tests, against
+the commands' output and against the README's schemas. (`scan --json` is the exception: the
+scan command starts on the standard library alone.)"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -162,3 +165,216 @@ class ImportSummary(_Record):
     present: int
     clean_models_imported: int
     cases: list[ImportedCase]
+
+
+# -- the records of quickstart, inject, db list / show / export, localize, repair, bench,
+# report study, manifest verify and audit. Numbers are dumped as computed (``model_dump()``,
+# not JSON mode), so what the commands print is what they printed before these models.
+
+
+class DefectSummary(_Record):
+    """A defect as `inject` and `db list` print it."""
+
+    id: int
+    attack: str
+    level: str
+    seed: int
+    status: str
+    reason: str | None
+    clean_acc: float
+    asr: float
+    masked_asr: float
+    masked_asr_before: float | None
+    masked_clean_acc: float | None
+    patched_asr: float | None
+    n_infected: int
+    n_carrying: int
+
+
+class QuickstartDefect(DefectSummary):
+    """A defect of the quickstart, with the seconds its injection took."""
+
+    seconds: float
+
+
+class LocalizationSummary(_Record):
+    """A stored localization scored against the ground truth (``extra``: the per-layer hit
+    rate, the scores against the carrying neurons, and what the criterion found)."""
+
+    defect_id: int
+    criterion: str
+    precision: float
+    recall: float
+    f1: float
+    wji: float
+    auroc: float | None
+    ap: float | None
+    seconds: float
+    cost_forward: float
+    extra: dict[str, Any]
+
+
+class QuickstartClean(_Record):
+    """The quickstart's clean model."""
+
+    id: int
+    dataset: str
+    arch: str
+    arch_params: dict[str, Any]
+    seed: int
+    clean_acc: float
+    seconds: float
+
+
+class QuickstartResult(_Record):
+    """What `quickstart --json FILE` writes."""
+
+    clean_model: QuickstartClean
+    defects: list[QuickstartDefect]
+    localization: list[LocalizationSummary]
+
+
+class InfectedNeuron(_Record):
+    neuron: str
+    rank: int
+    contribution: float
+    activation_shift: float
+    carrying: bool | None
+
+
+class DefectDetail(DefectSummary):
+    """One defect as `db show` prints it: its record, infected neurons, localizations."""
+
+    dataset: str
+    arch: str
+    arch_params: dict[str, Any]
+    clean_model_id: int
+    clean_acc_before: float
+    asr_before: float
+    attack_params: dict[str, Any]
+    injection: dict[str, Any]
+    epochs: int
+    weights_sha256: str
+    trigger_sha256: str
+    poisoned_test_sha256: str
+    seconds: float
+    infected: list[InfectedNeuron]
+    localization: list[LocalizationSummary]
+
+
+class TopNeuron(_Record):
+    neuron: str
+    score: float
+
+
+class LocalizeRecord(LocalizationSummary):
+    """What `localize` prints: the scored localization and its top-k neurons."""
+
+    k: int
+    evidence: str
+    params: dict[str, Any]
+    reused: bool
+    top: list[TopNeuron]
+
+
+class RepairRecord(_Record):
+    """What `repair` prints."""
+
+    defect_id: int
+    method: str
+    criterion: str | None
+    k: int
+    clean_acc_before: float
+    clean_acc_after: float
+    asr_before: float
+    asr_after: float
+    asr_drop: float
+    acc_drop: float
+    der: float
+    seconds: float
+    weights_sha256: str
+    reused: bool
+
+
+class BenchRepair(_Record):
+    """What `bench repair` prints: one row per repair, and the aggregated table."""
+
+    rows: list[dict[str, Any]]
+    table: list[dict[str, Any]]
+
+
+class BenchLocalize(BenchRepair):
+    """What `bench localize` prints: rows, the aggregated table, the plots written."""
+
+    plots: list[str]
+
+
+class StudyReport(_Record):
+    """What `report study` wrote, and how much it shows."""
+
+    html: str
+    markdown: str
+    plots: list[str]
+    defects: int
+    localizations: int
+    repairs: int
+
+
+class JobCounts(_Record):
+    planned: int
+    todo: int
+
+
+class BuildPlan(_Record):
+    """What `db build --dry-run` would build."""
+
+    clean_models: JobCounts
+    defects: JobCounts
+
+
+class ExportedWeights(_Record):
+    """What `db export ID --out FILE` wrote."""
+
+    out: str
+    kind: str
+    id: int
+    sha256: str
+
+
+class EditedEntry(_Record):
+    path: str
+    expected_sha256: str
+    actual_sha256: str
+
+
+class RefusedEntry(_Record):
+    path: str
+    reason: str
+
+
+class ManifestReport(_Record):
+    """What `manifest verify` found (``ok``: nothing edited, missing, extra or refused)."""
+
+    ok: bool
+    verified: list[str]
+    edited: list[EditedEntry]
+    missing: list[str]
+    extra: list[str]
+    refused: list[RefusedEntry]
+
+
+class AuditRecord(_Record):
+    """What `audit` found (``scan``: the scan's file reports, as `scan --json` prints them)."""
+
+    model: str
+    verdict: str
+    exit_code: int
+    scan_verdict: str
+    scan: list[dict[str, Any]]
+    arch: str | None
+    arch_params: dict[str, Any]
+    clean_acc: float | None
+    clp_outliers: list[dict[str, Any]]
+    nc: dict[str, Any] | None
+    notes: list[str]
+    report: str

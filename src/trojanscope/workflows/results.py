@@ -10,14 +10,14 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from trojanscope.database.build import localization_summary
 from trojanscope.database.catalog import Catalog
 from trojanscope.database.schema import Defect, Localization, RepairRow
-from trojanscope.database.study import defect_labels, repair_summary
 from trojanscope.errors import TrojanscopeError
 from trojanscope.localization.base import CRITERIA
 from trojanscope.registry import Registry
 from trojanscope.repair.base import REPAIRS
+from trojanscope.workflows.defects import localization_summary
+from trojanscope.workflows.study import defect_labels, repair_summary
 
 #: The figures of the localization scored against the carrying neurons, flattened as
 #: ``carrying_<metric>`` (None when the defect has no carrying flags).

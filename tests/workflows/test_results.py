@@ -1,6 +1,6 @@
 """Stored results for reports: parameter variants name their own groups."""
 
-from trojanscope.database.results import variant
+from trojanscope.workflows.results import variant
 
 
 def test_variant_names_the_parameters_that_differ_from_the_defaults():

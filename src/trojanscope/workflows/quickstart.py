@@ -7,7 +7,12 @@ from typing import Any
 
 import torch
 
-from trojanscope.database.build import (
+from trojanscope.database.catalog import Catalog
+from trojanscope.device import Amp
+from trojanscope.injection.pipeline import InjectionConfig
+from trojanscope.injection.quantity import Order, Quantity
+from trojanscope.localization.base import CRITERIA, quick_criteria
+from trojanscope.workflows.defects import (
     CleanSpec,
     build_defect,
     defect_summary,
@@ -15,11 +20,6 @@ from trojanscope.database.build import (
     localization_summary,
     localize,
 )
-from trojanscope.database.catalog import Catalog
-from trojanscope.device import Amp
-from trojanscope.injection.pipeline import InjectionConfig
-from trojanscope.injection.quantity import Order, Quantity
-from trojanscope.localization.base import CRITERIA, quick_criteria
 
 LEVELS = ("narrow", "small", "middle", "large")
 

@@ -17,13 +17,13 @@ import torch
 from sqlalchemy import func, select, update
 
 from tests.test_cli import assert_one_sentence, run
-from trojanscope.database.build import CleanSpec, build_defect, ensure_clean_model, list_defects
 from trojanscope.database.catalog import Catalog
 from trojanscope.database.schema import CleanModel, Defect
 from trojanscope.injection.acceptance import Acceptance
 from trojanscope.injection.pipeline import InjectionConfig
 from trojanscope.injection.quantity import Quantity
 from trojanscope.models.training import CleanTraining
+from trojanscope.workflows.defects import CleanSpec, build_defect, ensure_clean_model, list_defects
 
 CASES = "digits_fault/cnn-small_badnets"
 CASE_FILES = {
@@ -311,8 +311,8 @@ def test_a_mapped_architecture_is_imported_under_our_name(source, tmp_path, caps
 def test_an_interrupted_import_leaves_no_half_entry(source, tmp_path, capsys, monkeypatch):
     """Killed while a defect's artifacts are written: no row of it stays, and the next run
     imports everything."""
-    from trojanscope.database.bdefects4nn import import_layout
     from trojanscope.database.store import ArtifactStore
+    from trojanscope.workflows.bdefects4nn import import_layout
 
     out = tmp_path / "export"
     _export(source, out, capsys, monkeypatch)

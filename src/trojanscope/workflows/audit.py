@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pickle
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,55 +23,13 @@ from trojanscope.localization.base import CRITERIA, EvidenceData
 from trojanscope.models.base import ARCHITECTURES
 from trojanscope.models.training import accuracy
 from trojanscope.neurons import classifier_name, eligible_layers
-from trojanscope.scan.findings import FileReport, overall_verdict
+from trojanscope.report.audit_result import CLP_THRESHOLD, AuditResult
+from trojanscope.scan.findings import overall_verdict
 from trojanscope.scan.scanner import Scanner
 
-#: CLP flags channels whose standardised Lipschitz bound exceeds this (the CLP paper's u = 3).
-CLP_THRESHOLD = 3.0
 _WIDTHS = (1.0, 0.5, 0.25, 0.125, 2.0, 0.75)
 #: Terminal escape sequences (torch puts some in its error messages).
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-@dataclass
-class AuditResult:
-    model: str
-    #: dangerous-file, suspicious-file, inconclusive-scan, not-screened, backdoor-suspected or
-    #: no-backdoor-found
-    verdict: str
-    scan_verdict: str
-    scan: list[FileReport]
-    arch: str | None = None
-    arch_params: dict[str, Any] = field(default_factory=dict)
-    clean_acc: float | None = None
-    clp_outliers: list[dict[str, Any]] = field(default_factory=list)
-    layer_scores: dict[str, list[float]] = field(default_factory=dict)
-    nc: dict[str, Any] | None = None
-    reversed_trigger: dict[str, torch.Tensor] | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def exit_code(self) -> int:
-        """0 no backdoor found, or not screened (no --arch) after a clean scan; 3 inconclusive
-        scan; 1 otherwise (dangerous or suspicious file, backdoor suspected)."""
-        return {"no-backdoor-found": 0, "not-screened": 0, "inconclusive-scan": 3}.get(
-            self.verdict, 1
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "verdict": self.verdict,
-            "exit_code": self.exit_code,
-            "scan_verdict": self.scan_verdict,
-            "scan": [r.as_dict() for r in self.scan],
-            "arch": self.arch,
-            "arch_params": self.arch_params,
-            "clean_acc": self.clean_acc,
-            "clp_outliers": self.clp_outliers,
-            "nc": self.nc,
-            "notes": self.notes,
-        }
 
 
 def load_state(path: Path, fmt: str, device: torch.device = CPU) -> dict[str, torch.Tensor]:

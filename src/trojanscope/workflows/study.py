@@ -1,16 +1,22 @@
 """The localization and repair study over the catalog: select defects, run every criterion and
-repair on them (each result stored once, reused afterwards), aggregate the figures."""
+repair on them (each result stored once, reused afterwards); ``report.tables`` aggregates
+the figures."""
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from trojanscope.database.build import (
+from trojanscope.database.catalog import Catalog, content_key
+from trojanscope.database.schema import Defect, RepairRow
+from trojanscope.errors import ConfigError
+from trojanscope.localization.base import CRITERIA
+from trojanscope.localization.metrics import top_k
+from trojanscope.repair.base import REPAIRS, run_repair
+from trojanscope.workflows.defects import (
     DefectContext,
     _insert,
     eligible_neuron_count,
@@ -23,12 +29,6 @@ from trojanscope.database.build import (
     localize,
     raced_entry,
 )
-from trojanscope.database.catalog import Catalog, content_key
-from trojanscope.database.schema import Defect, RepairRow
-from trojanscope.errors import ConfigError
-from trojanscope.localization.base import CRITERIA
-from trojanscope.localization.metrics import top_k
-from trojanscope.repair.base import REPAIRS, run_repair
 
 #: Fields a --where query may name, and how to read them off a defect.
 WHERE_FIELDS: dict[str, Callable[[Defect], Any]] = {
@@ -274,21 +274,3 @@ def plan_pairs(methods: Iterable[str], criteria: Sequence[str]) -> int:
     """Repairs per defect in a repair bench."""
     return sum(len(criteria) if REPAIRS.get(m).uses_neurons else 1 for m in methods)
 
-
-def aggregate(
-    rows: Sequence[dict[str, Any]], by: Sequence[str], metrics: Sequence[str]
-) -> list[dict[str, Any]]:
-    """Mean and standard deviation of ``metrics`` per group of ``by`` values (None skipped)."""
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(tuple(row.get(b) for b in by), []).append(row)
-    table = []
-    for values, members in groups.items():
-        entry: dict[str, Any] = dict(zip(by, values, strict=True))
-        entry["n"] = len(members)
-        for metric in metrics:
-            xs = [m[metric] for m in members if m.get(metric) is not None]
-            entry[metric] = statistics.fmean(xs) if xs else None
-            entry[f"{metric}_std"] = statistics.pstdev(xs) if len(xs) > 1 else 0.0 if xs else None
-        table.append(entry)
-    return table

@@ -5,24 +5,31 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
+from tests.database.conftest import built, template  # noqa: F401 (fixtures)
 from tests.stand_in import stand_in
-from trojanscope.database.build import get_defect, load_defect, load_scores, load_weights, localize
 from trojanscope.database.catalog import Catalog
 from trojanscope.database.schema import RepairRow
-from trojanscope.database.study import (
-    aggregate,
+from trojanscope.errors import ConfigError
+from trojanscope.neurons import all_neurons
+from trojanscope.report.plots import wji_by_level
+from trojanscope.report.tables import aggregate
+from trojanscope.workflows.defects import (
+    get_defect,
+    load_defect,
+    load_scores,
+    load_weights,
+    localize,
+)
+from trojanscope.workflows.study import (
     bench_localize,
     bench_repair,
     parse_where,
     repair_defect,
     select_defects,
 )
-from trojanscope.errors import ConfigError
-from trojanscope.neurons import all_neurons
-from trojanscope.report.plots import wji_by_level
 
 
-def test_repair_is_stored_reused_and_leaves_the_defect_alone(built):
+def test_repair_is_stored_reused_and_leaves_the_defect_alone(built):  # noqa: F811
     catalog, clean, _, _, defect, _ = built
     row, created = repair_defect(catalog, defect.id, "prune", "oracle")
     assert created and row.k == len(defect.infected) and row.criterion == "oracle"
@@ -48,13 +55,13 @@ def test_repair_is_stored_reused_and_leaves_the_defect_alone(built):
         assert session.scalar(select(func.count()).select_from(RepairRow)) == 1
 
 
-def test_finetune_all_records_no_criterion(built):
+def test_finetune_all_records_no_criterion(built):  # noqa: F811
     catalog, _, _, _, defect, _ = built
     row, _ = repair_defect(catalog, defect.id, "finetune-all", "clp", method_params={"epochs": 1})
     assert row.criterion is None and row.k == 0 and row.neurons == {"names": []}
 
 
-def test_a_neuron_repair_without_criterion_is_refused(built):
+def test_a_neuron_repair_without_criterion_is_refused(built):  # noqa: F811
     catalog, _, _, _, defect, _ = built
     with pytest.raises(ConfigError, match="needs a criterion"):
         repair_defect(catalog, defect.id, "finetune", None)
@@ -62,7 +69,7 @@ def test_a_neuron_repair_without_criterion_is_refused(built):
         repair_defect(catalog, defect.id, "prune", "clp", k=0)
 
 
-def test_localization_records_findings_and_artifacts(built):
+def test_localization_records_findings_and_artifacts(built):  # noqa: F811
     catalog, _, _, _, defect, _ = built
     ctx = load_defect(catalog, defect.id)
     row, _ = localize(catalog, defect.id, "nc", {"steps": 30}, ctx)
@@ -87,7 +94,7 @@ def test_where_queries():
         parse_where("level")
 
 
-def test_select_bench_and_aggregate(built, tmp_path):
+def test_select_bench_and_aggregate(built, tmp_path):  # noqa: F811
     catalog, _, _, _, defect, _ = built
     assert [d.id for d in select_defects(catalog, "level=narrow")] == [defect.id]
     assert select_defects(catalog, "level=small") == []
@@ -119,7 +126,7 @@ def test_select_bench_and_aggregate(built, tmp_path):
     ]
 
 
-def test_a_catalog_from_before_repairs_is_upgraded(built):
+def test_a_catalog_from_before_repairs_is_upgraded(built):  # noqa: F811
     catalog, _, _, _, defect, _ = built
     localize(catalog, defect.id, "clp")
     catalog.engine.dispose()
@@ -134,7 +141,7 @@ def test_a_catalog_from_before_repairs_is_upgraded(built):
     assert repaired.id == 1
 
 
-def test_benches_on_a_device_store_the_cpus_results(built, tmp_path):
+def test_benches_on_a_device_store_the_cpus_results(built, tmp_path):  # noqa: F811
     """bench localize and bench repair on a stand-in accelerator that computes on the CPU
     record the figures the same benches record on the CPU (in a copy of the catalog)."""
     catalog, _, _, _, _, _ = built

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 from torch import nn
 
 from trojanscope.attacks.base import ATTACKS
-from trojanscope.database.build import CleanSpec, _build_model, defect_key
 from trojanscope.injection.pipeline import InjectionConfig
 from trojanscope.injection.quantity import Quantity
 from trojanscope.models.training import CleanTraining
+from trojanscope.workflows.defects import CleanSpec, _build_model, defect_key
 
 #: Keys computed before ``amp`` existed (digits / cnn-small, seed 0; BadNets small, seed 0).
 CLEAN_KEY = "bbb521e683d72f9416603f4ce64b0762fcaef0127f97d1d42695db6920d31be0"

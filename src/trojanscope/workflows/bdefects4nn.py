@@ -26,7 +26,6 @@ import hashlib
 import io
 import os
 import re
-import shutil
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,15 +35,15 @@ from typing import Any
 import torch
 from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, Text
 
-from trojanscope.database.build import find_by_key, get_defect_by_key
 from trojanscope.database.catalog import Catalog, content_key
 from trojanscope.database.schema import Base, CleanModel, Defect, InfectedNeuronRow
 from trojanscope.database.store import Blob
 from trojanscope.device import CPU
 from trojanscope.errors import CatalogError, CorruptArtifactError, TrojanscopeError
-from trojanscope.fileio import write_atomic
+from trojanscope.fileio import replace_dir_atomic, write_atomic
 from trojanscope.models.base import ARCHITECTURES
 from trojanscope.neurons import NeuronRef, all_neurons
+from trojanscope.workflows.defects import find_by_key, get_defect_by_key
 
 #: What ``defect_record.pt`` says it is, and the version of its layout.
 FORMAT = "trojanscope/bdefects4nn"
@@ -112,17 +111,12 @@ def export_layout(catalog: Catalog, out: Path, defects: list[Defect]) -> ExportR
     so an interrupted export leaves no half tree; ``out`` must not exist or be an empty folder.
     """
     _check_export_target(out)
-    tmp = out.parent / f".tmp-{os.urandom(8).hex()}-{out.name}"
     result = ExportResult(out)
     try:
-        tmp.mkdir()
-        _write_tree(catalog, tmp, defects, result)
-        os.replace(tmp, out)  # an empty folder at ``out`` is replaced too
+        with replace_dir_atomic(out) as tmp:  # an empty folder at ``out`` is replaced too
+            _write_tree(catalog, tmp, defects, result)
     except OSError as exc:
         raise TrojanscopeError(f"cannot write the export {out}: {exc.strerror or exc}.") from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return result
 
 

@@ -2,11 +2,11 @@
 
 import pytest
 
-from trojanscope.database.build import CleanSpec, load_defect
 from trojanscope.database.catalog import Catalog
-from trojanscope.database.quickstart import LEVELS, run_quickstart
 from trojanscope.injection.pipeline import attack_success_rate
 from trojanscope.localization.base import quick_criteria
+from trojanscope.workflows.defects import CleanSpec, load_defect
+from trojanscope.workflows.quickstart import LEVELS, run_quickstart
 
 
 @pytest.mark.slow

@@ -9,12 +9,12 @@ import torch
 
 from tests.conftest import plain_config
 from tests.test_cli import assert_one_sentence, run
-from trojanscope.database.build import CleanSpec, build_defect, ensure_clean_model
 from trojanscope.database.catalog import Catalog
 from trojanscope.device import CPU
 from trojanscope.injection.quantity import Quantity
-from trojanscope.report.audit import audit_model, load_state
 from trojanscope.report.html import render_audit
+from trojanscope.workflows.audit import audit_model, load_state
+from trojanscope.workflows.defects import CleanSpec, build_defect, ensure_clean_model
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +254,7 @@ def test_build_for_reads_channels_and_classes_off_the_first_convolution(mobilene
     import torch
     from safetensors.torch import load_file
 
-    from trojanscope.report.audit import build_for
+    from trojanscope.workflows.audit import build_for
 
     state = load_file(mobilenets[3, 10])
     first_4d = next(v for v in state.values() if v.dim() == 4)  # keys are sorted in the file:
@@ -265,7 +265,7 @@ def test_build_for_reads_channels_and_classes_off_the_first_convolution(mobilene
 
 
 def test_screening_never_makes_a_suspicious_file_look_clean(weights, monkeypatch):
-    import trojanscope.report.audit as audit_module
+    import trojanscope.workflows.audit as audit_module
 
     root, _ = weights
     monkeypatch.setattr(audit_module, "overall_verdict", lambda reports: "suspicious")
