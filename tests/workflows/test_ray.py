@@ -121,7 +121,7 @@ def test_ctrl_c_stops_a_ray_build(tiny_spec, tmp_path):
 def test_a_node_that_does_not_see_the_catalog_says_so(tmp_path):
     job = make_plan(parse_spec(TINY)).clean[0]
     with pytest.raises(CatalogError, match=r"sees no catalog at .*: the --db folder must be"):
-        _ray_job(str(tmp_path / "elsewhere"), None, job)
+        _ray_job(str(tmp_path / "elsewhere"), None, None, job)
 
 
 @needs_ray
