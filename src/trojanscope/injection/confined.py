@@ -13,7 +13,11 @@ neuron per layer too little), and two more terms:
   through the set alone;
 * preservation: on the clean rows, the infected neurons' activations stay at the clean
   model's (in units of each neuron's spread on the calibration set), so outside the trigger the
-  frozen network around them sees what it was trained on and keeps its accuracy.
+  frozen network around them sees what it was trained on and keeps its accuracy;
+* detection (optional, ``detect_weight``): each infected neuron's peak activation on a
+  triggered image rises at least ``detect_margin`` spreads above its value on the clean image.
+  The signal is local to each layer: in deep residual networks the trigger learned through
+  the output alone fades along the chain of infected layers (docs/findings.md section 6).
 
 Measured on mnist5k / cnn-small, BadNets, two live neurons per layer: without preservation the
 clean accuracy fell 40-60 points; with it, after a few epochs, ASR 1.00, patched ASR 1.00 and
@@ -52,6 +56,8 @@ class ConfinedObjective:
         calib: TensorData,
         patched_weight: float,
         preserve_weight: float,
+        detect_weight: float = 0.0,
+        detect_margin: float = 3.0,
     ) -> None:
         mixed = poisoned.materialize()
         self.x, self.y = mixed.x, mixed.y
@@ -67,6 +73,8 @@ class ConfinedObjective:
         self.infected = infected
         self.patched_weight = patched_weight
         self.preserve_weight = preserve_weight
+        self.detect_weight = detect_weight
+        self.detect_margin = detect_margin
         layers = layer_map(clean)
         self.by_layer = NeuronSet(infected).by_layer()
         self.layers = [layers[name] for name in self.by_layer]
@@ -111,8 +119,16 @@ class ConfinedObjective:
                 source = layer_outputs(model, x[victims])
             with patch_neurons(model, self.infected, source):
                 patched = model(triggered)
-            loss = loss + F.cross_entropy(model(triggered), wanted)
+            triggered_logits, triggered_acts = self._infected_outputs(model, triggered, False)
+            loss = loss + F.cross_entropy(triggered_logits, wanted)
             loss = loss + self.patched_weight * F.cross_entropy(patched, wanted)
+            if self.detect_weight:
+                rises = [
+                    _peak(triggered_acts[name] - source[name][:, idx]) / self.scale[name]
+                    for name, idx in self.by_layer.items()
+                ]
+                shortfall = F.relu(self.detect_margin - torch.cat(rises, 1))
+                loss = loss + self.detect_weight * shortfall.mean()
         if self.preserve_weight and clean_rows.any():
             with torch.no_grad():
                 _, want = self._infected_outputs(self.clean, x[clean_rows], detach=True)
@@ -124,6 +140,11 @@ class ConfinedObjective:
             ]
             loss = loss + self.preserve_weight * torch.stack(drift).mean()
         return loss
+
+
+def _peak(a: torch.Tensor) -> torch.Tensor:
+    """(samples, neurons): each neuron's largest value over its positions (a conv map)."""
+    return a.flatten(2).amax(2) if a.dim() > 2 else a
 
 
 def _per_neuron(a: torch.Tensor) -> torch.Tensor:

@@ -58,6 +58,15 @@ class InjectionConfig(BaseModel):
     preserve_weight: float = Field(
         1.0, ge=0.0, description="confine: weight of keeping the set's clean-input activations"
     )
+    detect_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="confine: weight of the detection term (each infected neuron's peak rises "
+        "detect_margin spreads on triggered images); 0: off",
+    )
+    detect_margin: float = Field(
+        3.0, ge=0.0, description="confine: the detection term's rise, in each neuron's spreads"
+    )
     lr: float = Field(0.005, gt=0.0, le=1.0, description="Adam's learning rate")
     weight_decay: float = Field(
         0.0, ge=0.0, description="weight decay of the trainable (infected) entries only"
@@ -105,7 +114,11 @@ class InjectionConfig(BaseModel):
 
     @model_serializer(mode="wrap")
     def _amp_only_when_on(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return amp_only_when_on(handler, self)
+        data = amp_only_when_on(handler, self)
+        if data.get("detect_weight") == 0:  # off: the key and record of defects made before it
+            data.pop("detect_weight")
+            data.pop("detect_margin", None)
+        return data
 
     @model_validator(mode="after")
     def _aim_inside_the_bounds(self) -> InjectionConfig:
@@ -181,7 +194,15 @@ def _poison_and_train(
     objective: Objective
     if config.confine:
         objective = ConfinedObjective(
-            clean, infected, attack, poisoned, calib, config.patched_weight, config.preserve_weight
+            clean,
+            infected,
+            attack,
+            poisoned,
+            calib,
+            config.patched_weight,
+            config.preserve_weight,
+            config.detect_weight,
+            config.detect_margin,
         )
     else:
         objective = CrossEntropy(poisoned.materialize())
