@@ -13,11 +13,12 @@ import pytest
 import torch
 from sqlalchemy import text
 
+from tests.database.test_integrity import clean_row
 from tests.pgserver import _free_port
 from tests.test_cli import assert_one_sentence, run
 from trojanscope.database.catalog import Catalog
 from trojanscope.database.integrity import sweep, verify
-from trojanscope.database.schema import Base, CleanModel, Defect
+from trojanscope.database.schema import Base, Defect
 from trojanscope.errors import CatalogError
 from trojanscope.workflows.defects import get_defect, list_defects, load_defect, localize
 
@@ -93,28 +94,12 @@ def test_no_server_is_a_skip_of_one_sentence(monkeypatch):
     assert reason == "no PostgreSQL server binaries here (initdb, pg_ctl, postgres not found)."
 
 
-def _row(key: str, sha256: str = "0" * 64) -> CleanModel:
-    return CleanModel(
-        key=key,
-        dataset="digits",
-        dataset_params={},
-        arch="cnn-small",
-        arch_params={},
-        seed=0,
-        training={},
-        input_shape={},
-        clean_acc=1.0,
-        weights_sha256=sha256,
-        seconds=0.0,
-    )
-
-
 def test_a_duplicate_key_is_ignored_and_writes_nothing(pg_url, tmp_path):
     catalog = Catalog.open(tmp_path / "store", create=True, url=pg_url)
     first = catalog.store.encode({"w": torch.zeros(3)})
     second = catalog.store.encode({"w": torch.ones(3)})
-    assert catalog.record(_row("k"), [first])
-    assert not catalog.record(_row("k"), [second])
+    assert catalog.record(clean_row("k", "0" * 64), [first])
+    assert not catalog.record(clean_row("k", "0" * 64), [second])
     assert not catalog.store.path(second.sha256).exists()
 
 
@@ -124,7 +109,7 @@ def test_the_sweep_waits_for_an_entry_being_recorded(pg_url, tmp_path):
     recorded = threading.Event()
 
     def record() -> None:
-        catalog.record(_row("k", blob.sha256), [blob])
+        catalog.record(clean_row("k", blob.sha256), [blob])
         recorded.set()
 
     with catalog.write_lock():  # what a sweep holds
