@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 import torch
@@ -22,6 +23,11 @@ torch.set_num_threads(TEST_THREADS)
 # CLI commands run in-process set their own thread count from this: keep them at the same, so
 # the suite never oversubscribes the cores (OpenMP barriers crawl when threads wait for a core).
 os.environ["TROJANSCOPE_THREADS"] = str(TEST_THREADS)
+# A runner that starts the suite as a background job of a script leaves SIGINT ignored, and
+# the commands the Ctrl-C tests start would inherit that and never see their Ctrl-C. A handler
+# here (not inherited across exec) gives every child the default again.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
