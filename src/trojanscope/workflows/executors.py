@@ -16,18 +16,15 @@ from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from trojanscope.database.catalog import CATALOG_FILE, Catalog
-from trojanscope.device import assigned_device, is_cuda, worker_device
+from trojanscope.device import assigned_device, is_cuda
 from trojanscope.errors import CatalogError, ConfigError, TrojanscopeError
 from trojanscope.workflows.jobs import JobResult, run_job
 from trojanscope.workflows.plan import CleanJob, DefectJob
-
-if TYPE_CHECKING:
-    from multiprocessing.sharedctypes import Synchronized
 
 Job = CleanJob | DefectJob
 
@@ -93,22 +90,16 @@ def _watch_parent() -> None:
             os._exit(0)
 
 
-def _start_worker(
-    root: str, url: str | None, device: str | None, threads: int, counter: Synchronized[int]
-) -> None:
+def _start_worker(root: str, url: str | None, device: str | None, threads: int) -> None:
     """Worker set-up: its torch threads, its own connection to the catalog (``url``: its
-    PostgreSQL database, None: SQLite), its device (on CUDA, a GPU of its own while there
-    are enough: ``device.worker_device``), a watchdog."""
+    PostgreSQL database, None: SQLite), a watchdog."""
     global _catalog, _device
-    with counter.get_lock():
-        worker = counter.value
-        counter.value += 1
     torch.set_num_threads(threads)
     # Ctrl-C reaches every process of the terminal's group: the build alone handles it (it
     # terminates the workers, whose running jobs leave whole entries or none).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _catalog = Catalog.open(Path(root), url=url)
-    _device = worker_device(None if device is None else torch.device(device), worker)
+    _device = None if device is None else torch.device(device)
     threading.Thread(target=_watch_parent, name="parent-watchdog", daemon=True).start()
 
 
@@ -135,17 +126,15 @@ class WorkerPool(Executor):
         self, catalog: Catalog, device: torch.device | None, workers: int, threads: int = 1
     ) -> None:
         self.capacity = workers
-        context = multiprocessing.get_context("spawn")
         self.pool = ProcessPoolExecutor(
             max_workers=workers,
-            mp_context=context,
+            mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
             initargs=(
                 str(catalog.root),
                 catalog.url,
                 None if device is None else str(device),
                 threads,
-                context.Value("i", 0),  # numbers the workers as they start
             ),
         )
         self.workers: list[multiprocessing.process.BaseProcess] = []
