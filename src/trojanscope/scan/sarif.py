@@ -30,7 +30,8 @@ _SECURITY_SEVERITY = {
 _HELP = (
     "trojanscope reads model files without running anything from them. Inspect the file (or "
     "the archive member named in the message) before loading it; never load it with "
-    "torch.load(weights_only=False), pickle.load or trust_remote_code. See `trojanscope scan "
+    "torch.load with weights_only off, with pickle's loader or with trust_remote_code. See "
+    "`trojanscope scan "
     "--json` for every import and call the file would make."
 )
 

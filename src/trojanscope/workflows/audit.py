@@ -56,7 +56,7 @@ def load_state(path: Path, fmt: str, device: torch.device = CPU) -> dict[str, to
 
 def _load_failure(path: Path, exc: Exception) -> str:
     """One sentence for a file torch (or safetensors) would not load. torch's own text for a
-    refused checkpoint advises re-running with weights_only=False, i.e. running the payload:
+    refused checkpoint advises re-running with weights_only turned off, i.e. running the payload:
     it is never relayed, only the names of the refused globals."""
     text = _ANSI.sub("", str(exc))
     if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text:
