@@ -101,8 +101,16 @@ class Server:
 
     def stop(self) -> None:
         subprocess.run(
-            [*self.prefix, _binary("pg_ctl") or "pg_ctl", "-D", str(self.folder / "data"),
-             "-m", "immediate", "-w", "stop"],
+            [
+                *self.prefix,
+                _binary("pg_ctl") or "pg_ctl",
+                "-D",
+                str(self.folder / "data"),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             check=False,
@@ -123,8 +131,19 @@ def start() -> Server:
     os.chmod(folder, 0o700)
     data = folder / "data"
     subprocess.run(
-        [*prefix, _binary("initdb") or "initdb", "-D", str(data), "-U", "postgres",
-         "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"],
+        [
+            *prefix,
+            _binary("initdb") or "initdb",
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         check=True,
@@ -132,9 +151,20 @@ def start() -> Server:
     for _ in range(5):  # another process may take the free port first: try another
         port = _free_port()
         started = subprocess.run(
-            [*prefix, _binary("pg_ctl") or "pg_ctl", "-D", str(data), "-l",
-             str(folder / "server.log"), "-w", "-t", "30", "-o",
-             f"-k {folder} -h 127.0.0.1 -p {port} -F -c max_connections=200", "start"],
+            [
+                *prefix,
+                _binary("pg_ctl") or "pg_ctl",
+                "-D",
+                str(data),
+                "-l",
+                str(folder / "server.log"),
+                "-w",
+                "-t",
+                "30",
+                "-o",
+                f"-k {folder} -h 127.0.0.1 -p {port} -F -c max_connections=200",
+                "start",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             check=False,

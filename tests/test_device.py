@@ -21,6 +21,7 @@ from trojanscope.device import (
     prefers_channels_last,
     resolve_device,
     training_layout,
+    worker_device,
 )
 from trojanscope.errors import ConfigError
 
@@ -55,6 +56,19 @@ def test_explicit_devices_the_machine_has(machine):
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
     assert resolve_device(" CUDA:0 ") == torch.device("cuda", 0)
     assert resolve_device("mps") == torch.device("mps")
+
+
+def test_local_workers_spread_over_the_gpus_one_each(machine):
+    machine(cuda=2)
+    cuda = resolve_device("auto")
+    assert [worker_device(cuda, w) for w in range(3)] == [
+        torch.device("cuda", 0),
+        torch.device("cuda", 1),
+        torch.device("cuda", 0),  # more workers than GPUs: they share, in turn
+    ]
+    pinned = resolve_device("cuda:1")  # a GPU named by the user is every worker's
+    assert {worker_device(pinned, w) for w in range(3)} == {pinned}
+    assert worker_device(CPU, 1) == CPU and worker_device(None, 1) is None
 
 
 def test_the_cpu_is_always_served(machine):

@@ -205,6 +205,15 @@ def training_layout(model: nn.Module, channels_last: bool | None = None) -> Iter
         model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
 
 
+def worker_device(device: torch.device | None, worker: int) -> torch.device | None:
+    """The device of local worker number ``worker`` (0, 1, ...): ``cuda`` without an index
+    (what ``auto`` and ``cuda`` give) spreads the workers over every visible GPU in turn, one
+    GPU each while there are enough; ``cuda:N`` and every other device are kept for all."""
+    if device is None or device.type != "cuda" or device.index is not None:
+        return device
+    return torch.device("cuda", worker % max(1, torch.cuda.device_count()))
+
+
 def is_cuda(device: torch.device | None) -> bool:
     """True for a CUDA device (a scheduler such as Ray then reserves a GPU for the job)."""
     return device is not None and device.type == "cuda"

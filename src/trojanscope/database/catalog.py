@@ -274,7 +274,6 @@ class Catalog:
                 connection.rollback()
                 raise
 
-
     @contextmanager
     def immediate(self) -> Iterator[Session]:
         """A transaction for a read-then-write (a job claim): on SQLite it takes the write
@@ -308,8 +307,7 @@ def postgres_url(url: str) -> URL:
         parsed.get_dialect().import_dbapi()
     except (ImportError, NoSuchModuleError):
         raise CatalogError(
-            "--db-url needs the PostgreSQL driver: pip install 'trojanscope[postgres]' "
-            "(psycopg)."
+            "--db-url needs the PostgreSQL driver: pip install 'trojanscope[postgres]' (psycopg)."
         ) from None
     return parsed
 

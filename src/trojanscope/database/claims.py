@@ -105,9 +105,7 @@ class Claims:
         its owner ran on this host and is gone."""
         if now - claim.heartbeat > self.stale_after:
             return True
-        return claim.host == self.owner.host and not process_alive(
-            claim.pid, claim.process_start
-        )
+        return claim.host == self.owner.host and not process_alive(claim.pid, claim.process_start)
 
     def acquire(self, key: str) -> bool:
         """Claim job ``key``: True if this build holds it now (it was free, stale, or already

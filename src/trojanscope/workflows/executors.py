@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from trojanscope.database.catalog import CATALOG_FILE, Catalog
-from trojanscope.device import assigned_device, is_cuda
+from trojanscope.device import assigned_device, is_cuda, worker_device
 from trojanscope.errors import CatalogError, ConfigError, TrojanscopeError
 from trojanscope.workflows.jobs import JobResult, run_job
 from trojanscope.workflows.plan import CleanJob, DefectJob
@@ -103,13 +103,21 @@ def _start_worker(root: str, url: str | None, device: str | None, threads: int) 
     threading.Thread(target=_watch_parent, name="parent-watchdog", daemon=True).start()
 
 
-def _work(job: Job) -> JobResult:
+def _own_device(placement: dict[int, str]) -> torch.device | None:
+    """This worker's device: the one ``placement`` (worker pid to device, decided by the
+    build) gives it, else the build's device."""
+    placed = placement.get(os.getpid())
+    return _device if placed is None else torch.device(placed)
+
+
+def _work(job: Job, placement: dict[int, str]) -> JobResult:
     global _busy
     assert _catalog is not None, "worker not started"
+    device = _own_device(placement)
     with _lock:
         _busy = True
     try:
-        return run_job(job, _catalog, _device)
+        return run_job(job, _catalog, device)
     finally:
         with _lock:
             _busy = False
@@ -120,7 +128,10 @@ def _work(job: Job) -> JobResult:
 class WorkerPool(Executor):
     """``workers`` spawned processes (spawn: no state inherited from this one, safe with
     threads and accelerators), each writing its entries to the catalog itself. One torch
-    thread each by default: more only makes parallel jobs wait for cores."""
+    thread each by default: more only makes parallel jobs wait for cores. On CUDA each worker
+    gets a GPU of its own while there are enough (``device.worker_device``): the build numbers
+    its workers once they have started and sends each job the pid-to-device map, so no state
+    is shared between the processes."""
 
     def __init__(
         self, catalog: Catalog, device: torch.device | None, workers: int, threads: int = 1
@@ -139,6 +150,11 @@ class WorkerPool(Executor):
         )
         self.workers: list[multiprocessing.process.BaseProcess] = []
         self._start(workers)
+        self.placement: dict[int, str] = {}
+        for number, process in enumerate(self.workers):
+            placed = worker_device(device, number)
+            if process.pid is not None and placed is not None:
+                self.placement[process.pid] = str(placed)
 
     def _start(self, workers: int) -> None:
         """Start every worker now, with Ctrl-C ignored from their first instruction (a
@@ -164,7 +180,7 @@ class WorkerPool(Executor):
             raise TrojanscopeError(f"the build workers could not start ({exc}).") from None
 
     def submit(self, job: Job) -> Future[JobResult]:
-        return self.pool.submit(_work, job)
+        return self.pool.submit(_work, job, self.placement)
 
     def close(self, wait: bool = True) -> None:
         """Without ``wait`` (an interrupted or failed build), the workers are terminated at

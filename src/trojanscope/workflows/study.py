@@ -273,4 +273,3 @@ def bench_repair(
 def plan_pairs(methods: Iterable[str], criteria: Sequence[str]) -> int:
     """Repairs per defect in a repair bench."""
     return sum(len(criteria) if REPAIRS.get(m).uses_neurons else 1 for m in methods)
-
