@@ -114,19 +114,17 @@ class Claims:
         try:
             with self.catalog.immediate() as session:
                 now = self._now(session)
+                ours = {
+                    "owner": owner.id,
+                    "host": owner.host,
+                    "pid": owner.pid,
+                    "process_start": owner.process_start,
+                    "started": now,
+                    "heartbeat": now,
+                }
                 claim = session.get(JobClaim, key, with_for_update=True)
                 if claim is None:
-                    session.add(
-                        JobClaim(
-                            key=key,
-                            owner=owner.id,
-                            host=owner.host,
-                            pid=owner.pid,
-                            process_start=owner.process_start,
-                            started=now,
-                            heartbeat=now,
-                        )
-                    )
+                    session.add(JobClaim(key=key, **ours))
                     session.flush()
                 elif claim.owner != owner.id:
                     if not self.stale(claim, now):
@@ -134,14 +132,7 @@ class Claims:
                     taken = session.execute(  # only if nobody took it over meanwhile
                         update(JobClaim)
                         .where(JobClaim.key == key, JobClaim.owner == claim.owner)
-                        .values(
-                            owner=owner.id,
-                            host=owner.host,
-                            pid=owner.pid,
-                            process_start=owner.process_start,
-                            started=now,
-                            heartbeat=now,
-                        )
+                        .values(**ours)
                         .execution_options(synchronize_session=False)
                     )
                     if getattr(taken, "rowcount", 0) != 1:
