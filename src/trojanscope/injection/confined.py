@@ -15,8 +15,9 @@ neuron per layer too little), and two more terms:
   model's (in units of each neuron's spread on the calibration set), so outside the trigger the
   frozen network around them sees what it was trained on and keeps its accuracy;
 * detection (optional, ``detect_weight``): each infected neuron's peak activation on a
-  triggered image rises at least ``detect_margin`` spreads above its value on the clean image.
-  The signal is local to each layer: in deep residual networks the trigger learned through
+  triggered image, under the same patching, rises at least ``detect_margin`` spreads above its
+  value on the clean image. The signal is local to each layer, and under patching each link
+  must answer the links before it alone: in deep residual networks the trigger learned through
   the output alone fades along the chain of infected layers (docs/findings.md section 6).
 
 Measured on mnist5k / cnn-small, BadNets, two live neurons per layer: without preservation the
@@ -118,13 +119,14 @@ class ConfinedObjective:
             with torch.no_grad():
                 source = layer_outputs(model, x[victims])
             with patch_neurons(model, self.infected, source):
-                patched = model(triggered)
-            triggered_logits, triggered_acts = self._infected_outputs(model, triggered, False)
-            loss = loss + F.cross_entropy(triggered_logits, wanted)
+                patched, patched_acts = self._infected_outputs(model, triggered, False)
+            loss = loss + F.cross_entropy(model(triggered), wanted)
             loss = loss + self.patched_weight * F.cross_entropy(patched, wanted)
             if self.detect_weight:
+                # Measured under patching: each link of the chain must answer the trigger
+                # through the infected neurons before it alone.
                 rises = [
-                    _peak(triggered_acts[name] - source[name][:, idx]) / self.scale[name]
+                    _peak(patched_acts[name] - source[name][:, idx]) / self.scale[name]
                     for name, idx in self.by_layer.items()
                 ]
                 shortfall = F.relu(self.detect_margin - torch.cat(rises, 1))
