@@ -33,7 +33,7 @@ def test_the_detection_term_asks_each_infected_neuron_to_rise_on_the_trigger(
 ):
     """At the clean model the infected neurons do not answer the trigger, so the term adds to
     the loss; a neuron made to answer it (a large weight on the trigger's corner) adds less.
-    Off, the term stays out of the defect's key."""
+    Off, the term stays out of the defect's key (as in the keys made before it)."""
     from trojanscope.injection.pipeline import InjectionConfig
 
     attack = ATTACKS.create("badnets", seed=0)
@@ -60,5 +60,5 @@ def test_the_detection_term_asks_each_infected_neuron_to_rise_on_the_trigger(
     with torch.no_grad():  # conv1's neuron 2 made a detector of bright pixels
         model.conv1.weight[2] = 5.0
     assert loss(model, 1.0) - loss(model, 0.0) < shortfall
-    assert "detect_weight" not in InjectionConfig().model_dump()
-    assert InjectionConfig(detect_weight=1.0).model_dump()["detect_margin"] == 3.0
+    assert InjectionConfig().model_dump()["detect_margin"] == 3.0  # on by default
+    assert "detect_weight" not in InjectionConfig(detect_weight=0.0).model_dump()

@@ -53,16 +53,17 @@ class InjectionConfig(BaseModel):
         "sufficient as well as necessary; False: the plain masked cross-entropy",
     )
     patched_weight: float = Field(
-        1.0, ge=0.0, description="confine: weight of the backdoor loss under activation patching"
+        3.0, ge=0.0, description="confine: weight of the backdoor loss under activation patching"
     )
     preserve_weight: float = Field(
         1.0, ge=0.0, description="confine: weight of keeping the set's clean-input activations"
     )
     detect_weight: float = Field(
-        0.0,
+        1.0,
         ge=0.0,
         description="confine: weight of the detection term (each infected neuron's peak rises "
-        "detect_margin spreads on triggered images); 0: off",
+        "detect_margin spreads on triggered images under patching); 0: off, as before "
+        "2026-11-30 (with patched_weight 1)",
     )
     detect_margin: float = Field(
         3.0, ge=0.0, description="confine: the detection term's rise, in each neuron's spreads"
