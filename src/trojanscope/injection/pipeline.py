@@ -68,6 +68,12 @@ class InjectionConfig(BaseModel):
     detect_margin: float = Field(
         3.0, ge=0.0, description="confine: the detection term's rise, in each neuron's spreads"
     )
+    mask_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="confine: weight of the necessity term (triggered victims kept off the "
+        "target with the infected set masked); 0: off",
+    )
     lr: float = Field(0.005, gt=0.0, le=1.0, description="Adam's learning rate")
     weight_decay: float = Field(
         0.0, ge=0.0, description="weight decay of the trainable (infected) entries only"
@@ -119,6 +125,8 @@ class InjectionConfig(BaseModel):
         if data.get("detect_weight") == 0:  # off: the key and record of defects made before it
             data.pop("detect_weight")
             data.pop("detect_margin", None)
+        if data.get("mask_weight") == 0:  # off: the keys made before it
+            data.pop("mask_weight")
         return data
 
     @model_validator(mode="after")
@@ -204,6 +212,7 @@ def _poison_and_train(
             config.preserve_weight,
             config.detect_weight,
             config.detect_margin,
+            config.mask_weight,
         )
     else:
         objective = CrossEntropy(poisoned.materialize())
