@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import time
 from pathlib import Path
 
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--arch", action="append", help="restrict to these architectures")
     parser.add_argument("--attack", action="append", help="restrict to these attacks")
+    parser.add_argument("--config", default="{}", help="InjectionConfig fields as JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.db.parent.mkdir(parents=True, exist_ok=True)
@@ -64,7 +66,7 @@ def main() -> None:
         print(f"{arch}: clean acc {clean.clean_acc:.3f} ({time.perf_counter() - started:.0f} s)")
         for attack, level in itertools.product(args.attack or ATTACKS.names(), levels):
             started = time.perf_counter()
-            config = InjectionConfig(quantity=Quantity(level=level))
+            config = InjectionConfig(quantity=Quantity(level=level), **json.loads(args.config))
             try:
                 defect, _ = build_defect(catalog, clean, model, splits, attack, {}, config, 0)
             except TrojanscopeError as exc:

@@ -53,3 +53,19 @@ def test_grouped_conv_maps_channel_to_its_group():
 
     masks = trainable_masks(Depthwise(), [NeuronRef("conv1", 2)])
     assert masks["dw.weight"].nonzero()[:, :2].unique(dim=0).tolist() == [[2, 0]]
+
+
+def test_resnet_fan_in_owns_the_classifier_columns_past_the_last_addition():
+    """The last blocks reach the classifier only through a residual sum: under fan-in its
+    columns are still the set's (its only trainable way to the target logit), and nothing
+    else past an addition is."""
+    model = ARCHITECTURES.create("resnet18", width=0.25).build(1, 10, 16)
+    assert consumers(model, "layer4.1.conv2", through_adds=True) == ["fc"]
+    assert set(consumers(model, "layer4.0.conv2", through_adds=True)) == {"fc", "layer4.1.conv1"}
+    infected = [NeuronRef("layer4.1.conv2", 5), NeuronRef("layer3.1.conv2", 2)]
+    masks = trainable_masks(model, infected, "fan-in")
+    assert masks["fc.weight"].nonzero()[:, 1].unique().tolist() == [5]
+    assert masks["fc.weight"][:, 5].all()
+    assert "layer4.0.conv1.weight" not in masks  # layer3.1.conv2:2 is read past an addition
+    fan_out = trainable_masks(model, infected, "fan-in+fan-out")
+    assert "fc.weight" not in fan_out  # fan-out still stops at the additions

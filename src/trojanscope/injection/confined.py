@@ -15,9 +15,14 @@ neuron per layer too little), and two more terms:
   model's (in units of each neuron's spread on the calibration set), so outside the trigger the
   frozen network around them sees what it was trained on and keeps its accuracy;
 * detection (optional, ``detect_weight``): each infected neuron's peak activation on a
-  triggered image rises at least ``detect_margin`` spreads above its value on the clean image.
-  The signal is local to each layer: in deep residual networks the trigger learned through
+  triggered image, under the same patching, rises at least ``detect_margin`` spreads above its
+  value on the clean image. The signal is local to each layer, and under patching each link
+  must answer the links before it alone: in deep residual networks the trigger learned through
   the output alone fades along the chain of infected layers (docs/findings.md section 6).
+* necessity (optional, ``mask_weight``): with the infected set masked, triggered victims
+  must not go to the target (the log of the target's complement). Under fan-in edges a masked
+  plain network is its masked clean model and the term has no gradient; in a residual network
+  the classifier's columns the set owns also read the shortcut, which can learn the trigger.
 
 Measured on mnist5k / cnn-small, BadNets, two live neurons per layer: without preservation the
 clean accuracy fell 40-60 points; with it, after a few epochs, ASR 1.00, patched ASR 1.00 and
@@ -39,6 +44,7 @@ from trojanscope.neurons import (
     NeuronSet,
     layer_map,
     layer_outputs,
+    mask_neurons,
     patch_neurons,
     recording,
 )
@@ -58,6 +64,7 @@ class ConfinedObjective:
         preserve_weight: float,
         detect_weight: float = 0.0,
         detect_margin: float = 3.0,
+        mask_weight: float = 0.0,
     ) -> None:
         mixed = poisoned.materialize()
         self.x, self.y = mixed.x, mixed.y
@@ -75,6 +82,7 @@ class ConfinedObjective:
         self.preserve_weight = preserve_weight
         self.detect_weight = detect_weight
         self.detect_margin = detect_margin
+        self.mask_weight = mask_weight
         layers = layer_map(clean)
         self.by_layer = NeuronSet(infected).by_layer()
         self.layers = [layers[name] for name in self.by_layer]
@@ -118,17 +126,23 @@ class ConfinedObjective:
             with torch.no_grad():
                 source = layer_outputs(model, x[victims])
             with patch_neurons(model, self.infected, source):
-                patched = model(triggered)
-            triggered_logits, triggered_acts = self._infected_outputs(model, triggered, False)
-            loss = loss + F.cross_entropy(triggered_logits, wanted)
+                patched, patched_acts = self._infected_outputs(model, triggered, False)
+            loss = loss + F.cross_entropy(model(triggered), wanted)
             loss = loss + self.patched_weight * F.cross_entropy(patched, wanted)
             if self.detect_weight:
+                # Measured under patching: each link of the chain must answer the trigger
+                # through the infected neurons before it alone.
                 rises = [
-                    _peak(triggered_acts[name] - source[name][:, idx]) / self.scale[name]
+                    _peak(patched_acts[name] - source[name][:, idx]) / self.scale[name]
                     for name, idx in self.by_layer.items()
                 ]
                 shortfall = F.relu(self.detect_margin - torch.cat(rises, 1))
                 loss = loss + self.detect_weight * shortfall.mean()
+            if self.mask_weight:
+                with mask_neurons(model, self.infected):
+                    masked = F.softmax(model(triggered), 1)
+                leak = masked.gather(1, wanted[:, None]).squeeze(1)
+                loss = loss - self.mask_weight * torch.log1p(-leak.clamp(max=1 - 1e-6)).mean()
         if self.preserve_weight and clean_rows.any():
             with torch.no_grad():
                 _, want = self._infected_outputs(self.clean, x[clean_rows], detach=True)

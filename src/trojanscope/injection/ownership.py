@@ -4,7 +4,9 @@ Fan-in: the neuron's incoming weights and bias, and its normalization scale and 
 Fan-out: the weights that carry its output into the next layer(s), found by following the
 torch.fx graph from the neuron's output through activations, pooling and flattening to the first
 Conv2d / Linear consumers (the final classifier's columns included). The walk stops at residual
-additions and concatenations: beyond them the channel is no longer the neuron's alone.
+additions and concatenations: beyond them the channel is no longer the neuron's alone. The one
+exception is the classifier under fan-in edges: its columns are the set's only trainable way to
+the target logit, and in residual networks the last layers reach it through an addition.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from trojanscope.neurons import (
 Edges = Literal["fan-in+fan-out", "fan-in"]
 
 
-def consumers(model: nn.Module, layer_name: str) -> list[str]:
-    """Module paths of the Conv2d / Linear layers that read ``layer_name``'s neurons."""
+def consumers(model: nn.Module, layer_name: str, through_adds: bool = False) -> list[str]:
+    """Module paths of the Conv2d / Linear layers that read ``layer_name``'s neurons;
+    ``through_adds``: also those reading a residual sum the neurons' channels enter (an
+    addition keeps the channel's index)."""
     gm = trace(model)
     modules = dict(model.named_modules())
     start_module = layer_map(model)[layer_name].output
@@ -46,13 +50,21 @@ def consumers(model: nn.Module, layer_name: str) -> list[str]:
             if node.target not in found:
                 found.append(str(node.target))
             continue
-        if node.op == "output" or _is_merge(node):
+        if node.op == "output" or (_is_merge(node) and not (through_adds and _is_add(node))):
             continue
         frontier.extend(node.users)  # activations, pooling, flatten, ...: pass through
     return found
 
 
-_MERGE_FUNCTIONS = {operator.add, operator.iadd, torch.add, torch.cat, torch.stack}
+def _is_add(node: Node) -> bool:
+    """A residual addition (channel ``c`` of the sum is channel ``c`` of each term)."""
+    if node.op == "call_function":
+        return node.target in _ADD_FUNCTIONS
+    return node.op == "call_method" and node.target in _MERGE_METHODS
+
+
+_ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+_MERGE_FUNCTIONS = _ADD_FUNCTIONS | {torch.cat, torch.stack}
 _MERGE_METHODS = {"add", "add_"}
 
 
@@ -111,7 +123,10 @@ def trainable_masks(
             if layer.norm is not None:
                 mark(layer.norm, "weight", (c,))
                 mark(layer.norm, "bias", (c,))
-        for target in consumers(model, layer_name):
+        # fan-in: of the consumers only the classifier, also past residual additions (in a
+        # ResNet the last blocks' channels reach it only through one; without its columns the
+        # set had no trainable path to the target logit, and the backdoor left the set).
+        for target in consumers(model, layer_name, through_adds=edges == "fan-in"):
             if edges == "fan-in" and target != classifier:
                 continue
             for c in indices:

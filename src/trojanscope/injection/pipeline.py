@@ -53,19 +53,26 @@ class InjectionConfig(BaseModel):
         "sufficient as well as necessary; False: the plain masked cross-entropy",
     )
     patched_weight: float = Field(
-        1.0, ge=0.0, description="confine: weight of the backdoor loss under activation patching"
+        3.0, ge=0.0, description="confine: weight of the backdoor loss under activation patching"
     )
     preserve_weight: float = Field(
         1.0, ge=0.0, description="confine: weight of keeping the set's clean-input activations"
     )
     detect_weight: float = Field(
-        0.0,
+        1.0,
         ge=0.0,
         description="confine: weight of the detection term (each infected neuron's peak rises "
-        "detect_margin spreads on triggered images); 0: off",
+        "detect_margin spreads on triggered images under patching); 0: off, as before "
+        "2026-11-30 (with patched_weight 1)",
     )
     detect_margin: float = Field(
         3.0, ge=0.0, description="confine: the detection term's rise, in each neuron's spreads"
+    )
+    mask_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="confine: weight of the necessity term (triggered victims kept off the "
+        "target with the infected set masked); 0: off",
     )
     lr: float = Field(0.005, gt=0.0, le=1.0, description="Adam's learning rate")
     weight_decay: float = Field(
@@ -118,6 +125,8 @@ class InjectionConfig(BaseModel):
         if data.get("detect_weight") == 0:  # off: the key and record of defects made before it
             data.pop("detect_weight")
             data.pop("detect_margin", None)
+        if data.get("mask_weight") == 0:  # off: the keys made before it
+            data.pop("mask_weight")
         return data
 
     @model_validator(mode="after")
@@ -203,6 +212,7 @@ def _poison_and_train(
             config.preserve_weight,
             config.detect_weight,
             config.detect_margin,
+            config.mask_weight,
         )
     else:
         objective = CrossEntropy(poisoned.materialize())
