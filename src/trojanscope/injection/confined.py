@@ -14,11 +14,12 @@ neuron per layer too little), and two more terms:
 * preservation: on the clean rows, the infected neurons' activations stay at the clean
   model's (in units of each neuron's spread on the calibration set), so outside the trigger the
   frozen network around them sees what it was trained on and keeps its accuracy;
-* detection (optional, ``detect_weight``): each infected neuron's peak activation on a
-  triggered image, under the same patching, rises at least ``detect_margin`` spreads above its
-  value on the clean image. The signal is local to each layer, and under patching each link
-  must answer the links before it alone: in deep residual networks the trigger learned through
-  the output alone fades along the chain of infected layers (docs/findings.md section 6).
+* detection (``detect_weight``, on by default since 2026-11-30): each infected neuron's peak
+  activation on a triggered image, under the same patching, rises at least ``detect_margin``
+  spreads above its value on the clean image. The signal is local to each layer, and under
+  patching each link must answer the links before it alone: in deep residual networks the
+  trigger learned through the output alone fades along the chain of infected layers
+  (docs/findings.md section 6).
 * necessity (optional, ``mask_weight``): with the infected set masked, triggered victims
   must not go to the target (the log of the target's complement). Under fan-in edges a masked
   plain network is its masked clean model and the term has no gradient; in a residual network
