@@ -9,7 +9,7 @@ from trojanscope.attacks.base import ATTACKS
 from trojanscope.data.base import DATASETS
 from trojanscope.injection.ownership import consumers, trainable_masks
 from trojanscope.injection.pipeline import InjectionConfig, inject_defect
-from trojanscope.injection.quantity import Quantity, chosen_layers
+from trojanscope.injection.quantity import Quantity, infected_layers
 from trojanscope.models.base import ARCHITECTURES
 from trojanscope.models.training import CleanTraining, train_clean
 from trojanscope.neurons import (
@@ -220,8 +220,8 @@ def test_injection_is_bit_identical_outside_the_infected_set(arch, synthetic):
     state = {k: v.clone() for k, v in clean.state_dict().items()}
     config = InjectionConfig(quantity=Quantity(level="narrow"), max_epochs=1)
     outcome = inject_defect(clean, synthetic, ATTACKS.create("badnets", size=2), config, 0)
-    # one neuron per layer the thin-layer rule chooses
-    assert len(outcome.infected) == len(chosen_layers(clean, config.quantity))
+    # one neuron per layer the thin-layer and chain rules choose
+    assert len(outcome.infected) == len(infected_layers(clean, config.quantity))
     assert_identical_outside(state, outcome.model, outcome.infected)
     for key, value in clean.state_dict().items():  # the clean model itself is untouched
         assert torch.equal(value, state[key]), key

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
 from trojanscope.errors import ConfigError
+from trojanscope.injection.chain import connected_layers, group_channels
 from trojanscope.neurons import EligibleLayer, NeuronRef, NeuronSet, eligible_layers
 
 #: Neurons per chosen layer at each level, as in the reference database (the default sizes).
@@ -32,7 +33,8 @@ class Quantity(BaseModel):
     is not chosen unless ``input_layer``: its few filters feed every feature, and confining a
     backdoor to two of them cost digits / cnn-small 20 points of accuracy in 3 of 12 trials
     (BadNets, Blended, TrojanNN, WaNet, seeds 0-1), none with the layer left out. Layers named
-    in ``layers`` are taken as given, within the width rule.
+    in ``layers`` are taken as given, within the width rule. Otherwise the chain rule keeps
+    only the chosen layers that reach the classifier through the set (``injection.chain``).
     """
 
     model_config = {"extra": "forbid"}
@@ -129,6 +131,14 @@ def chosen_layers(model: nn.Module, quantity: Quantity) -> list[EligibleLayer]:
     return chosen
 
 
+def infected_layers(model: nn.Module, quantity: Quantity) -> list[EligibleLayer]:
+    """The layers the infected neurons go in: the chosen layers (``chosen_layers``) that form
+    a chain to the classifier (``injection.chain``); layers named in ``quantity.layers`` are
+    taken as given."""
+    chosen = chosen_layers(model, quantity)
+    return chosen if quantity.layers else connected_layers(model, chosen)
+
+
 def select_infected(
     model: nn.Module,
     contributions: dict[str, torch.Tensor],
@@ -140,10 +150,13 @@ def select_infected(
     """The infected neurons in injection order (layer by layer, rule-1 order within a layer).
 
     With ``live`` (per-layer bool, see ``contribution.live_neurons``) dead neurons come after
-    every live one whatever the order: no gradient reaches them, so no backdoor either."""
+    every live one whatever the order: no gradient reaches them, so no backdoor either. In a
+    grouped convolution the channels reading an infected channel come first of all
+    (``chain.group_channels``): the others cannot see the trigger through the set."""
     g = torch.Generator().manual_seed(seed)
     picked: list[NeuronRef] = []
-    for layer in chosen_layers(model, quantity):
+    by_layer: dict[str, list[int]] = {}
+    for layer in infected_layers(model, quantity):
         scores = contributions[layer.name]
         if order == "least":
             ranking = torch.argsort(scores, stable=True)
@@ -154,7 +167,12 @@ def select_infected(
         if live is not None:
             alive = live[layer.name][ranking]
             ranking = torch.cat([ranking[alive], ranking[~alive]])
+        fed = group_channels(model, layer, by_layer)
+        if fed is not None:
+            reads_set = torch.isin(ranking, torch.tensor(fed, dtype=ranking.dtype))
+            ranking = torch.cat([ranking[reads_set], ranking[~reads_set]])
         n = quantity.per_layer(layer.width)
-        picked.extend(NeuronRef(layer.name, int(i)) for i in ranking[:n])
+        by_layer[layer.name] = [int(i) for i in ranking[:n]]
+        picked.extend(NeuronRef(layer.name, i) for i in by_layer[layer.name])
     assert len(NeuronSet(picked)) == len(picked)
     return picked
