@@ -23,6 +23,7 @@ def connected_layers(model: nn.Module, layers: list[EligibleLayer]) -> list[Elig
     the input, a layer before the first of them (patching leaves those alone) or another of
     them. ``layers`` unchanged when none reaches the classifier (acceptance then judges)."""
     order = [layer.name for layer in eligible_layers(model)]
+    position = {name: index for index, name in enumerate(order)}
     reads = {name: set(consumers(model, name, through_adds=True)) for name in order}
     names = [layer.name for layer in layers]
     classifier = classifier_name(model)
@@ -32,12 +33,12 @@ def connected_layers(model: nn.Module, layers: list[EligibleLayer]) -> list[Elig
             to_classifier.add(name)
     if not to_classifier:
         return layers
-    first = min(order.index(name) for name in to_classifier)
+    first = min(position[name] for name in to_classifier)
     reached: set[str] = set()
     for name in names:
         producers = [p for p in order if name in reads[p]]
         if name in to_classifier and (
-            not producers or any(p in reached or order.index(p) < first for p in producers)
+            not producers or any(p in reached or position[p] < first for p in producers)
         ):
             reached.add(name)
     return [layer for layer in layers if layer.name in reached]
