@@ -94,9 +94,24 @@ def manifest_verify(
     raise typer.Exit(0 if result.ok else 1)
 
 
+def _budget(value: str) -> int | None:
+    """``--budget``: a positive number of tokens, or 'all'."""
+    if value.strip() == "all":
+        return None
+    if not value.strip().isdigit() or int(value) < 1:
+        raise TrojanscopeError(f"--budget must be a positive number or 'all', not '{value}'.")
+    return int(value)
+
+
 @app.command()
 def audit(
-    model: Annotated[Path, typer.Argument(help="Model file (safetensors or torch checkpoint).")],
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="Model file (safetensors or torch checkpoint), or an HF-format text encoder "
+            "folder (screened for task-agnostic triggers)."
+        ),
+    ],
     arch: Annotated[
         str | None,
         typer.Option(help="Architecture the weights belong to (without it: no screening)."),
@@ -107,6 +122,10 @@ def audit(
     width: Annotated[
         float | None, typer.Option(help="Width multiplier (default: inferred).")
     ] = None,
+    budget: Annotated[
+        str,
+        typer.Option(help="Encoder folders: candidate tokens to screen, rarest first, or 'all'."),
+    ] = "2048",
     report: Annotated[Path, typer.Option(help="HTML report to write.")] = Path("audit-report.html"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     device: DeviceOption = DEFAULT_DEVICE,
@@ -123,10 +142,17 @@ def audit(
 
     _threads()
     run_on = _device(device)
-    if not model.is_file():
-        raise TrojanscopeError(f"{model} is not a file.")
     _check_output_file(report)
-    result = audit_model(model, arch, data, width, device=run_on)
+    if model.is_dir():
+        from trojanscope.workflows.audit_encoder import audit_encoder
+
+        if arch is not None or data is not None:
+            raise TrojanscopeError("--arch and --data are for model files, not encoder folders.")
+        result = audit_encoder(model, _budget(budget), device=run_on)
+    elif model.is_file():
+        result = audit_model(model, arch, data, width, device=run_on)
+    else:
+        raise TrojanscopeError(f"{model} is neither a file nor a folder.")
     write_atomic(report, render_audit(result).encode())
     if as_json:
         _print_json(AuditRecord(**result.as_dict(), report=str(report)).model_dump())
@@ -143,6 +169,12 @@ def audit(
                     else " (not flagged)"
                 )
             )
+        if result.trigger_screen:
+            screen = result.trigger_screen
+            top = ", ".join(
+                f"{shown(t['token'])} {t['score']:.2f}" for t in screen["top_tokens"][:5]
+            )
+            out.print(f"trigger screen: {screen['tokens_screened']} tokens; top scores: {top}")
         if result.clp_outliers:
             out.print(
                 f"CLP outlier neurons ({len(result.clp_outliers)}): "

@@ -29,6 +29,8 @@ class AuditResult:
     layer_scores: dict[str, list[float]] = field(default_factory=dict)
     nc: dict[str, Any] | None = None
     reversed_trigger: dict[str, torch.Tensor] | None = None
+    #: a text encoder's task-agnostic trigger screen (`audit ENCODER_DIR`)
+    trigger_screen: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -51,5 +53,6 @@ class AuditResult:
             "clean_acc": self.clean_acc,
             "clp_outliers": self.clp_outliers,
             "nc": self.nc,
+            "trigger_screen": self.trigger_screen,
             "notes": self.notes,
         }

@@ -31,7 +31,16 @@ table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .5em;tex
 <td>{% for x in f.findings %}{{ x.severity }}: {{ x.message }}<br>{% endfor %}
 {% if f.incomplete %}inconclusive: {{ f.incomplete }}{% endif %}</td></tr>{% endfor %}
 </table>
-{% if r.arch %}
+{% if r.trigger_screen %}
+<h2>Task-agnostic trigger screen (text encoder, {{ r.arch_params.pooling }} pooling)</h2>
+<p>{{ r.trigger_screen.tokens_screened }} candidate tokens, rarest first, each inserted into
+clean sentences; a token scoring {{ r.trigger_screen.flag_score }} or more drives them all to
+nearly the same pooled output, as a NeuBA trigger does.</p>
+<table><tr><th>token</th><th>score</th><th>consistency</th><th>shift</th></tr>
+{% for t in r.trigger_screen.top_tokens %}<tr><td>{{ t.token }}</td>
+<td>{{ "%.3f"|format(t.score) }}</td><td>{{ "%.3f"|format(t.consistency) }}</td>
+<td>{{ "%.3f"|format(t.shift) }}</td></tr>{% endfor %}</table>
+{% elif r.arch %}
 <h2>Backdoor screening ({{ r.arch }}, width {{ r.arch_params.width }})</h2>
 {% if r.clean_acc is not none %}
 <p>clean accuracy on the given data: {{ "%.3f"|format(r.clean_acc) }}</p>{% endif %}

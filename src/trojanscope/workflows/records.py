@@ -376,5 +376,6 @@ class AuditRecord(_Record):
     clean_acc: float | None
     clp_outliers: list[dict[str, Any]]
     nc: dict[str, Any] | None
+    trigger_screen: dict[str, Any] | None = None
     notes: list[str]
     report: str
