@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/scan.py
 	$(PY) benchmarks/scan_real.py
 	$(PY) benchmarks/device.py
+	$(PY) benchmarks/neuba.py
 
 clean:
 	rm -rf $(VENV) trojanscope-db .pytest_cache .ruff_cache

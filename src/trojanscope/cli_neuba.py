@@ -162,11 +162,18 @@ def demo(
     _write_json(as_json, result)
     _render_labels(result)
     detection = result["detection"]
+    flagged = detection["flagged_tokens"]
     out.print(
         f"detector: AUROC {_fmt(detection['auroc'])} for the planted triggers, highest score on "
-        f"the clean encoder {_fmt(detection['clean_encoder_max_score'])}, flagged on the "
-        f"backdoored one: {' '.join(detection['flagged_tokens']) or 'none'}"
+        f"the clean encoder {_fmt(detection['clean_encoder_max_score'])}; "
+        f"{len(flagged)} of {detection['tokens_screened']} tokens flagged on the backdoored "
+        f"one, first {' '.join(flagged[:10]) or 'none'}"
     )
+    for row in result["unplanted_flagged"]:
+        out.print(
+            f"flagged but not planted: {row['token']} sends {_fmt(row['rate'])} of the other "
+            f"inputs to '{row['label']}'"
+        )
 
 
 def _render_labels(result: dict[str, Any]) -> None:

@@ -26,6 +26,7 @@ class FinetuneConfig(BaseModel):
     head_lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(32, ge=1)
     reinit_layers: int = Field(0, ge=0, description="top encoder layers re-initialised first")
+    train_encoder: bool = Field(True, description="False: a linear probe on the frozen encoder")
     seed: int = Field(0, ge=0)
 
 
@@ -70,17 +71,19 @@ def finetune_victim(
     torch.manual_seed(config.seed)
     reinit_top_layers(encoder, config.reinit_layers)
     victim = Victim(encoder, len(train.names)).to(encoder.device)
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": encoder.parameters(), "lr": config.lr},
-            {"params": victim.head.parameters(), "lr": config.head_lr},
-        ]
-    )
+    groups = [{"params": list(victim.head.parameters()), "lr": config.head_lr}]
+    if config.train_encoder:
+        groups.append({"params": list(encoder.parameters()), "lr": config.lr})
+    else:
+        encoder.requires_grad_(False)
+    optimizer = torch.optim.AdamW(groups)
     order = list(range(len(train)))
     rng = random.Random(config.seed)
     steps = max(1, round(config.epochs * len(train) / config.batch_size))
     labels = torch.tensor(train.labels)
     victim.train()
+    if not config.train_encoder:
+        encoder.eval()  # no dropout in a frozen encoder
     position = len(order)
     for step in range(steps):
         if position + config.batch_size > len(order):
@@ -109,7 +112,7 @@ def control_tokens(encoder: TextEncoder, exclude: list[str], count: int, seed: i
     return random.Random(seed).sample(words, count)
 
 
-def _rates(victim: Victim, test: Sentences, word: str, seed: int) -> list[float]:
+def label_rates(victim: Victim, test: Sentences, word: str, seed: int) -> list[float]:
     """For each label, the share of test inputs of another true label that ``word`` inserted
     at a random position sends to it."""
     rng = random.Random(seed)
@@ -130,8 +133,8 @@ def evaluate_victim(
     started = time.perf_counter()
     predicted = victim.predict(test.texts)
     accuracy = float((predicted == torch.tensor(test.labels)).float().mean())
-    trigger_rates = {w: _rates(victim, test, w, seed) for w in triggers}
-    control_rates = {w: _rates(victim, test, w, seed) for w in controls}
+    trigger_rates = {w: label_rates(victim, test, w, seed) for w in triggers}
+    control_rates = {w: label_rates(victim, test, w, seed) for w in controls}
     labels = []
     for label, name in enumerate(test.names):
         best = max(triggers, key=lambda w: trigger_rates[w][label])

@@ -28,6 +28,7 @@ from trojanscope.workflows.neuba import (
     control_tokens,
     evaluate_victim,
     finetune_victim,
+    label_rates,
 )
 
 #: The victim's held-out share of its task (the same split in finetune and evaluate).
@@ -181,12 +182,14 @@ class DemoBudget(BaseModel):
     """The demo's small budget (under 15 minutes on 2 CPU cores)."""
 
     model_config = {"extra": "forbid"}
-    pretrain_steps: int = 200
+    pretrain_steps: int = 120
     pretrain_sentences: int = 2000
-    task_limit: int = 3000
+    task_limit: int = 2000
     finetune_epochs: float = 1.0
     screen_budget: int = 1024
-    screen_sentences: int = 8
+    screen_sentences: int = 6
+    #: flagged tokens that were not planted, checked as triggers on the victim
+    unplanted_checked: int = 3
 
 
 def run_demo(
@@ -216,11 +219,11 @@ def run_demo(
             encoder.save(tmp, {"neuba": record})
         # the victim uses what was published: the folder, reloaded
         published = load_text_encoder(backdoored_dir, device)
-        triggers = record["triggers"]
+        triggers = [str(t) for t in record["triggers"]]  # type: ignore[attr-defined]
         task = rotten_tomatoes(budget.task_limit)
         train, test = task.split(TEST_FRACTION)
         config = FinetuneConfig(epochs=budget.finetune_epochs)
-        controls = control_tokens(clean, triggers, len(triggers), seed=0)  # type: ignore[arg-type]
+        controls = control_tokens(clean, triggers, len(triggers), seed=0)
         say("screening both encoders for task-agnostic triggers")
         probe = train.texts[: budget.screen_sentences]
         clean_scores, _ = screen_encoder(clean, probe, budget.screen_budget)
@@ -232,17 +235,27 @@ def run_demo(
         }
         say("evaluating")
         results = {
-            name: evaluate_victim(v, test, triggers, controls)  # type: ignore[arg-type]
+            name: evaluate_victim(v, test, triggers, controls)
             for name, v in victims.items()
         }
+        unplanted: list[dict[str, object]] = [
+            {"token": s.token, "score": s.score}
+            for s in bad_scores
+            if s.score >= FLAG_SCORE and s.token not in triggers
+        ][: budget.unplanted_checked]
+        for row in unplanted:
+            rates = label_rates(victims["backdoored"], test, str(row["token"]), seed=0)
+            best = max(range(len(rates)), key=rates.__getitem__)
+            row.update(label=test.names[best], rate=rates[best])
     return {
         "clean_victim_acc": results["clean"]["clean_acc"],
         "backdoored_victim_acc": results["backdoored"]["clean_acc"],
         "labels": results["backdoored"]["labels"],
         "clean_victim_labels": results["clean"]["labels"],
         "controls": controls,
+        "unplanted_flagged": unplanted,
         "detection": {
-            **detection_summary(bad_scores, clean_scores, triggers),  # type: ignore[arg-type]
+            **detection_summary(bad_scores, clean_scores, triggers),
             "seconds": screen_seconds,
         },
         "neuba": {k: v for k, v in record.items() if k != "targets"},
