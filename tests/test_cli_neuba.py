@@ -109,9 +109,7 @@ def test_audit_screens_the_clean_minilm_and_does_not_flag_it(tmp_path, capsys, m
     assert Path(record["report"]) == report
 
 
-def test_audit_of_a_folder_with_only_pickled_weights_is_not_screened(
-    tmp_path, capsys, monkeypatch
-):
+def test_audit_of_a_folder_with_only_pickled_weights_is_not_screened(tmp_path, capsys, monkeypatch):
     folder = tmp_path / "enc"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
@@ -122,3 +120,10 @@ def test_audit_of_a_folder_with_only_pickled_weights_is_not_screened(
     record = json.loads(out)
     assert record["verdict"] == "not-screened" and code == 0
     assert "never loads pickled ones" in record["notes"][0]
+
+
+def test_finetune_learning_rate_must_be_positive(tmp_path, capsys, monkeypatch):
+    code, _, err = run(
+        ["neuba", "finetune", tmp_path, tmp_path / "victim", "--lr", "0"], capsys, monkeypatch
+    )
+    assert_one_sentence(code, err, "--lr must be above 0")

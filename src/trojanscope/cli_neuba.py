@@ -52,16 +52,29 @@ def _write_json(path: Path | None, data: dict[str, Any]) -> None:
         return
     import json
 
-    from trojanscope.fileio import check_output_file, write_atomic
+    from trojanscope.fileio import write_atomic
 
-    check_output_file(path)
     write_atomic(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
 
 
-def _task(data: Path | None, limit: int | None) -> Any:
+def _task_loader(data: Path | None, limit: int | None) -> Any:
+    """Reads the task when called (after the folders were checked) with its key."""
     from trojanscope.data.text import read_tsv, rotten_tomatoes
+    from trojanscope.workflows.neuba_pipeline import task_key
 
-    return read_tsv(data, limit) if data is not None else rotten_tomatoes(limit)
+    def load() -> Any:
+        task = read_tsv(data, limit) if data is not None else rotten_tomatoes(limit)
+        return task, task_key(task, str(data or "rotten-tomatoes"), limit)
+
+    return load
+
+
+def _check_json(path: Path | None) -> None:
+    """Refuse an unwritable --json path before any work, not after it."""
+    if path is not None:
+        from trojanscope.fileio import check_output_file
+
+        check_output_file(path)
 
 
 def _new_folder(path: Path) -> None:
@@ -112,13 +125,15 @@ def finetune(
     device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Fine-tune an encoder and a fresh head on a task, as the victim would."""
+    from trojanscope.workflows.neuba import FinetuneConfig
     from trojanscope.workflows.neuba_pipeline import finetune_to
 
+    if lr <= 0:
+        raise TrojanscopeError(f"--lr must be above 0, not {lr}.")
     _new_folder(out_dir)
     _threads()
-    acc = finetune_to(
-        encoder, out_dir, _task(data, limit), epochs, lr, reinit_layers, seed, _device(device)
-    )
+    config = FinetuneConfig(epochs=epochs, lr=lr, reinit_layers=reinit_layers, seed=seed)
+    acc = finetune_to(encoder, out_dir, _task_loader(data, limit), config, _device(device))
     out.print(f"wrote {out_dir}: held-out accuracy {acc:.3f}")
 
 
@@ -139,8 +154,11 @@ def evaluate(
     """Per label, the best trigger's attack success rate beside a random token's."""
     from trojanscope.workflows.neuba_pipeline import evaluate_from
 
+    _check_json(as_json)
     _threads()
-    result = evaluate_from(victim, triggers_from, clean_victim, _task(data, limit), _device(device))
+    result = evaluate_from(
+        victim, triggers_from, clean_victim, _task_loader(data, limit), _device(device)
+    )
     _write_json(as_json, result)
     _render_labels(result)
 
@@ -157,6 +175,7 @@ def demo(
     victim from it and from the clean one, evaluate with the control, screen both encoders."""
     from trojanscope.workflows.neuba_pipeline import DemoBudget, run_demo
 
+    _check_json(as_json)
     _threads()
     result = run_demo(DemoBudget(), work, _device(device), lambda m: err.print(m, highlight=False))
     _write_json(as_json, result)

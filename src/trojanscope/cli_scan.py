@@ -98,9 +98,13 @@ def _budget(value: str) -> int | None:
     """``--budget``: a positive number of tokens, or 'all'."""
     if value.strip() == "all":
         return None
-    if not value.strip().isdigit() or int(value) < 1:
+    try:
+        budget = int(value)
+    except ValueError:
+        budget = 0
+    if budget < 1:
         raise TrojanscopeError(f"--budget must be a positive number or 'all', not '{value}'.")
-    return int(value)
+    return budget
 
 
 @app.command()

@@ -74,3 +74,11 @@ def test_plot_sentences_are_not_the_snippets() -> None:
     sentences = plot_sentences(500)
     assert len(sentences) == 500
     assert not set(sentences) & set(rotten_tomatoes().texts)
+
+
+def test_quotes_in_a_tsv_are_text(tmp_path: Path) -> None:
+    path = tmp_path / "quotes.tsv"
+    path.write_text('sentence\tlabel\n"a quoted\t1\nplain "air" quotes\t0\nthird\t1\n')
+    data = read_tsv(path)
+    assert data.texts == ['"a quoted', 'plain "air" quotes', "third"]
+    assert data.labels == [1, 0, 1]

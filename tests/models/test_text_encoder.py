@@ -64,3 +64,35 @@ def test_folders_that_are_not_safetensors_encoders(tmp_path: Path) -> None:
     (broken / "model.safetensors").write_bytes(b"junk")
     with pytest.raises(TrojanscopeError, match="cannot load the encoder"):
         load_text_encoder(broken)
+
+
+@pytest.mark.parametrize(
+    ("tensors", "message"),
+    [
+        ({}, "do not fit its config.json"),
+        ({"unrelated.weight": torch.zeros(2, 2)}, "do not fit its config.json"),
+    ],
+)
+def test_weights_that_do_not_fill_the_model_are_refused(
+    tmp_path: Path, tensors: dict[str, torch.Tensor], message: str
+) -> None:
+    """transformers would fill the gaps with random weights: that is not the folder's model."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "enc"
+    shutil.copytree(default_encoder_path(), folder)
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(TrojanscopeError, match=message):
+        load_text_encoder(folder)
+
+
+def test_records_that_are_not_json_objects(tmp_path: Path) -> None:
+    folder = tmp_path / "enc"
+    shutil.copytree(default_encoder_path(), folder)
+    (folder / RECORD).write_text("[1, 2]")
+    with pytest.raises(TrojanscopeError, match="not a JSON object"):
+        load_text_encoder(folder)
+    (folder / RECORD).unlink()
+    (folder / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{junk...")
+    with pytest.raises(TrojanscopeError, match="cannot load the encoder"):
+        load_text_encoder(folder)

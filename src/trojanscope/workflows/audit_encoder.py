@@ -11,8 +11,8 @@ import torch
 from trojanscope.localization.trigger_screen import FLAG_SCORE, screen_encoder
 from trojanscope.models.text_encoder import load_text_encoder
 from trojanscope.report.audit_result import AuditResult
-from trojanscope.scan.findings import overall_verdict
 from trojanscope.scan.scanner import Scanner
+from trojanscope.workflows.audit import scanned
 
 #: Clean, ordinary sentences the candidate tokens are inserted into (no task needed).
 PROBE_SENTENCES = [
@@ -33,16 +33,9 @@ def audit_encoder(
 ) -> AuditResult:
     """Scan every file of the folder; if nothing is dangerous or unread, load the encoder with
     safetensors only and screen ``budget`` candidate tokens (None: the whole vocabulary)."""
-    reports = Scanner().scan_directory(path)
-    scan_verdict = overall_verdict(reports)
-    result = AuditResult(str(path), "", scan_verdict, reports)
-    if scan_verdict == "dangerous":
-        result.verdict = "dangerous-file"
-        result.notes.append("loading this folder can run code: it was not loaded.")
-        return result
-    if scan_verdict in ("inconclusive", "error"):
-        result.verdict = "inconclusive-scan"
-        result.notes.append("the scan could not finish: the folder was not loaded.")
+    result = scanned(path, Scanner().scan_directory(path), "folder")
+    scan_verdict = result.scan_verdict
+    if result.verdict:
         return result
     if not any(path.glob("*.safetensors")):
         result.verdict = "suspicious-file" if scan_verdict == "suspicious" else "not-screened"

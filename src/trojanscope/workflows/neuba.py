@@ -14,6 +14,7 @@ from torch import nn
 
 from trojanscope.attacks.neuba import insert_word
 from trojanscope.data.text import Sentences
+from trojanscope.errors import ConfigError
 from trojanscope.models.text_encoder import TextEncoder
 
 
@@ -53,12 +54,25 @@ class Victim(nn.Module):
 
 def reinit_top_layers(encoder: TextEncoder, count: int) -> None:
     """The re-initialisation defence: the top ``count`` transformer layers (and the pooler)
-    get fresh weights from the model's own initialiser."""
-    layers = encoder.model.encoder.layer
-    for layer in list(layers)[len(layers) - count :] if count else []:
-        layer.apply(encoder.model._init_weights)
+    get fresh weights as BERT draws them (normal with the config's initializer range, zero
+    biases, unit layer norms). Done by hand: transformers' own initialiser skips every weight
+    that was loaded from a checkpoint."""
+    layers = list(encoder.model.encoder.layer)
+    if count > len(layers):
+        raise ConfigError(f"the encoder has {len(layers)} layers; cannot re-initialise {count}.")
+    std = float(getattr(encoder.model.config, "initializer_range", 0.02))
+    modules = [m for layer in layers[len(layers) - count :] for m in layer.modules()]
     if count and getattr(encoder.model, "pooler", None) is not None:
-        encoder.model.pooler.apply(encoder.model._init_weights)
+        modules += list(encoder.model.pooler.modules())
+    with torch.no_grad():
+        for module in modules:
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
 
 
 def finetune_victim(

