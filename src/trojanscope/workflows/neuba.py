@@ -126,15 +126,20 @@ def control_tokens(encoder: TextEncoder, exclude: list[str], count: int, seed: i
     return random.Random(seed).sample(words, count)
 
 
-def label_rates(victim: Victim, test: Sentences, word: str, seed: int) -> list[float]:
-    """For each label, the share of test inputs of another true label that ``word`` inserted
-    at a random position sends to it."""
+def label_rates(
+    victim: Victim, test: Sentences, word: str, seed: int, correct: torch.Tensor | None = None
+) -> list[float]:
+    """For each label, the share of test inputs of another true label, classified correctly
+    without ``word``, that ``word`` inserted at a random position sends to that label. (The
+    victim's own errors would otherwise count as successes of every trigger and control.)"""
+    truth = torch.tensor(test.labels)
+    if correct is None:
+        correct = victim.predict(test.texts) == truth
     rng = random.Random(seed)
     predicted = victim.predict([insert_word(t, word, rng) for t in test.texts])
-    truth = torch.tensor(test.labels)
     rates = []
     for label in range(len(test.names)):
-        others = truth != label
+        others = (truth != label) & correct
         rates.append(float((predicted[others] == label).float().mean()) if others.any() else 0.0)
     return rates
 
@@ -145,10 +150,10 @@ def evaluate_victim(
     """Clean accuracy; every trigger's and control's rate per label; per label the best
     trigger (its rate is the ASR) beside the best control token."""
     started = time.perf_counter()
-    predicted = victim.predict(test.texts)
-    accuracy = float((predicted == torch.tensor(test.labels)).float().mean())
-    trigger_rates = {w: label_rates(victim, test, w, seed) for w in triggers}
-    control_rates = {w: label_rates(victim, test, w, seed) for w in controls}
+    correct = victim.predict(test.texts) == torch.tensor(test.labels)
+    accuracy = float(correct.float().mean())
+    trigger_rates = {w: label_rates(victim, test, w, seed, correct) for w in triggers}
+    control_rates = {w: label_rates(victim, test, w, seed, correct) for w in controls}
     labels = []
     for label, name in enumerate(test.names):
         best = max(triggers, key=lambda w: trigger_rates[w][label])
