@@ -11,6 +11,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from trojanscope.device import CPU
 from trojanscope.errors import TrojanscopeError
 from trojanscope.packages import package_folder
 
@@ -167,4 +168,4 @@ def load_text_encoder(
             f"{(missing or [str(w) for w in wrong])[0]})."
         )
     encoder = TextEncoder(model, tokenizer, pooling, max_length=max_length)
-    return encoder.to(device or torch.device("cpu"))
+    return encoder.to(device or CPU)
