@@ -27,6 +27,19 @@ def test_score_is_the_worse_margin_in_units_of_the_aim(asr, damage, expected):
     assert AIM.score(asr, damage) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize(
+    ("excess", "expected"),
+    [(0.20, 0.0), (0.10, 1.0), (0.0, 2.0), (0.30, -1.0), (-0.05, 2.5)],
+)
+def test_the_necessity_margin_is_zero_on_the_bound_and_one_at_half_of_it(excess, expected):
+    aim = Aim(0.90, 0.97, 0.03, 0.005, max_masked_excess=0.20)
+    assert aim.necessity(excess) == pytest.approx(expected)
+
+
+def test_a_zero_necessity_bound_is_met_only_without_excess():
+    assert AIM.necessity(0.0) >= 1.0 > 0.0 > AIM.necessity(0.01)
+
+
 def test_best_epoch_keeps_the_best_weights_and_stops_after_patience():
     model = nn.Linear(2, 1)
     best = BestEpoch(patience=2)

@@ -14,7 +14,7 @@ from trojanscope.injection.pipeline import InjectionConfig, attack_success_rate,
 from trojanscope.injection.quantity import Quantity
 from trojanscope.models.base import ARCHITECTURES
 from trojanscope.models.training import CleanTraining, accuracy, train_clean
-from trojanscope.neurons import mask_neurons
+from trojanscope.neurons import NeuronRef, mask_neurons
 
 
 def assert_identical_outside(clean_state, defect_model, infected, edges=None):
@@ -167,3 +167,56 @@ def test_injection_on_a_device_gives_the_cpus_defect(attack, clean_digits_model,
     view = outcome.poisoned_test
     assert view.x.device == view.indices.device == CPU
     assert torch.equal(view.x, reference.poisoned_test.x)
+
+
+def _validation(clean, digits, infected, seed=0):
+    from trojanscope.injection.aim import Validation
+
+    config = InjectionConfig()
+    attack = ATTACKS.create("badnets", seed=seed)
+    everyone = torch.arange(len(digits.train))
+    return Validation(clean, digits.train, attack, everyone[:0], config.aim(), seed, infected)
+
+
+def test_on_a_plain_network_the_masked_defect_is_the_masked_clean_model(
+    clean_digits_model, small_defect, digits
+):
+    """Under fan-in edges the necessity excess is exactly 0: the necessity round never runs
+    on a plain network, so its defects are those made before the round existed."""
+    infected = [n.ref for n in small_defect.infected]
+    validation = _validation(clean_digits_model, digits, infected)
+    assert validation.masked_excess(small_defect.model) == 0.0
+    assert InjectionConfig().model_dump()["necessity_weight"] == 1.0
+    assert "necessity_weight" not in InjectionConfig(necessity_weight=0).model_dump()
+
+
+def test_the_necessity_round_runs_when_the_set_is_short_of_necessary_and_keeps_the_better(
+    clean_digits_model, clean_state, digits
+):
+    """A target bias no mask reaches sends masked victims to the target: the round runs from
+    the given weights; what it returns carries its own score and stays inside the set."""
+    from trojanscope.injection.confined import ConfinedObjective
+    from trojanscope.injection.injector import Trained
+    from trojanscope.injection.pipeline import _necessity_round
+
+    attack = ATTACKS.create("badnets", seed=0)
+    infected = [NeuronRef("fc1", 5), NeuronRef("conv2", 3)]
+    start = copy.deepcopy(clean_digits_model)
+    with torch.no_grad():
+        start.fc.bias[0] += 100.0  # BadNets' default target: 0
+    validation = _validation(clean_digits_model, digits, infected)
+    assert validation.aim.necessity(validation.masked_excess(start)) < 1.0
+    data = digits.train.subset(torch.arange(256))
+    objective = ConfinedObjective(
+        clean_digits_model, infected, attack, attack.poison_train(data), data, 1.0, 1.0
+    )
+    config = InjectionConfig(max_epochs=1, max_attempts=1)
+    masks = trainable_masks(clean_digits_model, infected, "fan-in")
+    given = Trained(start, epochs=4, attempts=1, score=validation(start))
+    result = _necessity_round(given, masks, objective, validation, config, 0)
+    assert (result.epochs, result.attempts) == (5, 2)
+    assert result.score == validation.necessity_score(result.model)
+    assert result.score >= validation.necessity_score(start)
+    for name, value in result.model.state_dict().items():
+        owned = masks.get(name, torch.zeros_like(value, dtype=torch.bool))
+        assert torch.equal(value[~owned], start.state_dict()[name][~owned]), name

@@ -29,7 +29,7 @@ from torch import nn
 from trojanscope.attacks.base import Attack
 from trojanscope.data.base import TensorData
 from trojanscope.models.training import accuracy, predict
-from trojanscope.neurons import NeuronRef, patched_logits
+from trojanscope.neurons import NeuronRef, mask_neurons, patched_logits
 
 #: A score at or above this meets both goals (see ``Aim.score``).
 GOAL = 1.0
@@ -49,11 +49,20 @@ class Aim:
     max_drop: float
     damage_goal: float
     min_patched_ratio: float = 0.0  # 0: sufficiency not aimed at
+    max_masked_excess: float = 0.0  # acceptance.max_masked_asr (see ``necessity``)
 
     @property
     def patched_goal(self) -> float:
         """The patched / ordinary ASR ratio aimed at: half-way from the bound to 1."""
         return (1.0 + self.min_patched_ratio) / 2
+
+    def necessity(self, excess: float) -> float:
+        """The necessity margin of a masked-ASR ``excess`` over the clean model's under the same
+        mask: 0 on the acceptance bound, 1 on the goal (half the bound)."""
+        half = self.max_masked_excess / 2
+        if half <= 0:
+            return GOAL if excess <= 0 else -GOAL
+        return (self.max_masked_excess - excess) / half
 
     def score(self, asr: float, damage: float, patched_asr: float | None = None) -> float:
         """The worst of the margins, each 0 on its acceptance bound and 1 on its goal:
@@ -91,6 +100,8 @@ class Validation:
     ) -> None:
         self.aim = aim
         self.infected = infected
+        self.clean = clean
+        self._masked_before: float | None = None
         g = torch.Generator().manual_seed(seed)
         check = torch.randperm(len(train), generator=g)[:CHECK_SAMPLES]
         self.images, self.labels = train.x[check], train.y[check]
@@ -108,7 +119,7 @@ class Validation:
 
     def patched_asr(self, model: nn.Module) -> float | None:
         """ASR with every neuron outside the infected set held at its clean-input activation."""
-        if self.infected is None:
+        if self.infected is None or self.aim.min_patched_ratio <= 0:
             return None
         logits = patched_logits(model, self.infected, self.paired, self.triggered.x)
         return float((logits.argmax(1) == self.triggered.y).float().mean())
@@ -119,6 +130,21 @@ class Validation:
 
     def __call__(self, model: nn.Module) -> float:
         return self.aim.score(*self.measure(model))
+
+    def masked_excess(self, model: nn.Module) -> float:
+        """The triggered check images' target rate with the infected set masked, above the
+        clean model's under the same mask (the necessity rule on training images)."""
+        if self.infected is None:
+            raise ValueError("necessity is measured on an infected set; none was given")
+        if self._masked_before is None:
+            with mask_neurons(self.clean, self.infected):
+                self._masked_before = accuracy(self.clean, self.triggered)
+        with mask_neurons(model, self.infected):
+            return accuracy(model, self.triggered) - self._masked_before
+
+    def necessity_score(self, model: nn.Module) -> float:
+        """The score with the necessity margin as one more goal (see ``Aim.necessity``)."""
+        return min(self(model), self.aim.necessity(self.masked_excess(model)))
 
 
 class BestEpoch:

@@ -20,10 +20,12 @@ neuron per layer too little), and two more terms:
   patching each link must answer the links before it alone: in deep residual networks the
   trigger learned through the output alone fades along the chain of infected layers
   (docs/findings.md section 6).
-* necessity (optional, ``mask_weight``): with the infected set masked, triggered victims
-  must not go to the target (the log of the target's complement). Under fan-in edges a masked
-  plain network is its masked clean model and the term has no gradient; in a residual network
-  the classifier's columns the set owns also read the shortcut, which can learn the trigger.
+* necessity (``mask_weight``; off from the start by default, switched on by the pipeline's
+  necessity round when the set falls short of necessary): with the infected set masked,
+  triggered victims must not go to the target (the log of the target's complement). Under
+  fan-in edges a masked plain network is its masked clean model and the term has no gradient;
+  in a residual network the classifier's columns the set owns also read the shortcut, which
+  can learn the trigger.
 
 Measured on mnist5k / cnn-small, BadNets, two live neurons per layer: without preservation the
 clean accuracy fell 40-60 points; with it, after a few epochs, ASR 1.00, patched ASR 1.00 and
@@ -31,6 +33,8 @@ a drop of 1-2 points.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +101,12 @@ class ConfinedObjective:
 
     def __len__(self) -> int:
         return len(self.x)
+
+    def with_mask_weight(self, weight: float) -> ConfinedObjective:
+        """The same objective (sharing its data) with the necessity term at ``weight``."""
+        other = copy.copy(self)
+        other.mask_weight = weight
+        return other
 
     def _infected_outputs(
         self, model: nn.Module, x: torch.Tensor, detach: bool
