@@ -32,6 +32,15 @@ class TokenScore:
     consistency: float
     shift: float
 
+    def as_dict(self) -> dict[str, str | float]:
+        """The report's entry: the token and its three figures (its id is vocabulary-bound)."""
+        return {
+            "token": self.token,
+            "score": self.score,
+            "consistency": self.consistency,
+            "shift": self.shift,
+        }
+
 
 def candidate_tokens(tokenizer: object, budget: int | None) -> list[int]:
     """Whole-word vocabulary tokens, rarest first, at most ``budget`` of them. WordPiece and

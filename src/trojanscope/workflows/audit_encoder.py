@@ -55,10 +55,7 @@ def audit_encoder(
         "flag_score": FLAG_SCORE,
         "seconds": seconds,
         "flagged_tokens": [s.token for s in flagged],
-        "top_tokens": [
-            {"token": s.token, "score": s.score, "consistency": s.consistency, "shift": s.shift}
-            for s in scores[:20]
-        ],
+        "top_tokens": [s.as_dict() for s in scores[:20]],
     }
     if flagged:
         result.verdict = "backdoor-suspected"

@@ -220,19 +220,10 @@ def detection_summary(
         "triggers_screened": sum(labels),
         "tokens_screened": len(backdoored),
         "clean_encoder_max_score": max((s.score for s in clean), default=0.0),
-        "clean_encoder_top": [_token(s) for s in clean[:5]],
+        "clean_encoder_top": [s.as_dict() for s in clean[:5]],
         "flag_score": FLAG_SCORE,
         "flagged_tokens": [s.token for s in backdoored if s.score >= FLAG_SCORE],
-        "backdoored_encoder_top": [_token(s) for s in backdoored[:10]],
-    }
-
-
-def _token(score: TokenScore) -> dict[str, Any]:
-    return {
-        "token": score.token,
-        "score": score.score,
-        "consistency": score.consistency,
-        "shift": score.shift,
+        "backdoored_encoder_top": [s.as_dict() for s in backdoored[:10]],
     }
 
 
