@@ -69,6 +69,18 @@ def _consistency(vectors: torch.Tensor) -> torch.Tensor:
     return (total - n) / (n * (n - 1))
 
 
+def trigger_scores(
+    pooled: torch.Tensor, clean: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(score, consistency, shift) of each candidate from its inputs' pooled outputs
+    (candidates, inputs, dim) and the clean inputs' (inputs, dim); see the module docstring."""
+    centre = clean.mean(0)
+    spread = (clean - centre).norm(dim=-1).mean().clamp(min=1e-8)
+    consistency = _consistency(pooled - centre)
+    shift = ((pooled - clean).norm(dim=-1).mean(1) / spread).clamp(max=1.0)
+    return consistency.clamp(min=0) * shift, consistency, shift
+
+
 @torch.no_grad()
 def screen_tokens(
     encoder: TextEncoder,
@@ -91,8 +103,6 @@ def screen_tokens(
     # one insertion point per sentence, after [CLS] and before [SEP], the same for every token
     points = [rng.randint(1, len(ids) - 1) for ids in encoded]
     clean = encoder.encode(sentences)
-    centre = clean.mean(0)
-    spread = (clean - centre).norm(dim=-1).mean().clamp(min=1e-8)
     length = max(len(ids) for ids in encoded) + 1
     pad = int(encoder.tokenizer.pad_token_id or 0)
     scores: list[TokenScore] = []
@@ -109,14 +119,13 @@ def screen_tokens(
                 row += 1
         pooled = encoder(ids.to(device), mask.to(device)).float().cpu()
         pooled = pooled.view(len(chunk), len(encoded), -1)
-        consistency = _consistency(pooled - centre)
-        shift = ((pooled - clean).norm(dim=-1).mean(1) / spread).clamp(max=1.0)
+        score, consistency, shift = trigger_scores(pooled, clean)
         for k, token in enumerate(chunk):
             scores.append(
                 TokenScore(
                     token=encoder.tokenizer.convert_ids_to_tokens(token),
                     token_id=int(token),
-                    score=float(consistency[k].clamp(min=0) * shift[k]),
+                    score=float(score[k]),
                     consistency=float(consistency[k]),
                     shift=float(shift[k]),
                 )
