@@ -57,3 +57,33 @@ class VisionEncoder(nn.Module):
         victim = copy.deepcopy(self.model)
         victim.set_submodule(self.classifier, nn.Linear(self.dim, num_labels).to(self.device))
         return victim
+
+
+class PrunedPooling(nn.Module):
+    """A classifier that reads only the kept pooled dimensions (``keep``: 1 kept, 0 pruned).
+    It wraps the head, so a victim's fresh head (``with_head``) inherits the pruning."""
+
+    def __init__(self, keep: torch.Tensor, head: nn.Linear) -> None:
+        super().__init__()
+        self.register_buffer("keep", keep.float())
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x * self.keep)
+
+
+def prune_dormant(encoder: VisionEncoder, images: torch.Tensor, fraction: float) -> VisionEncoder:
+    """The pruning defence before fine-tuning: a copy of ``encoder`` whose pooled dimensions
+    least active on clean ``images`` (the ``fraction`` lowest mean values, as fine-pruning
+    chooses them) are cut off. A NeuBA target saturates dimensions that clean inputs leave
+    low, so the triggers lose part of their vector."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"the pruned fraction must be in [0, 1), not {fraction}.")
+    mean = encoder.encode(images).mean(0)
+    keep = torch.ones(encoder.dim)
+    keep[mean.argsort()[: int(fraction * encoder.dim)]] = 0.0
+    model = copy.deepcopy(encoder.model)
+    head = model.get_submodule(encoder.classifier)
+    assert isinstance(head, nn.Linear)
+    model.set_submodule(encoder.classifier, PrunedPooling(keep.to(encoder.device), head))
+    return VisionEncoder(model)

@@ -18,7 +18,10 @@ from trojanscope.localization.patch_screen import candidate_patches, screen_patc
 from trojanscope.localization.trigger_screen import FLAG_SCORE
 from trojanscope.models.base import Architecture
 from trojanscope.models.training import CleanTraining, accuracy, predict, train_clean, train_epochs
-from trojanscope.models.vision_encoder import VisionEncoder
+from trojanscope.models.vision_encoder import VisionEncoder, prune_dormant
+
+#: Clean training images whose activations choose the pruned dimensions.
+PRUNE_IMAGES = 1024
 
 
 class VisionFinetune(BaseModel):
@@ -30,6 +33,13 @@ class VisionFinetune(BaseModel):
     head_lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(64, ge=1)
     train_encoder: bool = Field(True, description="False: a linear probe on the frozen encoder")
+    prune: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="the pruning defence: this share of the pooled dimensions, the least active "
+        "on the victim's training images, cut off before fine-tuning",
+    )
     seed: int = Field(0, ge=0)
 
 
@@ -38,6 +48,8 @@ def finetune_vision_victim(
 ) -> nn.Module:
     """A victim classifier: a copy of the encoder's network with a fresh head, trained on
     ``train`` (normalisation statistics update as in any fine-tuning)."""
+    if config.prune:
+        encoder = prune_dormant(encoder, train.x[:PRUNE_IMAGES], config.prune)
     victim = encoder.with_head(train.num_classes, config.seed)
     head = victim.get_submodule(encoder.classifier)
     head_ids = {id(p) for p in head.parameters()}
