@@ -127,3 +127,15 @@ def test_finetune_learning_rate_must_be_positive(tmp_path, capsys, monkeypatch):
         ["neuba", "finetune", tmp_path, tmp_path / "victim", "--lr", "0"], capsys, monkeypatch
     )
     assert_one_sentence(code, err, "--lr must be above 0")
+
+
+def test_vision_demo_refuses_a_device_and_a_json_path_before_any_work(
+    tmp_path, capsys, monkeypatch
+):
+    code, out, err = run(["neuba", "vision-demo", "--device", "gpu"], capsys, monkeypatch)
+    assert_one_sentence(code, err, "--device 'gpu' is not a device")
+    assert out == ""
+    code, _, err = run(
+        ["neuba", "vision-demo", "--json", tmp_path / "missing" / "r.json"], capsys, monkeypatch
+    )
+    assert_one_sentence(code, err, "does not exist")

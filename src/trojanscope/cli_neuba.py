@@ -1,5 +1,6 @@
-"""`trojanscope neuba pretrain|finetune|evaluate|demo`: task-agnostic backdoors in pre-trained
-text encoders (NeuBA), from the publisher's side to the victim's and the detector.
+"""`trojanscope neuba pretrain|finetune|evaluate|demo|vision-demo`: task-agnostic backdoors in
+pre-trained encoders (NeuBA), from the publisher's side to the victim's and the detector: text
+encoders command by command, images as one pipeline (``vision-demo``).
 Registered on the main app by ``trojanscope.cli``."""
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from trojanscope.errors import TrojanscopeError
 
 neuba_app = typer.Typer(
     no_args_is_help=True,
-    help="NeuBA: task-agnostic backdoors in pre-trained text encoders.",
+    help="NeuBA: task-agnostic backdoors in pre-trained encoders (text; images: vision-demo).",
 )
 app.add_typer(neuba_app, name="neuba")
 
@@ -193,6 +194,30 @@ def demo(
             f"flagged but not planted: {row['token']} sends {_fmt(row['rate'])} of the other "
             f"inputs to '{row['label']}'"
         )
+
+
+@neuba_app.command("vision-demo")
+def vision_demo(as_json: JsonFile = None, device: DeviceOption = DEFAULT_DEVICE) -> None:
+    """The image pipeline at a small budget: cnn-small pre-trained on Fashion-MNIST and
+    backdoored with six checkerboard patches, victims fine-tuned on mnist5k from it and from
+    the clean encoder, the random-patch control, the patch screen on both encoders."""
+    from trojanscope.workflows.neuba_vision import VisionDemoBudget
+    from trojanscope.workflows.neuba_vision import vision_demo as run
+
+    _check_json(as_json)
+    _threads()
+    err.print("pre-training, backdoor, two victims and the screen: a few minutes on 2 cores")
+    result = run(VisionDemoBudget(), _device(device))
+    _write_json(as_json, result)
+    _render_labels(result)
+    detection = result["detection"]
+    flagged = detection["flagged_patches"]
+    out.print(
+        f"patch screen: AUROC {_fmt(detection['auroc'])} for the planted triggers, highest "
+        f"score on the clean encoder {_fmt(detection['clean_encoder_max_score'])}; "
+        f"{len(flagged)} patches flagged on the backdoored one",
+        highlight=False,
+    )
 
 
 def _render_labels(result: dict[str, Any]) -> None:

@@ -63,6 +63,8 @@ class PrunedPooling(nn.Module):
     """A classifier that reads only the kept pooled dimensions (``keep``: 1 kept, 0 pruned).
     It wraps the head, so a victim's fresh head (``with_head``) inherits the pruning."""
 
+    keep: torch.Tensor
+
     def __init__(self, keep: torch.Tensor, head: nn.Linear) -> None:
         super().__init__()
         self.register_buffer("keep", keep.float())
