@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/scan_real.py
 	$(PY) benchmarks/device.py
 	$(PY) benchmarks/neuba.py
+	$(PY) benchmarks/neuba_vision.py
 
 clean:
 	rm -rf $(VENV) trojanscope-db .pytest_cache .ruff_cache
