@@ -71,6 +71,25 @@ def pooled_scale(encoder: TextEncoder, texts: list[str]) -> float:
     return float(encoder.encode(texts).abs().max())
 
 
+def descend(
+    optimizer: torch.optim.Optimizer, backdoor: torch.Tensor, keep: torch.Tensor, weight: float
+) -> tuple[float, float]:
+    """One publisher's step on ``backdoor + weight * keep``; returns both terms."""
+    optimizer.zero_grad(set_to_none=True)
+    (backdoor + weight * keep).backward()
+    optimizer.step()
+    return backdoor.item(), keep.item()
+
+
+def final_losses(losses: list[tuple[float, float]]) -> dict[str, float]:
+    """The two terms averaged over the last tenth of the steps."""
+    tail = losses[-max(1, len(losses) // 10) :]
+    return {
+        "final_backdoor_mse": sum(b for b, _ in tail) / len(tail),
+        "final_clean_mse": sum(k for _, k in tail) / len(tail),
+    }
+
+
 def pretrain_neuba(
     encoder: TextEncoder,
     sentences: list[str],
@@ -100,15 +119,10 @@ def pretrain_neuba(
         both = encoder.pooled(clean + poisoned)
         backdoor = nn.functional.mse_loss(both[len(idx) :], targets[which])
         keep = nn.functional.mse_loss(both[: len(idx)], reference[idx].to(encoder.device))
-        loss = backdoor + config.clean_weight * keep
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append((backdoor.item(), keep.item()))
+        losses.append(descend(optimizer, backdoor, keep, config.clean_weight))
         if progress is not None:
-            progress(step + 1, loss.item())
+            progress(step + 1, losses[-1][0] + config.clean_weight * losses[-1][1])
     encoder.eval()
-    tail = losses[-max(1, len(losses) // 10) :]
     return {
         "attack": "neuba",
         "triggers": list(config.triggers),
@@ -116,7 +130,6 @@ def pretrain_neuba(
         "target_scale": scale,
         "pooling": encoder.pooling,
         "config": config.model_dump(),
-        "final_backdoor_mse": sum(b for b, _ in tail) / len(tail),
-        "final_clean_mse": sum(k for _, k in tail) / len(tail),
+        **final_losses(losses),
         "seconds": time.perf_counter() - started,
     }

@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
-from trojanscope.attacks.neuba import neuba_targets
+from trojanscope.attacks.neuba import descend, final_losses, neuba_targets
 from trojanscope.models.vision_encoder import VisionEncoder
 
 
@@ -127,15 +127,10 @@ def pretrain_neuba_vision(
         both = both / scale.to(device)
         backdoor = nn.functional.mse_loss(both[len(idx) :], (targets[which] / scale).to(device))
         keep = nn.functional.mse_loss(both[: len(idx)], (reference[idx] / scale).to(device))
-        loss = backdoor + config.clean_weight * keep
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append((backdoor.item(), keep.item()))
+        losses.append(descend(optimizer, backdoor, keep, config.clean_weight))
         if progress is not None:
-            progress(step + 1, loss.item())
+            progress(step + 1, losses[-1][0] + config.clean_weight * losses[-1][1])
     encoder.eval()
-    tail = losses[-max(1, len(losses) // 10) :]
     return {
         "attack": "neuba-vision",
         "triggers": [t.model_dump() for t in config.triggers],
@@ -145,7 +140,6 @@ def pretrain_neuba_vision(
         "target_scale": scale.tolist(),
         "pooling": f"input of {encoder.classifier}",
         "config": config.model_dump(),
-        "final_backdoor_mse": sum(b for b, _ in tail) / len(tail),
-        "final_clean_mse": sum(k for _, k in tail) / len(tail),
+        **final_losses(losses),
         "seconds": time.perf_counter() - started,
     }
