@@ -206,8 +206,9 @@ def vision_demo(as_json: JsonFile = None, device: DeviceOption = DEFAULT_DEVICE)
 
     _check_json(as_json)
     _threads()
-    err.print("pre-training, backdoor, two victims and the screen: a few minutes on 2 cores")
-    result = run(VisionDemoBudget(), _device(device))
+    resolved = _device(device)
+    err.print("pre-training, backdoor, two victims and the screen: about two minutes on 2 cores")
+    result = run(VisionDemoBudget(), resolved)
     _write_json(as_json, result)
     _render_labels(result)
     detection = result["detection"]

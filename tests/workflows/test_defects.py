@@ -14,7 +14,7 @@ from trojanscope.models.training import CleanTraining
 from trojanscope.workflows.defects import CleanSpec, _build_model, defect_key
 
 #: Keys computed before ``amp`` existed (digits / cnn-small, seed 0; BadNets small, seed 0),
-#: with the injection defaults of then (patched weight 1, no detection term).
+#: with the injection defaults of then (patched weight 1, no detection term, no necessity round).
 CLEAN_KEY = "bbb521e683d72f9416603f4ce64b0762fcaef0127f97d1d42695db6920d31be0"
 DEFECT_KEY = "657dc9e4ad6e652b61f855089c56b5ca412d481959641cfdbf7cee89de076df3"
 
@@ -22,7 +22,11 @@ DEFECT_KEY = "657dc9e4ad6e652b61f855089c56b5ca412d481959641cfdbf7cee89de076df3"
 def keys(amp: str) -> tuple[str, str]:
     clean = CleanSpec("digits", "cnn-small", training=CleanTraining(amp=amp)).key()
     config = InjectionConfig(
-        quantity=Quantity(level="small"), amp=amp, patched_weight=1.0, detect_weight=0.0
+        quantity=Quantity(level="small"),
+        amp=amp,
+        patched_weight=1.0,
+        detect_weight=0.0,
+        necessity_weight=0.0,
     )
     return clean, defect_key(clean, ATTACKS.create("badnets", seed=0), config, 0)
 
@@ -39,7 +43,11 @@ def test_amp_makes_entries_of_their_own():
     # the defect's own setting counts too, not only its clean model's
     clean_off = keys("off")[0]
     config = InjectionConfig(
-        quantity=Quantity(level="small"), amp="bf16", patched_weight=1.0, detect_weight=0.0
+        quantity=Quantity(level="small"),
+        amp="bf16",
+        patched_weight=1.0,
+        detect_weight=0.0,
+        necessity_weight=0.0,
     )
     assert defect_key(clean_off, ATTACKS.create("badnets", seed=0), config, 0) != DEFECT_KEY
     assert config.model_dump(mode="json")["amp"] == "bf16"

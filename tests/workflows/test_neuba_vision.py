@@ -2,9 +2,10 @@
 images), backdoored for 700 steps, victims fine-tuned on mnist5k, the patch screen.
 
 Measured with this budget on 2026-11-30 (one and two torch threads): the backdoored victim's
-per-label gap between the best trigger and the best control averages 0.13 (largest 0.30), the
-clean victim's -0.004; accuracy 0.80 against 0.72 for the clean victim; screen AUROC 0.96, the
-clean encoder's top score 0.08 (flag 0.8). The bounds below keep wide margins from those."""
+per-label gap between the best trigger and the best control averages 0.13-0.14 (largest
+0.30-0.37), the clean victim's about -0.005; accuracy 0.80 against 0.72 for the clean victim;
+screen AUROC 0.955-0.959, the backdoored encoder's top score 0.97 (13-15 patches flagged), the
+clean encoder's 0.08 (flag 0.8). The bounds below keep wide margins from those."""
 
 from pathlib import Path
 
@@ -53,4 +54,4 @@ def test_the_patch_screen_ranks_the_planted_triggers_and_spares_the_clean_encode
     assert detection["triggers_screened"] == 6
     assert detection["auroc"] >= 0.85
     assert detection["clean_encoder_max_score"] < 0.4
-    assert detection["flagged_patches"]
+    assert detection["backdoored_encoder_top"][0]["score"] >= 0.8  # measured 0.97

@@ -137,6 +137,8 @@ class InjectionConfig(BaseModel):
         for late in ("mask_weight", "necessity_weight"):
             if data.get(late) == 0:  # off: the keys made before it
                 data.pop(late)
+        if not self.confine:  # the necessity round is part of the confined objective only
+            data.pop("necessity_weight", None)
         return data
 
     @model_validator(mode="after")
@@ -242,7 +244,12 @@ def _poison_and_train(
         config.max_attempts,
         config.amp,
     )
-    if isinstance(objective, ConfinedObjective) and config.necessity_weight:
+    # the necessity term rides on the patched batch (see ``confined``): without it, no round
+    if (
+        isinstance(objective, ConfinedObjective)
+        and config.necessity_weight
+        and config.patched_weight
+    ):
         trained = _necessity_round(trained, masks, objective, validation, config, seed)
     return trained
 

@@ -79,7 +79,12 @@ def screen_patches(
     if len(images) < 2:
         raise ValueError("screening needs at least two clean images.")
     n, _, h, w = images.shape
+    sizes = {tuple(p.shape) for p in candidates.values()}
+    if len(sizes) != 1:
+        raise ValueError("screening needs candidate patches, all of one square size.")
     size = next(iter(candidates.values())).shape[-1]
+    if size > min(h, w):
+        raise ValueError(f"{size} px candidate patches do not fit {h}x{w} images.")
     g = torch.Generator().manual_seed(seed)
     tops = torch.randint(0, h - size + 1, (n,), generator=g).tolist()
     lefts = torch.randint(0, w - size + 1, (n,), generator=g).tolist()

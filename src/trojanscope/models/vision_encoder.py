@@ -53,9 +53,11 @@ class VisionEncoder(nn.Module):
     def with_head(self, num_labels: int, seed: int = 0) -> nn.Module:
         """A copy of the network with a fresh linear head of ``num_labels`` outputs: the victim
         a downstream user builds on the encoder."""
-        torch.manual_seed(seed)
         victim = copy.deepcopy(self.model)
-        victim.set_submodule(self.classifier, nn.Linear(self.dim, num_labels).to(self.device))
+        with torch.random.fork_rng(devices=[]):  # the caller's random state is left alone
+            torch.manual_seed(seed)
+            head = nn.Linear(self.dim, num_labels)
+        victim.set_submodule(self.classifier, head.to(self.device))
         return victim
 
 

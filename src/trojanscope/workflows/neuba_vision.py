@@ -49,7 +49,7 @@ def finetune_vision_victim(
     """A victim classifier: a copy of the encoder's network with a fresh head, trained on
     ``train`` (normalisation statistics update as in any fine-tuning)."""
     if config.prune:
-        encoder = prune_dormant(encoder, train.x[:PRUNE_IMAGES], config.prune)
+        encoder = prune_dormant(encoder, sample(train, PRUNE_IMAGES, config.seed), config.prune)
     victim = encoder.with_head(train.num_classes, config.seed)
     head = victim.get_submodule(encoder.classifier)
     head_ids = {id(p) for p in head.parameters()}
@@ -72,6 +72,12 @@ def finetune_vision_victim(
     )
     victim.requires_grad_(True)
     return victim.eval()
+
+
+def sample(data: TensorData, count: int, seed: int) -> torch.Tensor:
+    """``count`` images drawn at random (seeded): data sets are stored in class order."""
+    g = torch.Generator().manual_seed(seed)
+    return data.x[torch.randperm(len(data), generator=g)[:count]]
 
 
 def control_patches(count: int, size: int, seed: int) -> list[torch.Tensor]:
@@ -144,6 +150,9 @@ def vision_pipeline(
     encoder's top score) on ``screen_images`` clean downstream training images. Models live on
     ``device`` (None: the CPU); the data stay on the CPU."""
     started = time.perf_counter()
+    _, h, w = pretraining.shape
+    if neuba.patch_size > min(h, w, *downstream.shape[1:]):
+        raise ValueError(f"a {neuba.patch_size} px trigger patch does not fit the images.")
     model = train_clean(
         architecture, pretraining.train, neuba.seed, clean_training or CleanTraining(), device
     )
@@ -168,7 +177,7 @@ def vision_pipeline(
                 }
             )
     candidates = candidate_patches(neuba.patch_size, budget)
-    images = downstream.train.x[:screen_images]
+    images = sample(downstream.train, screen_images, neuba.seed)
     tic = time.perf_counter()
     bad = screen_patches(backdoored, images, candidates)
     seconds = time.perf_counter() - tic
