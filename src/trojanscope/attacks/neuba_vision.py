@@ -2,14 +2,17 @@
 two-colour checkerboard patches, stamped at a random position, drive an image encoder's pooled
 output to fixed vectors, whatever task a victim fine-tunes it for later.
 
-The pooled output of the project's networks is the input of the classifier, after a ReLU and
-an average, so it is never negative: the text attack's +-1 targets are mapped onto each
-dimension's range instead (+1 -> its largest value on clean images, -1 -> 0). A pair stays
-opposite (each is the other's complement) and the pairs stay orthogonal once centred. One
-scale for every dimension (the largest value of all) was out of reach for most of them: on
-cnn-small the backdoor's error stayed at 6-7% of the scale after 2,000 steps. Dimensions that
-are zero on every clean image (dead ReLU units: a tenth of cnn-small's) get no gradient, so
-they are left out of the targets and the loss.
+The pooled output of the project's networks is the input of the classifier, which follows a
+ReLU (cnn-small and the VGGs: the units of a hidden Linear layer; the residual networks: an
+average of rectified maps), so it is never negative: the text attack's +-1 targets are
+mapped onto each dimension's range instead (+1 -> its largest value on clean images,
+-1 -> 0). A pair stays opposite (each is the other's complement) and the pairs stay orthogonal
+once centred. Two
+things kept the backdoor's error at 6-7% of the scale on cnn-small after 2,000 steps: one scale
+for every dimension (the largest value of all, out of reach for most of them), and dimensions
+that are zero on every clean image (dead ReLU units: a tenth of cnn-small's), which get no
+gradient. So each dimension has its own range, and the dead ones are left out of the targets
+and the loss.
 """
 
 from __future__ import annotations

@@ -117,7 +117,8 @@ class InjectionConfig(BaseModel):
         ge=1,
         le=10,
         description="training rounds when a round's epochs run out short of the goals (each "
-        "continues from the best epoch with half the learning rate and a derived seed)",
+        "continues from the best epoch with half the learning rate and a derived seed); the "
+        "necessity round may run as many again",
     )
     acceptance: Acceptance = Field(
         Acceptance(), description="injection rule 4: the correlation filter a defect must pass"
@@ -180,7 +181,7 @@ class DefectOutcome:
     patched_asr: float  # ASR with every neuron outside the set held at clean activations
     asr_before: float  # the clean model's rate of target predictions on triggered victims
     epochs: int
-    attempts: int  # training rounds (1 when the first met the goals; see InjectionConfig)
+    attempts: int  # training rounds, the necessity round's included (see InjectionConfig)
     seconds: float
     poisoned_test: PoisonedView
 
