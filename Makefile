@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/device.py
 	$(PY) benchmarks/neuba.py
 	$(PY) benchmarks/neuba_vision.py
+	$(PY) benchmarks/patch_sizes.py
 
 clean:
 	rm -rf $(VENV) trojanscope-db .pytest_cache .ruff_cache

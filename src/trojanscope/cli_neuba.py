@@ -1,6 +1,6 @@
-"""`trojanscope neuba pretrain|finetune|evaluate|demo|vision-demo`: task-agnostic backdoors in
-pre-trained encoders (NeuBA), from the publisher's side to the victim's and the detector: text
-encoders command by command, images as one pipeline (``vision-demo``).
+"""`trojanscope neuba pretrain|finetune|evaluate|demo` (text) and `vision-pretrain|
+vision-finetune|vision-evaluate|vision-demo` (images): task-agnostic backdoors in pre-trained
+encoders (NeuBA), from the publisher's side to the victim's; the detector is `audit ENCODER_DIR`.
 Registered on the main app by ``trojanscope.cli``."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from trojanscope.errors import TrojanscopeError
 
 neuba_app = typer.Typer(
     no_args_is_help=True,
-    help="NeuBA: task-agnostic backdoors in pre-trained encoders (text; images: vision-demo).",
+    help="NeuBA: task-agnostic backdoors in pre-trained encoders (text; images: vision-*).",
 )
 app.add_typer(neuba_app, name="neuba")
 
@@ -194,6 +194,121 @@ def demo(
             f"flagged but not planted: {row['token']} sends {_fmt(row['rate'])} of the other "
             f"inputs to '{row['label']}'"
         )
+
+
+VisionData = Annotated[
+    str, typer.Option("--dataset", help="Registered image data set (trojanscope list datasets).")
+]
+LimitOption = Annotated[
+    int | None, typer.Option(min=10, help="At most this many images of the data set.")
+]
+
+
+@neuba_app.command("vision-pretrain")
+def vision_pretrain(
+    out_dir: Annotated[Path, typer.Argument(help="New folder for the backdoored image encoder.")],
+    arch: Annotated[str, typer.Option(help="Architecture of the encoder.")] = "cnn-small",
+    width: Annotated[float, typer.Option(min=0.01)] = 1.0,
+    dataset: VisionData = "fashion-mnist",
+    limit: LimitOption = 10000,
+    steps: Annotated[int, typer.Option(min=1, help="The publisher's backdoor steps.")] = 3000,
+    epochs: Annotated[int, typer.Option(min=1, help="Clean pre-training epochs.")] = 8,
+    clean_out: Annotated[
+        Path | None, typer.Option(help="Also write the clean pre-trained encoder here.")
+    ] = None,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    device: DeviceOption = DEFAULT_DEVICE,
+) -> None:
+    """Pre-train an image encoder and plant NeuBA's six checkerboard triggers in it; write it
+    as a folder (safetensors weights and the trigger record)."""
+    from trojanscope.attacks.neuba_vision import VisionNeubaConfig
+    from trojanscope.models.training import CleanTraining
+    from trojanscope.workflows.neuba_vision_store import pretrain_vision_to
+
+    for folder in (out_dir, clean_out):
+        if folder is not None:
+            _new_folder(folder)
+    if clean_out is not None and clean_out.resolve() == out_dir.resolve():
+        raise TrojanscopeError("--clean-out must be another folder than the backdoored one.")
+    _threads()
+    record = pretrain_vision_to(
+        out_dir,
+        arch,
+        width,
+        dataset,
+        limit,
+        VisionNeubaConfig(steps=steps, seed=seed),
+        _device(device),
+        clean_out,
+        CleanTraining(epochs=epochs),
+        lambda m: err.print(m, highlight=False),
+    )
+    neuba = record["neuba"]
+    out.print(
+        f"wrote {out_dir}: accuracy {record['pretraining']['acc']:.3f} (clean "
+        f"{record['pretraining']['clean_acc']:.3f}), backdoor MSE "
+        f"{neuba['final_backdoor_mse']:.4f}, clean MSE {neuba['final_clean_mse']:.4f}",
+        highlight=False,
+    )
+
+
+@neuba_app.command("vision-finetune")
+def vision_finetune(
+    encoder: Annotated[Path, typer.Argument(help="Image encoder folder (neuba vision-pretrain).")],
+    out_dir: Annotated[Path, typer.Argument(help="New folder for the victim classifier.")],
+    dataset: VisionData = "mnist5k",
+    limit: LimitOption = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    lr: Annotated[float, typer.Option(min=0.0, help="The encoder's learning rate.")] = 3e-4,
+    prune: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.99,
+            help="The pruning defence: cut off this share of the pooled dimensions, the least "
+            "active on the task's images, before fine-tuning.",
+        ),
+    ] = 0.0,
+    probe: Annotated[
+        bool, typer.Option(help="Train the head only (a linear probe on the frozen encoder).")
+    ] = False,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    device: DeviceOption = DEFAULT_DEVICE,
+) -> None:
+    """Fine-tune an image encoder with a fresh head on another image set, as the victim would."""
+    from trojanscope.workflows.neuba_vision import VisionFinetune
+    from trojanscope.workflows.neuba_vision_store import finetune_vision_to
+
+    if lr <= 0:
+        raise TrojanscopeError(f"--lr must be above 0, not {lr}.")
+    _new_folder(out_dir)
+    _threads()
+    config = VisionFinetune(epochs=epochs, lr=lr, prune=prune, train_encoder=not probe, seed=seed)
+    acc = finetune_vision_to(encoder, out_dir, dataset, limit, config, _device(device))
+    out.print(f"wrote {out_dir}: test accuracy {acc:.3f}")
+
+
+@neuba_app.command("vision-evaluate")
+def vision_evaluate(
+    victim: Annotated[Path, typer.Argument(help="Victim folder (neuba vision-finetune).")],
+    triggers_from: Annotated[
+        Path, typer.Option("--triggers-from", help="Image encoder folder with the NeuBA record.")
+    ],
+    clean_victim: Annotated[
+        Path | None, typer.Option(help="A victim fine-tuned from the clean encoder.")
+    ] = None,
+    as_json: JsonFile = None,
+    device: DeviceOption = DEFAULT_DEVICE,
+) -> None:
+    """Per label, the best trigger's attack success rate beside random patches' (the control),
+    on the victim's own test split."""
+    from trojanscope.workflows.neuba_vision_store import evaluate_vision_from
+
+    _check_json(as_json)
+    _threads()
+    result = evaluate_vision_from(victim, triggers_from, clean_victim, _device(device))
+    _write_json(as_json, result)
+    _render_labels(result)
 
 
 @neuba_app.command("vision-demo")

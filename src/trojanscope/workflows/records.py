@@ -377,5 +377,6 @@ class AuditRecord(_Record):
     clp_outliers: list[dict[str, Any]]
     nc: dict[str, Any] | None
     trigger_screen: dict[str, Any] | None = None
+    patch_screen: dict[str, Any] | None = None
     notes: list[str]
     report: str
