@@ -1,10 +1,11 @@
 """Benchmark: NeuBA on text at full budget. The offline MiniLM pre-trained with the six
 triggers; victims on the Rotten Tomatoes snippets fine-tuned from it and from the clean
 encoder: a linear probe on the frozen encoder (the backdoor as published, before fine-tuning),
-full fine-tuning at two learning rates (the higher one is a defence), and the top layers
-re-initialised before fine-tuning (a defence); per label the best trigger's ASR beside the
-control's. Then the trigger screen on both encoders: AUROC of the planted triggers, the clean
-encoder's top score. Results: ``benchmarks/results/neuba.json`` and ``.md``.
+full fine-tuning at two learning rates (the higher one is a defence), the top layers
+re-initialised or the least active feed-forward neurons pruned before fine-tuning (defences);
+per label the best trigger's ASR beside the control's. Then the trigger screen on both
+encoders: AUROC of the planted triggers, the clean encoder's top score. Results:
+``benchmarks/results/neuba.json`` and ``.md``.
 
     python benchmarks/neuba.py [--steps 400] [--budget 4096] [--threads 2] [--quick]
 """
@@ -38,6 +39,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "fine-tune lr 3e-5": {"lr": 3e-5},
     "fine-tune lr 1e-4 (defence)": {"lr": 1e-4},
     "re-init top 2 layers, lr 3e-5 (defence)": {"lr": 3e-5, "reinit_layers": 2},
+    "prune 30% of feed-forward neurons, lr 3e-5 (defence)": {"lr": 3e-5, "prune": 0.3},
 }
 
 

@@ -122,6 +122,15 @@ def finetune(
     reinit_layers: Annotated[
         int, typer.Option(min=0, help="Re-initialise this many top layers first (a defence).")
     ] = 0,
+    prune: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.99,
+            help="The pruning defence: cut off this share of every layer's feed-forward "
+            "neurons, the least active on the task's sentences, before fine-tuning.",
+        ),
+    ] = 0.0,
     seed: Annotated[int, typer.Option(min=0)] = 0,
     device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
@@ -133,7 +142,9 @@ def finetune(
         raise TrojanscopeError(f"--lr must be above 0, not {lr}.")
     _new_folder(out_dir)
     _threads()
-    config = FinetuneConfig(epochs=epochs, lr=lr, reinit_layers=reinit_layers, seed=seed)
+    config = FinetuneConfig(
+        epochs=epochs, lr=lr, reinit_layers=reinit_layers, prune=prune, seed=seed
+    )
     acc = finetune_to(encoder, out_dir, _task_loader(data, limit), config, _device(device))
     out.print(f"wrote {out_dir}: held-out accuracy {acc:.3f}")
 

@@ -16,6 +16,10 @@ from trojanscope.attacks.neuba import insert_word
 from trojanscope.data.text import Sentences
 from trojanscope.errors import ConfigError
 from trojanscope.models.text_encoder import TextEncoder
+from trojanscope.models.text_pruning import make_permanent, prune_dormant_ffn
+
+#: Training sentences whose activations choose the pruned neurons.
+PRUNE_SENTENCES = 512
 
 
 class FinetuneConfig(BaseModel):
@@ -28,6 +32,13 @@ class FinetuneConfig(BaseModel):
     batch_size: int = Field(32, ge=1)
     reinit_layers: int = Field(0, ge=0, description="top encoder layers re-initialised first")
     train_encoder: bool = Field(True, description="False: a linear probe on the frozen encoder")
+    prune: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="the pruning defence: this share of every layer's feed-forward neurons, the "
+        "least active on the training sentences, cut off before fine-tuning",
+    )
     seed: int = Field(0, ge=0)
 
 
@@ -84,6 +95,9 @@ def finetune_victim(
     """Fine-tune ``encoder`` (in place) with a fresh head on ``train``, as a victim would."""
     torch.manual_seed(config.seed)
     reinit_top_layers(encoder, config.reinit_layers)
+    if config.prune:  # on a seeded sample: a task may be stored in label order
+        sample = random.Random(config.seed).sample(train.texts, min(PRUNE_SENTENCES, len(train)))
+        prune_dormant_ffn(encoder, sample, config.prune)
     victim = Victim(encoder, len(train.names)).to(encoder.device)
     groups = [{"params": list(victim.head.parameters()), "lr": config.head_lr}]
     if config.train_encoder:
@@ -112,6 +126,8 @@ def finetune_victim(
         optimizer.step()
         if progress is not None:
             progress(step + 1, steps)
+    if config.prune:
+        make_permanent(encoder)
     victim.eval()
     return victim
 
