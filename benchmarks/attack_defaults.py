@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from _results import write_results
 
-from trojanscope.attacks.base import ATTACKS
+from trojanscope.attacks.base import ATTACKS, injectable_attacks
 from trojanscope.data.base import DATASETS
 from trojanscope.errors import TrojanscopeError
 from trojanscope.injection.pipeline import InjectionConfig, inject_defect
@@ -60,7 +60,9 @@ def main() -> None:
     )
     levels = args.levels.split(",")
     rows = []
-    for name, level, seed in itertools.product(args.attack or ATTACKS.names(), levels, args.seeds):
+    for name, level, seed in itertools.product(
+        args.attack or injectable_attacks(), levels, args.seeds
+    ):
         config = InjectionConfig(quantity=Quantity(level=level))
         try:
             outcome = inject_defect(clean, splits, ATTACKS.create(name, seed=seed), config, seed)

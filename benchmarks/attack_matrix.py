@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from _results import write_results
 
-from trojanscope.attacks.base import ATTACKS
+from trojanscope.attacks.base import injectable_attacks
 from trojanscope.data.base import DATASETS
 from trojanscope.database.catalog import Catalog
 from trojanscope.errors import TrojanscopeError
@@ -64,7 +64,7 @@ def main() -> None:
         started = time.perf_counter()
         clean, model, splits = ensure_clean_model(catalog, spec)
         print(f"{arch}: clean acc {clean.clean_acc:.3f} ({time.perf_counter() - started:.0f} s)")
-        for attack, level in itertools.product(args.attack or ATTACKS.names(), levels):
+        for attack, level in itertools.product(args.attack or injectable_attacks(), levels):
             started = time.perf_counter()
             config = InjectionConfig(quantity=Quantity(level=level), **json.loads(args.config))
             try:

@@ -12,7 +12,10 @@ import typer
 from rich.table import Table
 
 from trojanscope.cli import (
+    DEFAULT_DB,
     DEFAULT_DEVICE,
+    DbOption,
+    DbUrlOption,
     DeviceOption,
     _device,
     _fmt,
@@ -320,6 +323,58 @@ def vision_evaluate(
     result = evaluate_vision_from(victim, triggers_from, clean_victim, _device(device))
     _write_json(as_json, result)
     _render_labels(result)
+
+
+@neuba_app.command("vision-catalog")
+def vision_catalog(
+    arch: Annotated[str, typer.Option(help="Architecture of the encoder.")] = "cnn-small",
+    width: Annotated[float, typer.Option(min=0.01)] = 1.0,
+    dataset: VisionData = "fashion-mnist",
+    limit: LimitOption = 10000,
+    steps: Annotated[int, typer.Option(min=1, help="The publisher's backdoor steps.")] = 3000,
+    per_layer: Annotated[
+        int, typer.Option(min=1, help="Ground truth: most-moved neurons per lower layer.")
+    ] = 4,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    db: DbOption = DEFAULT_DB,
+    db_url: DbUrlOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the defect as JSON.")] = False,
+    device: DeviceOption = DEFAULT_DEVICE,
+) -> None:
+    """Record a NeuBA-backdoored image encoder (with its pre-training head) as a catalog
+    defect with its neuron ground truth, so localize, bench localize and repair run on it."""
+    from trojanscope.attacks.neuba_vision import VisionNeubaConfig
+    from trojanscope.cli import _print_json, open_catalog
+    from trojanscope.workflows.defects import CleanSpec, defect_summary
+    from trojanscope.workflows.neuba_catalog import NeubaCatalogConfig, catalog_neuba_vision
+
+    _threads()
+    run_on = _device(device)
+    catalog = open_catalog(db, db_url, create=True)
+    spec = CleanSpec(
+        dataset=dataset,
+        arch=arch,
+        seed=seed,
+        dataset_params={"limit": limit} if limit else None,
+        arch_params={"width": width},
+    )
+    config = NeubaCatalogConfig(
+        neuba=VisionNeubaConfig(steps=steps, seed=seed), per_layer=per_layer
+    )
+    row, created = catalog_neuba_vision(catalog, spec, config, seed, run_on)
+    summary = defect_summary(row)
+    if as_json:
+        _print_json({**summary, "created": created})
+        return
+    out.print(
+        f"defect {row.id} ({'new' if created else 'stored'}): {row.status}"
+        + (f" ({row.reason})" if row.reason else "")
+        + f"; trigger {row.attack_params.get('trigger')} -> label {row.target}, ASR "
+        f"{row.asr:.3f}, masked {row.masked_asr:.3f}, patched {_fmt(row.patched_asr)}, clean "
+        f"accuracy {row.clean_acc:.3f} ({row.clean_acc_before:.3f} before); "
+        f"{len(row.infected)} infected neurons",
+        highlight=False,
+    )
 
 
 @neuba_app.command("vision-demo")

@@ -43,6 +43,9 @@ class Attack(Plugin[AP_co]):
     #: How the injection trains the infected neurons; None = the injection config decides.
     #: (SRA overrides it: its backdoor is a subnet cut off from the host.)
     injection_edges: Literal["fan-in+fan-out", "fan-in", "subnet"] | None = None
+    #: False for an attack planted otherwise than by the injector's poisoning (NeuBA's
+    #: pre-training): it stamps its trigger, but no grid injects it.
+    injectable: bool = True
 
     def __init__(self, seed: int = 0, **params: object) -> None:
         super().__init__(**params)
@@ -129,3 +132,8 @@ class MaskPatternAttack(Attack[AP_co]):
 
 
 ATTACKS: Registry[Attack] = Registry("attack", ["trojanscope.attacks.methods"])
+
+
+def injectable_attacks() -> list[str]:
+    """The attacks the injector plants by poisoning (what an attack grid runs)."""
+    return [name for name in ATTACKS.names() if ATTACKS.get(name).injectable]
