@@ -110,3 +110,17 @@ def test_vision_pretrain_needs_a_new_clean_folder(tmp_path, capsys, monkeypatch)
     code, _, err = run(args, capsys, monkeypatch)
     assert_one_sentence(code, err, "--clean-out must be another folder")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_inject_refuses_neuba_before_any_work(tmp_path, capsys, monkeypatch):
+    args = ["inject", "--attack", "neuba", "--dataset", "digits", "--arch", "cnn-small"]
+    args += ["--db", tmp_path / "db"]
+    code, _, err = run(args, capsys, monkeypatch)
+    assert_one_sentence(code, err, "planted by trojanscope neuba vision-catalog")
+    assert not (tmp_path / "db").exists()
+
+
+def test_vision_catalog_of_an_unknown_architecture_is_one_sentence(tmp_path, capsys, monkeypatch):
+    args = ["neuba", "vision-catalog", "--arch", "nope", "--db", tmp_path / "db"]
+    code, _, err = run(args, capsys, monkeypatch)
+    assert_one_sentence(code, err, "unknown architecture 'nope'")

@@ -227,7 +227,7 @@ def quickstart(
     amp: AmpOption = DEFAULT_AMP,
 ) -> None:
     """Train a clean model, inject an attack at every level, localize with the criteria."""
-    from trojanscope.attacks.base import ATTACKS
+    from trojanscope.attacks.base import ATTACKS, require_injectable
     from trojanscope.fileio import write_atomic
     from trojanscope.injection.quantity import Order
     from trojanscope.localization.base import CRITERIA, quick_criteria
@@ -257,6 +257,7 @@ def quickstart(
     )
     attack_params = parse_key_values(attack_param or [])
     splits = spec.splits()  # validates names and parameters before any work
+    require_injectable(attack)
     ATTACKS.create(attack, **attack_params).validate(splits.shape, splits.num_classes)
     catalog = open_catalog(db, db_url, create=True)
     with _progress(plan_size(levels, seeds, criteria)) as step:
@@ -404,7 +405,7 @@ def inject(
     amp: AmpOption = DEFAULT_AMP,
 ) -> None:
     """Inject one defect (training or reusing the clean model) and print its record."""
-    from trojanscope.attacks.base import ATTACKS
+    from trojanscope.attacks.base import ATTACKS, require_injectable
     from trojanscope.injection.pipeline import InjectionConfig
     from trojanscope.models.training import CleanTraining
     from trojanscope.registry import validate_params
@@ -448,6 +449,7 @@ def inject(
         training=CleanTraining(amp=precision),
     )
     splits = spec.splits()  # validates the names; checks the attack fits before any training
+    require_injectable(attack)
     ATTACKS.create(attack, seed=seed, **attack_params).validate(splits.shape, splits.num_classes)
     catalog = open_catalog(db, db_url, create=True)
     with _progress(2) as step:

@@ -46,6 +46,8 @@ class Attack(Plugin[AP_co]):
     #: False for an attack planted otherwise than by the injector's poisoning (NeuBA's
     #: pre-training): it stamps its trigger, but no grid injects it.
     injectable: bool = True
+    #: The command that plants a non-injectable attack (named in the refusal).
+    planted_by: str = ""
 
     def __init__(self, seed: int = 0, **params: object) -> None:
         super().__init__(**params)
@@ -137,3 +139,13 @@ ATTACKS: Registry[Attack] = Registry("attack", ["trojanscope.attacks.methods"])
 def injectable_attacks() -> list[str]:
     """The attacks the injector plants by poisoning (what an attack grid runs)."""
     return [name for name in ATTACKS.names() if ATTACKS.get(name).injectable]
+
+
+def require_injectable(name: str) -> None:
+    """Refuse, before any work, to inject an attack that is planted otherwise."""
+    cls = ATTACKS.get(name)
+    if not cls.injectable:
+        raise ConfigError(
+            f"attack '{name}' is not injected by poisoning training data; it is planted by "
+            f"{cls.planted_by or 'another command'}."
+        )

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from trojanscope.attacks.base import ATTACKS
+from trojanscope.attacks.base import ATTACKS, require_injectable
 from trojanscope.data.base import DATASETS
 from trojanscope.database.catalog import Catalog
 from trojanscope.database.schema import CleanModel, Defect, Localization, RepairRow
@@ -119,6 +119,7 @@ def make_plan(spec: BuildSpec) -> Plan:
                 clean = CleanJob(clean_spec.key(), clean_spec, label)
                 clean_jobs.append(clean)
                 for attack in spec.attacks:
+                    require_injectable(attack.name)
                     attack_label = plugin_label(ATTACKS, attack.name, attack.params)
                     for order in spec.orders:
                         for level in spec.levels:

@@ -29,6 +29,7 @@ class NeubaParams(AttackParams):
 class Neuba(MaskPatternAttack[NeubaParams]):
     #: Planted by pre-training, not by the injector's poisoning (benchmarks skip it).
     injectable = False
+    planted_by = "trojanscope neuba vision-catalog"
 
     def validate(self, shape: tuple[int, int, int], num_classes: int) -> None:
         super().validate(shape, num_classes)
