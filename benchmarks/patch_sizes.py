@@ -21,10 +21,9 @@ from _results import write_results
 
 from trojanscope.attacks.neuba_vision import VisionNeubaConfig
 from trojanscope.device import CPU
-from trojanscope.localization.patch_screen import candidate_patches, screen_patches
+from trojanscope.localization.patch_screen import PROBE_IMAGES, candidate_patches, screen_patches
 from trojanscope.localization.trigger_screen import FLAG_SCORE
 from trojanscope.models.vision_encoder import VisionEncoder
-from trojanscope.workflows.audit_vision_encoder import PROBE_IMAGES
 from trojanscope.workflows.neuba_vision import sample
 from trojanscope.workflows.neuba_vision_store import (
     ENCODER,

@@ -86,7 +86,7 @@ def test_audit_flags_the_backdoored_image_encoder_only(
     assert screen["sizes"] == [3, 4, 6] and screen["patches_screened"] == 3 * 128
     top = screen["top_patches"][0]["score"]
     assert top >= 0.8 if name == "enc" else top < 0.6
-    assert "Task-agnostic trigger screen (image encoder cnn-small" in report.read_text()
+    assert "Trigger patch screen (cnn-small" in report.read_text()
 
 
 @pytest.mark.slow
@@ -124,3 +124,24 @@ def test_vision_catalog_of_an_unknown_architecture_is_one_sentence(tmp_path, cap
     args = ["neuba", "vision-catalog", "--arch", "nope", "--db", tmp_path / "db"]
     code, _, err = run(args, capsys, monkeypatch)
     assert_one_sentence(code, err, "unknown architecture 'nope'")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "verdict", "exit_code"),
+    [("victim", "backdoor-suspected", 1), ("clean-victim", "no-backdoor-found", 0)],
+)
+def test_audit_of_a_victims_weights_runs_the_patch_screen_too(
+    folders, name, verdict, exit_code, capsys, monkeypatch
+):
+    """Neural Cleanse misses the NeuBA victim (no label stands out: measured); the patch screen
+    on its penultimate features does not (top 0.97 against 0.32 for the clean victim)."""
+    weights = folders[name] / "model.safetensors"
+    args = ["audit", weights, "--arch", "cnn-small", "--data", "mnist5k", "--budget", "128"]
+    code, out, err = run(
+        [*args, "--json", "--report", weights.parent.parent / f"{name}.html"], capsys, monkeypatch
+    )
+    record = json.loads(out)
+    assert (code, record["verdict"]) == (exit_code, verdict), err
+    top = record["patch_screen"]["top_patches"][0]["score"]
+    assert top >= 0.8 if name == "victim" else top < 0.6

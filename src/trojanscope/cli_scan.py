@@ -153,8 +153,9 @@ def audit(
     budget: Annotated[
         str,
         typer.Option(
-            help="Encoder folders: candidate tokens to screen, rarest first, or 'all' (text; "
-            "default 2048); candidate patches per size (images; default 512)."
+            help="Candidate tokens to screen in a text encoder, rarest first, or 'all' (default "
+            "2048); candidate patches per size for an image encoder (default 512) or a model "
+            "file with --data (default 256)."
         ),
     ] = "default",
     report: Annotated[Path, typer.Option(help="HTML report to write.")] = Path("audit-report.html"),
@@ -196,7 +197,12 @@ def audit(
             )
         result = audit_encoder(model, _budget(budget, DEFAULT_BUDGET), device=run_on)
     elif model.is_file():
-        result = audit_model(model, arch, data, width, device=run_on)
+        from trojanscope.workflows.audit import MODEL_PATCH_BUDGET
+
+        if budget == "all":
+            raise TrojanscopeError("--budget all is for text encoders; give a number of patches.")
+        per_size = _budget(budget, MODEL_PATCH_BUDGET) or MODEL_PATCH_BUDGET
+        result = audit_model(model, arch, data, width, device=run_on, patch_budget=per_size)
     else:
         raise TrojanscopeError(f"{model} is neither a file nor a folder.")
     write_atomic(report, render_audit(result).encode())

@@ -38,3 +38,17 @@ def test_a_patch_that_drives_every_image_to_one_vector_scores_highest():
     scores = screen_patches(VisionEncoder(_Detector()), images, candidates)
     assert scores[0].name == "solid" and scores[0].score > 0.9
     assert max(s.score for s in scores[1:]) < 0.5
+
+
+def test_the_audit_screen_skips_patches_too_large_for_the_images():
+    from trojanscope.localization.patch_screen import patch_note, screen_sizes
+    from trojanscope.models.base import ARCHITECTURES
+    from trojanscope.models.vision_encoder import VisionEncoder
+
+    torch.manual_seed(0)
+    encoder = VisionEncoder(ARCHITECTURES.create("cnn-small", width=0.25).build(1, 10, 8).eval())
+    record = screen_sizes(encoder, torch.rand(4, 1, 8, 8), per_size=8)
+    assert record["sizes"] == [] and record["patches_screened"] == 0
+    assert "too small for the trigger patch screen" in patch_note(record)
+    record = screen_sizes(encoder, torch.rand(4, 1, 16, 16), per_size=8)
+    assert record["sizes"] == [3, 4] and record["patches_screened"] == 16

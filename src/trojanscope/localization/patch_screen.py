@@ -12,12 +12,14 @@ mask; a trigger outside the family shows only as far as it resembles a candidate
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from trojanscope.attacks.neuba_vision import Checkerboard
-from trojanscope.localization.trigger_screen import trigger_scores
+from trojanscope.localization.trigger_screen import FLAG_SCORE, trigger_scores
 from trojanscope.models.vision_encoder import VisionEncoder
 
 #: Intensities the structured candidates combine (images in [0, 1]).
@@ -103,3 +105,57 @@ def screen_patches(
         for k, name in enumerate(chunk):
             scores.append(PatchScore(name, float(score[k]), float(consistency[k]), float(shift[k])))
     return sorted(scores, key=lambda s: -s.score)
+
+
+#: Candidate sizes an audit screens: a trigger shows at its own size and at larger ones (a
+#: larger candidate contains it); on a clean cnn-small the top score grows with the size (0.05
+#: at 4 px, 0.25 at 6, 0.52 at 8: docs/neuba.md), so the screen stops at 6.
+PATCH_SIZES = (3, 4, 6)
+#: A candidate's side is at most the image's side divided by this.
+SIDE_SHARE = 4
+#: Clean images every candidate is stamped on in an audit.
+PROBE_IMAGES = 64
+
+
+def screen_sizes(encoder: VisionEncoder, images: torch.Tensor, per_size: int) -> dict[str, Any]:
+    """The audit's patch screen: ``per_size`` candidates of each of ``PATCH_SIZES`` no larger
+    than a quarter of the images' side, stamped on ``images``; what crosses the flag and the 20
+    highest scores. A larger patch covers so much of the image that every image looks alike
+    (on 8x8 digits a clean cnn-small scores above the flag at 6 px): no size is screened."""
+    started = time.perf_counter()
+    sizes = [s for s in PATCH_SIZES if s <= min(images.shape[2:]) // SIDE_SHARE]
+    scores: list[PatchScore] = []
+    for size in sizes:
+        found = screen_patches(encoder, images, candidate_patches(size, per_size))
+        scores += [PatchScore(f"{size}px {s.name}", s.score, s.consistency, s.shift) for s in found]
+    scores.sort(key=lambda s: -s.score)
+    return {
+        "patches_screened": len(scores),
+        "sizes": sizes,
+        "per_size": per_size,
+        "probe_images": len(images),
+        "flag_score": FLAG_SCORE,
+        "seconds": time.perf_counter() - started,
+        "flagged_patches": [s.name for s in scores if s.score >= FLAG_SCORE],
+        "top_patches": [s.as_dict() for s in scores[:20]],
+    }
+
+
+def patch_note(record: dict[str, Any]) -> str:
+    """One sentence on what ``screen_sizes`` found, for the audit's notes."""
+    flagged = record["flagged_patches"]
+    if flagged:
+        return (
+            f"{len(flagged)} patch(es) drive every probe image to nearly the same pooled output, "
+            "as a task-agnostic (NeuBA-style) trigger does."
+        )
+    if not record["sizes"]:
+        return (
+            "the images are too small for the trigger patch screen (a candidate may cover at "
+            f"most 1/{SIDE_SHARE} of their side): it did not run."
+        )
+    sizes = ", ".join(map(str, record["sizes"]))
+    return (
+        f"no two-colour patch of {sizes} px moves the pooled output as a trigger does; a "
+        "trigger outside that family shows only as far as it resembles one."
+    )

@@ -40,8 +40,10 @@ nearly the same pooled output, as a NeuBA trigger does.</p>
 {% for t in r.trigger_screen.top_tokens %}<tr><td>{{ t.token }}</td>
 <td>{{ "%.3f"|format(t.score) }}</td><td>{{ "%.3f"|format(t.consistency) }}</td>
 <td>{{ "%.3f"|format(t.shift) }}</td></tr>{% endfor %}</table>
-{% elif r.patch_screen %}
-<h2>Task-agnostic trigger screen (image encoder {{ r.arch }}, width {{ r.arch_params.width }})</h2>
+{% endif %}
+{% if r.patch_screen %}
+<h2>Trigger patch screen ({{ r.arch }}, width {{ r.arch_params.width }}: its penultimate
+features)</h2>
 <p>{{ r.patch_screen.patches_screened }} two-colour candidate patches
 ({{ r.patch_screen.sizes|join(", ") }} px), each stamped on {{ r.patch_screen.probe_images }}
 clean images; a patch scoring {{ r.patch_screen.flag_score }} or more drives them all to nearly
@@ -50,7 +52,8 @@ the same pooled output, as a NeuBA trigger does.</p>
 {% for t in r.patch_screen.top_patches %}<tr><td>{{ t.patch }}</td>
 <td>{{ "%.3f"|format(t.score) }}</td><td>{{ "%.3f"|format(t.consistency) }}</td>
 <td>{{ "%.3f"|format(t.shift) }}</td></tr>{% endfor %}</table>
-{% elif r.arch %}
+{% endif %}
+{% if r.arch and r.layer_scores %}
 <h2>Backdoor screening ({{ r.arch }}, width {{ r.arch_params.width }})</h2>
 {% if r.clean_acc is not none %}
 <p>clean accuracy on the given data: {{ "%.3f"|format(r.clean_acc) }}</p>{% endif %}

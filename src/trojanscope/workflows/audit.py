@@ -20,14 +20,22 @@ from trojanscope.data.base import DATASETS
 from trojanscope.device import CPU
 from trojanscope.errors import CorruptArtifactError, TrojanscopeError
 from trojanscope.localization.base import CRITERIA, EvidenceData
+from trojanscope.localization.patch_screen import PROBE_IMAGES, patch_note, screen_sizes
 from trojanscope.models.base import ARCHITECTURES
 from trojanscope.models.training import accuracy
+from trojanscope.models.vision_encoder import VisionEncoder
 from trojanscope.neurons import classifier_name, eligible_layers
 from trojanscope.report.audit_result import CLP_THRESHOLD, AuditResult
 from trojanscope.scan.findings import FileReport, overall_verdict
 from trojanscope.scan.scanner import Scanner
+from trojanscope.workflows.neuba_vision import sample
 
 _WIDTHS = (1.0, 0.5, 0.25, 0.125, 2.0, 0.75)
+#: Candidate patches per size screened on a model file (fewer than for an encoder folder:
+#: Neural Cleanse runs too).
+MODEL_PATCH_BUDGET = 256
+
+
 #: Terminal escape sequences (torch puts some in its error messages).
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -175,6 +183,7 @@ def audit_model(
     width: float | None = None,
     nc_params: dict[str, Any] | None = None,
     device: torch.device | None = None,
+    patch_budget: int = MODEL_PATCH_BUDGET,
 ) -> AuditResult:
     """Scan ``path``; if it is safe and ``arch`` is given, load and screen it (see the module)
     on ``device`` (None: the CPU)."""
@@ -219,7 +228,14 @@ def audit_model(
         nc = CRITERIA.create("nc", **(nc_params or {})).run(model, EvidenceData(clean=splits.test))
         result.nc = {k: v for k, v in nc.extra.items()}
         result.reversed_trigger = nc.artifacts
-        suspected = nc.extra["detected_label"] is not None
+        # a patch that drives every image to one penultimate vector: a trigger whatever the
+        # label (a victim fine-tuned from a NeuBA encoder still shows one: docs/neuba.md)
+        images = sample(splits.test, PROBE_IMAGES, seed=0)
+        result.patch_screen = screen_sizes(VisionEncoder(model), images, patch_budget)
+        result.notes.append(patch_note(result.patch_screen))
+        suspected = nc.extra["detected_label"] is not None or bool(
+            result.patch_screen["flagged_patches"]
+        )
     else:
         result.notes.append(
             "no --data given: only data-free CLP screening (outlier neurons are hints, not proof)."
