@@ -36,6 +36,7 @@ from trojanscope.database.schema import (
 )
 from trojanscope.database.store import Blob
 from trojanscope.errors import CatalogError, ConfigError, CorruptArtifactError
+from trojanscope.injection.groundtruth import InfectedNeuron
 from trojanscope.injection.pipeline import InjectionConfig, inject_defect
 from trojanscope.localization.base import CRITERIA, EvidenceData
 from trojanscope.localization.metrics import layer_hit_rate, score
@@ -265,7 +266,15 @@ def build_defect(
         poisoned_test_sha256=artifacts[2].sha256,
         seconds=outcome.seconds,
     )
-    row.infected = [
+    row.infected = infected_rows(outcome.infected)
+    if not _insert(catalog, row, artifacts):
+        return get_defect(catalog, raced_entry(catalog, Defect, key).id), False
+    return get_defect(catalog, row.id), True
+
+
+def infected_rows(truth: Sequence[InfectedNeuron]) -> list[InfectedNeuronRow]:
+    """The catalog rows of a defect's ground truth."""
+    return [
         InfectedNeuronRow(
             layer=n.ref.layer,
             index=n.ref.index,
@@ -274,11 +283,8 @@ def build_defect(
             activation_shift=n.activation_shift,
             carrying=n.carrying,
         )
-        for n in outcome.infected
+        for n in truth
     ]
-    if not _insert(catalog, row, artifacts):
-        return get_defect(catalog, raced_entry(catalog, Defect, key).id), False
-    return get_defect(catalog, row.id), True
 
 
 def get_defect_by_key(catalog: Catalog, key: str) -> Defect | None:

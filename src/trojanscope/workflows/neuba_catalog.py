@@ -30,7 +30,7 @@ from torch import nn
 from trojanscope.attacks.base import ATTACKS
 from trojanscope.attacks.neuba_vision import VisionNeubaConfig, pretrain_neuba_vision
 from trojanscope.database.catalog import Catalog, content_key
-from trojanscope.database.schema import Defect, InfectedNeuronRow
+from trojanscope.database.schema import Defect
 from trojanscope.errors import ConfigError
 from trojanscope.injection.acceptance import Acceptance
 from trojanscope.injection.groundtruth import ground_truth
@@ -48,6 +48,7 @@ from trojanscope.workflows.defects import (
     ensure_clean_model,
     get_defect,
     get_defect_by_key,
+    infected_rows,
     raced_entry,
 )
 
@@ -205,17 +206,7 @@ def catalog_neuba_vision(
         poisoned_test_sha256=artifacts[2].sha256,
         seconds=time.perf_counter() - started,
     )
-    row.infected = [
-        InfectedNeuronRow(
-            layer=n.ref.layer,
-            index=n.ref.index,
-            rank=n.rank,
-            contribution=n.contribution,
-            activation_shift=n.activation_shift,
-            carrying=n.carrying,
-        )
-        for n in truth
-    ]
+    row.infected = infected_rows(truth)
     if not catalog.record(row, artifacts):
         return get_defect(catalog, raced_entry(catalog, Defect, key).id), False
     return get_defect(catalog, row.id), True

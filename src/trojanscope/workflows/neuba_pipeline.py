@@ -55,14 +55,19 @@ def load_scanned(path: Path | None, device: torch.device) -> TextEncoder:
     """Load an encoder folder only after the scanner read all of it and found nothing that
     runs code (the weights are read with safetensors alone in any case)."""
     if path is not None and path.is_dir():
-        verdict = overall_verdict(Scanner().scan_directory(path))
-        if verdict == "dangerous":
-            raise TrojanscopeError(f"{path} holds a file that runs code when loaded: not loaded.")
-        if verdict in ("inconclusive", "error"):
-            raise TrojanscopeError(
-                f"the scanner could not read all of {path}: not loaded (see trojanscope scan)."
-            )
+        refuse_unsafe_folder(path)
     return load_text_encoder(path, device)
+
+
+def refuse_unsafe_folder(path: Path) -> None:
+    """Refuse a folder the scanner finds dangerous or cannot read completely (fail closed)."""
+    verdict = overall_verdict(Scanner().scan_directory(path))
+    if verdict == "dangerous":
+        raise TrojanscopeError(f"{path} holds a file that runs code when loaded: not loaded.")
+    if verdict in ("inconclusive", "error"):
+        raise TrojanscopeError(
+            f"the scanner could not read all of {path}: not loaded (see trojanscope scan)."
+        )
 
 
 def check_triggers(tokenizer: Any, triggers: list[str]) -> None:

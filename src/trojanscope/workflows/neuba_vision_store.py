@@ -29,9 +29,8 @@ from trojanscope.models.base import ARCHITECTURES
 from trojanscope.models.text_encoder import RECORD, json_object
 from trojanscope.models.training import CleanTraining, accuracy, train_clean
 from trojanscope.models.vision_encoder import PrunedPooling, VisionEncoder
-from trojanscope.scan.findings import overall_verdict
-from trojanscope.scan.scanner import Scanner
 from trojanscope.workflows.audit import build_for, load_state
+from trojanscope.workflows.neuba_pipeline import refuse_unsafe_folder
 from trojanscope.workflows.neuba_vision import (
     VisionFinetune,
     control_patches,
@@ -68,16 +67,9 @@ def read_record(path: Path, kind: str | None = None) -> dict[str, Any]:
 
 
 def _scan_first(path: Path) -> None:
-    """Refuse a folder the scanner finds dangerous or cannot read completely (fail closed)."""
     if not path.is_dir():
         raise TrojanscopeError(f"{path} is not a folder.")
-    verdict = overall_verdict(Scanner().scan_directory(path))
-    if verdict == "dangerous":
-        raise TrojanscopeError(f"{path} holds a file that runs code when loaded: not loaded.")
-    if verdict in ("inconclusive", "error"):
-        raise TrojanscopeError(
-            f"the scanner could not read all of {path}: not loaded (see trojanscope scan)."
-        )
+    refuse_unsafe_folder(path)
 
 
 def _geometry(record: dict[str, Any], path: Path) -> tuple[str, float, tuple[int, int, int]]:
