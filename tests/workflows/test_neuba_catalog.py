@@ -77,3 +77,13 @@ def test_it_is_reused_by_key_and_criteria_run_on_it(recorded):
     assert (again.id, created) == (row.id, False)
     located, _ = localize(catalog, row.id, "oracle")
     assert located.auroc is not None and located.auroc > 0.5
+
+
+def test_only_the_standard_triggers_are_catalogued(tmp_path):
+    custom = VisionNeubaConfig(triggers=[{"cell": 3, "low": 0.0, "high": 1.0}])
+    with pytest.raises(ConfigError, match="six standard checkerboard triggers"):
+        catalog_neuba_vision(
+            Catalog.open(tmp_path, create=True),
+            CleanSpec(dataset="digits", arch="cnn-small"),
+            NeubaCatalogConfig(neuba=custom),
+        )

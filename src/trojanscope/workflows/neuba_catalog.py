@@ -8,7 +8,9 @@ label the most triggered test images reach (stamped at a fixed corner: the encod
 its triggers anywhere). Ground truth, as the issue defines it:
 
 - the pooled-output neurons the trigger drives high (its target is the dimension's clean
-  maximum), in the layer whose neurons are the classifier's inputs;
+  maximum), named in the last eligible layer (cnn-small and the VGGs: the classifier's
+  inputs; residual networks: the last block's second convolution, to which the shortcut
+  adds before pooling);
 - in every other eligible layer, the ``per_layer`` neurons whose incoming weights moved most
   (relative to their norm) during the backdoor's pre-training;
 
@@ -28,7 +30,11 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from trojanscope.attacks.base import ATTACKS
-from trojanscope.attacks.neuba_vision import VisionNeubaConfig, pretrain_neuba_vision
+from trojanscope.attacks.neuba_vision import (
+    VISION_TRIGGERS,
+    VisionNeubaConfig,
+    pretrain_neuba_vision,
+)
 from trojanscope.database.catalog import Catalog, content_key
 from trojanscope.database.schema import Defect
 from trojanscope.errors import ConfigError
@@ -117,6 +123,8 @@ def catalog_neuba_vision(
     device: torch.device | None = None,
 ) -> tuple[Defect, bool]:
     """Record (or find) the NeuBA defect of ``spec``'s clean model; whether it is new."""
+    if config.neuba.triggers != list(VISION_TRIGGERS):
+        raise ConfigError("a catalogued NeuBA defect uses the six standard checkerboard triggers.")
     clean_row, clean, splits = ensure_clean_model(catalog, spec, device)
     key = content_key("defect", clean_row.key, "neuba", config.model_dump(mode="json"), seed)
     existing = get_defect_by_key(catalog, key)
