@@ -82,6 +82,7 @@ def main() -> None:
                 "clean_acc": defect.clean_acc,
                 "asr": defect.asr,
                 "masked_asr": defect.masked_asr,
+                "masked_asr_before": defect.masked_asr_before,
                 "patched_asr": defect.patched_asr,
                 "status": defect.status,
                 "reason": defect.reason,
@@ -92,7 +93,8 @@ def main() -> None:
             rows.append(row)
             print(
                 f"  {attack} {level}: {defect.status} ASR {defect.asr:.3f} masked "
-                f"{defect.masked_asr:.3f} patched {defect.patched_asr or 0:.3f} "
+                f"{defect.masked_asr:.3f} (clean model {defect.masked_asr_before or 0:.3f}) "
+                f"patched {defect.patched_asr or 0:.3f} "
                 f"acc {defect.clean_acc:.3f} ({time.perf_counter() - started:.0f} s)",
                 flush=True,
             )
