@@ -185,6 +185,21 @@ def _reduce(out: torch.Tensor, rectify: bool = False) -> torch.Tensor:
     return out.flatten(2).mean(2) if out.dim() > 2 else out
 
 
+def zero_neurons(model: nn.Module, neurons: Iterable[NeuronRef]) -> None:
+    """Zero the neurons' own parameters in place (incoming weights and bias, normalization scale
+    and shift), so that their output is exactly zero for good: the permanent form of masking."""
+    modules = dict(model.named_modules())
+    layers = layer_map(model)
+    with torch.no_grad():
+        for layer_name, indices in NeuronSet(neurons).by_layer().items():
+            layer = layers[layer_name]
+            for path in filter(None, (layer.name, layer.norm)):
+                for attr in ("weight", "bias"):
+                    param = getattr(modules[path], attr, None)
+                    if param is not None:
+                        param[indices] = 0.0
+
+
 @contextmanager
 def mask_neurons(model: nn.Module, neurons: Iterable[NeuronRef]) -> Iterator[None]:
     """Zero the given neurons' activations for the duration of the block (forward hooks only)."""
