@@ -491,6 +491,7 @@ KINDS = {
     "attacks": ("trojanscope.attacks.base", "ATTACKS"),
     "criteria": ("trojanscope.localization.base", "CRITERIA"),
     "repairs": ("trojanscope.repair.base", "REPAIRS"),
+    "stages": ("trojanscope.lifecycle.base", "STAGES"),
 }
 ALIASES = {
     "dataset": "datasets",
@@ -500,13 +501,14 @@ ALIASES = {
     "attack": "attacks",
     "criterion": "criteria",
     "repair": "repairs",
+    "stage": "stages",
 }
 
 
 @app.command("list")
 def list_kind(
     kind: Annotated[
-        str, typer.Argument(help="datasets, architectures, attacks, criteria or repairs.")
+        str, typer.Argument(help="datasets, architectures, attacks, criteria, repairs or stages.")
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
 ) -> None:
@@ -651,7 +653,7 @@ def db_show(
 
 # The build, study and audit commands (db build/verify/query/stats/export/import, localize,
 # repair, bench, scan, manifest, audit, neuba) live in their own modules.
-from trojanscope import cli_build, cli_neuba, cli_scan, cli_study  # noqa: E402, F401
+from trojanscope import cli_build, cli_lifecycle, cli_neuba, cli_scan, cli_study  # noqa: E402, F401
 
 #: What an interrupted command prints (the README promises it).
 INTERRUPTED = "interrupted: finished entries are kept, nothing half-written."

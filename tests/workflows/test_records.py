@@ -46,3 +46,16 @@ def test_the_repair_json_is_documented_key_for_key():
 
 def test_the_study_report_json_is_documented_key_for_key():
     assert documented('`--json` prints `{"html"', "}`") == keys_of(StudyReport)
+
+
+def test_the_lifecycle_json_is_documented_key_for_key():
+    from trojanscope.workflows.records import LifecycleRecord, StageLocalization, StageRecord
+
+    assert documented("`lifecycle --json` prints\n`{", '"localization": [{') == [
+        *keys_of(LifecycleRecord),
+        *keys_of(StageRecord)[:-1],
+    ]
+    assert documented('"localization": [{"criterion"', "}]}]}") == [
+        "localization",
+        *keys_of(StageLocalization),
+    ]

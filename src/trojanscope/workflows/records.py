@@ -380,3 +380,35 @@ class AuditRecord(_Record):
     patch_screen: dict[str, Any] | None = None
     notes: list[str]
     report: str
+
+
+class StageLocalization(_Record):
+    """One criterion's figures after a lifecycle stage (against the remaining infected set)."""
+
+    criterion: str
+    wji: float
+    auroc: float | None
+    f1: float
+    seconds: float
+
+
+class StageRecord(_Record):
+    """One link of a lifecycle chain: what the stage did and what was measured after it."""
+
+    stage: str
+    params: dict[str, Any]
+    clean_acc: float
+    asr: float
+    target: int | None  # the label the backdoor sends inputs to (None: all-to-all)
+    seconds: float
+    max_abs_deviation: float | None  # ONNX: runtime versus PyTorch logits (None elsewhere)
+    remaining_infected: int
+    details: dict[str, Any]
+    localization: list[StageLocalization]
+
+
+class LifecycleRecord(_Record):
+    """What `lifecycle --json` prints: the defect as stored, then each stage."""
+
+    defect_id: int
+    stages: list[StageRecord]

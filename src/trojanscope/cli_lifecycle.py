@@ -1,0 +1,114 @@
+"""`trojanscope lifecycle`: a stored defect through transfer, compression and deployment
+stages. Registered on the main app by ``trojanscope.cli``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.table import Table
+
+from trojanscope.cli import (
+    DEFAULT_DB,
+    DEFAULT_DEVICE,
+    DbOption,
+    DbUrlOption,
+    DeviceOption,
+    _device,
+    _fmt,
+    _print_json,
+    _threads,
+    app,
+    err,
+    open_catalog,
+    out,
+    shown,
+)
+
+
+@app.command("lifecycle")
+def lifecycle_cmd(
+    defect_id: Annotated[int, typer.Argument(help="Defect id (see `trojanscope db list`).")],
+    stages: Annotated[
+        str,
+        typer.Option(
+            help="Stages in order (see `trojanscope list stages`), each NAME or "
+            "NAME(KEY=VALUE,...), e.g. 'finetune-transfer,prune-magnitude(sparsity=0.7),"
+            "quantize-int8(mode=dynamic),onnx-export'."
+        ),
+    ],
+    criteria: Annotated[
+        str, typer.Option(help="Criteria localizing after each stage (comma-separated).")
+    ] = "oracle,tarantula,clp",
+    db: DbOption = DEFAULT_DB,
+    db_url: DbUrlOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    device: DeviceOption = DEFAULT_DEVICE,
+) -> None:
+    """Apply stages to a stored defect, each to the previous one's output, and measure clean
+    accuracy, ASR and the criteria's localization after each (the stored defect is unchanged)."""
+    from trojanscope.workflows.lifecycle import Link, parse_stages, run_lifecycle
+    from trojanscope.workflows.records import LifecycleRecord
+
+    _threads()
+    chain = parse_stages(stages)
+    names = [c.strip() for c in criteria.split(",") if c.strip()]
+    run_on = _device(device)
+    catalog = open_catalog(db, db_url)
+
+    def progress(link: Link) -> None:
+        if not as_json:
+            err.print(
+                f"{shown(link.stage)}: clean accuracy {link.clean_acc:.3f}, ASR {link.asr:.3f} "
+                f"({link.seconds:.1f} s)"
+            )
+
+    links = run_lifecycle(catalog, defect_id, chain, names, run_on, progress)
+    record = LifecycleRecord(
+        defect_id=defect_id,
+        stages=[
+            {
+                "stage": link.stage,
+                "params": link.params,
+                "clean_acc": link.clean_acc,
+                "asr": link.asr,
+                "target": link.target,
+                "seconds": link.seconds,
+                "max_abs_deviation": link.max_abs_deviation,
+                "remaining_infected": link.remaining_infected,
+                "details": link.details,
+                "localization": link.localization,
+            }
+            for link in links
+        ],
+    )
+    if as_json:
+        _print_json(record.model_dump())
+        return
+    table = Table(title=f"defect {defect_id} through the lifecycle", box=box.SIMPLE_HEAD)
+    for column in ("stage", "clean acc", "ASR", "target", "infected left", "s"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for name in names:
+        table.add_column(f"{name} AUROC / WJI", justify="right")
+    for stage in record.stages:
+        scores = {loc.criterion: loc for loc in stage.localization}
+        table.add_row(
+            shown(stage.stage),
+            _fmt(stage.clean_acc),
+            _fmt(stage.asr),
+            _fmt(stage.target),
+            str(stage.remaining_infected),
+            _fmt(stage.seconds, 1),
+            *(
+                f"{_fmt(scores[n].auroc)} / {_fmt(scores[n].wji)}" if n in scores else "-"
+                for n in names
+            ),
+        )
+    out.print(table)
+    for stage in record.stages:
+        if stage.max_abs_deviation is not None:
+            out.print(
+                f"{shown(stage.stage)}: largest deviation of the runtime's logits from "
+                f"PyTorch's {stage.max_abs_deviation:.2e}"
+            )

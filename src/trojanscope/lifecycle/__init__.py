@@ -1,0 +1,1 @@
+"""Lifecycle stages: transfer, compression and deployment applied to a defect (``base``)."""

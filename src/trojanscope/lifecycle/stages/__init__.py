@@ -1,0 +1,1 @@
+"""The stage plug-ins, one module each (registered in ``lifecycle.base.STAGES``)."""

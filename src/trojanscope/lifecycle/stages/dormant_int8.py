@@ -1,0 +1,115 @@
+"""The attacker's side of compression: a backdoor dormant in full precision that int8
+quantization wakes up (after Ma et al., "Quantization Backdoors to Deep Learning Commercial
+Frameworks", and Tian et al., "Stealthy Backdoors as Compression Artifacts").
+
+Start from a backdoored network. Post-training int8 quantization maps each Conv2d and Linear
+weight to an integer code, per output channel: code = round(w / s), s = max|w| / 127.5 (torch's
+symmetric per-channel observer, which fusing a normalization into the layer only rescales).
+This stage retrains the float weights to *unlearn* the trigger (triggered inputs keep their true
+labels) by projected gradient descent that keeps every weight inside its own rounding interval
+and the largest weight of each channel fixed. The published float model then ignores the
+trigger, while quantization rounds it back to the backdoored codes: the same integers, the same
+infected neurons. Normalization layers, biases and statistics are left as they were.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+from torch import nn
+
+from trojanscope.data.base import TensorData
+from trojanscope.lifecycle.base import STAGES, ChainState, Stage, StageResult
+
+
+class DormantParams(BaseModel):
+    model_config = {"extra": "forbid"}
+    samples: int = Field(2000, ge=10, description="Training images (a share of them triggered).")
+    triggered_share: float = Field(0.5, gt=0, lt=1)
+    epochs: int = Field(20, ge=1, le=1000)
+    lr: float = Field(0.0005, gt=0, le=1)
+    #: Distance kept from a rounding boundary, in quantization steps: the float rounding of a
+    #: fused normalization must not move a weight into the next code.
+    margin: float = Field(0.05, ge=0, lt=0.5)
+    batch_size: int = Field(64, ge=1)
+    seed: int = 0
+
+
+class RoundingBox:
+    """For one weight tensor: the interval each entry may move in without changing its int8
+    code, and the per-channel largest entries that fix the scale (they never move)."""
+
+    def __init__(self, weight: torch.Tensor, margin: float) -> None:
+        w = weight.detach()
+        flat = w.flatten(1)
+        amax = flat.abs().amax(1).clamp_min(1e-12)
+        scale = (amax / 127.5).view((-1,) + (1,) * (w.dim() - 1))
+        codes = torch.clamp(torch.round(w / scale), -128, 127)
+        self.low = (codes - 0.5 + margin) * scale
+        self.high = (codes + 0.5 - margin) * scale
+        fixed = flat.abs() == amax[:, None]
+        self.fixed = fixed.view_as(w)
+        self.values = w.clone()
+        self.codes = codes
+
+    def project(self, weight: torch.Tensor) -> None:
+        with torch.no_grad():
+            weight.copy_(torch.maximum(torch.minimum(weight, self.high), self.low))
+            weight[self.fixed] = self.values[self.fixed]
+
+
+def rounding_boxes(model: nn.Module, margin: float) -> dict[str, RoundingBox]:
+    return {
+        name: RoundingBox(module.weight, margin)
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear))
+    }
+
+
+@STAGES.register("dormant-int8")
+class DormantInt8(Stage[DormantParams]):
+    def apply(self, state: ChainState) -> StageResult:
+        p = self.params
+        model = copy.deepcopy(state.model).eval()  # eval: normalization statistics stay
+        boxes = rounding_boxes(model, p.margin)
+        weights = {name: model.get_submodule(name).weight for name in boxes}
+        chosen = {id(w) for w in weights.values()}
+        for param in model.parameters():
+            param.requires_grad_(id(param) in chosen)
+        data = self._unlearning_set(state)
+        optimizer = torch.optim.Adam(list(weights.values()), lr=p.lr)
+        g = torch.Generator().manual_seed(p.seed)
+        for _ in range(p.epochs):
+            order = torch.randperm(len(data), generator=g)
+            for start in range(0, len(data), p.batch_size):
+                rows = order[start : start + p.batch_size]
+                x, y = data.x[rows].to(state.device), data.y[rows].to(state.device)
+                loss = F.cross_entropy(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                for name, weight in weights.items():
+                    boxes[name].project(weight)
+        for param in model.parameters():
+            param.requires_grad_(True)
+        moved = sum(int((w.detach() != boxes[n].values).sum()) for n, w in weights.items())
+        total = sum(w.numel() for w in weights.values())
+        return StageResult(
+            state.next(model=model, float_model=model),
+            {"weights_moved": moved / total, "margin": p.margin},
+        )
+
+    def _unlearning_set(self, state: ChainState) -> TensorData:
+        """Clean training images, a share of them triggered with their true labels kept."""
+        p = self.params
+        train = state.task.splits.train
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(p.seed))
+        data = train.subset(order[: p.samples])
+        n = round(p.triggered_share * len(data))
+        stamped = state.task.attack.apply(data.x[:n])
+        return TensorData(
+            torch.cat([stamped, data.x]), torch.cat([data.y[:n], data.y]), data.num_classes
+        )

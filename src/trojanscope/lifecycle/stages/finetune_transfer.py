@@ -1,0 +1,116 @@
+"""Transfer learning, as a secondary developer does it: a fresh head for another data set, then
+fine-tuning (the whole network, the last eligible layer with the head, or the head alone).
+
+The task changes with the head: the attacker's target label means nothing in the new label
+space. The backdoor survives if triggered inputs still go to one label; the stage finds the
+label they go to most often (among inputs of other labels) and measures the chain's ASR
+against it from then on, next to the rate clean inputs reach it (``control_rate``).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, Field
+from torch import nn
+
+from trojanscope.data.base import DATASETS, Splits, TensorData
+from trojanscope.errors import ConfigError
+from trojanscope.lifecycle.base import STAGES, ChainState, Stage, StageResult, Task
+from trojanscope.models.training import predict, train_epochs
+from trojanscope.neurons import classifier_name, eligible_layers
+
+
+class TransferParams(BaseModel):
+    model_config = {"extra": "forbid"}
+    #: The new task; None: fashion-mnist, or mnist5k when the defect is on fashion-mnist.
+    dataset: str | None = None
+    dataset_params: dict[str, Any] = Field(default_factory=dict)
+    trainable: Literal["all", "last", "head"] = "all"
+    samples: int = Field(2000, ge=10, description="Training images of the new task used.")
+    epochs: int = Field(5, ge=1, le=1000)
+    lr: float = Field(0.001, gt=0, le=1)
+    batch_size: int = Field(64, ge=1)
+    seed: int = 0
+
+
+def retarget(model: nn.Module, task: Task, splits: Splits, dataset: str) -> tuple[Task, float]:
+    """The task on new data: triggered test inputs, and the label they reach most often among
+    inputs of other labels (the backdoor's label now). Also returns the rate clean inputs of
+    other labels reach that label (the control)."""
+    test = splits.test
+    stamped = task.attack.apply(test.x)
+    predicted = predict(model, stamped).argmax(1)
+    clean_predicted = predict(model, test.x).argmax(1)
+    best, best_rate = 0, -1.0
+    for label in range(test.num_classes):
+        others = test.y != label
+        if others.any():
+            rate = float((predicted[others] == label).float().mean())
+            if rate > best_rate:
+                best, best_rate = label, rate
+    victims = torch.nonzero(test.y != best).flatten()
+    control = float((clean_predicted[victims] == best).float().mean()) if len(victims) else 0.0
+    triggered = TensorData(
+        stamped[victims], torch.full_like(test.y[victims], best), test.num_classes
+    )
+    new_task = Task(dataset, splits, task.attack, test.subset(victims), triggered, best)
+    return new_task, control
+
+
+def _replace_head(model: nn.Module, num_classes: int, seed: int) -> nn.Linear:
+    path = classifier_name(model)
+    old = model.get_submodule(path)
+    assert isinstance(old, nn.Linear)
+    torch.manual_seed(seed)
+    head = nn.Linear(old.in_features, num_classes).to(old.weight.device)
+    parent_path, _, attr = path.rpartition(".")
+    setattr(model.get_submodule(parent_path) if parent_path else model, attr, head)
+    return head
+
+
+@STAGES.register("finetune-transfer")
+class FineTuneTransfer(Stage[TransferParams]):
+    def apply(self, state: ChainState) -> StageResult:
+        p = self.params
+        source = state.task.dataset
+        dataset = p.dataset or ("mnist5k" if source == "fashion-mnist" else "fashion-mnist")
+        splits = DATASETS.create(dataset, **p.dataset_params).load(p.seed)
+        if splits.shape != state.task.splits.shape:
+            shape = "x".join(map(str, state.task.splits.shape))
+            raise ConfigError(
+                f"stage 'finetune-transfer' needs a data set of the model's image shape {shape}; "
+                f"'{dataset}' has {'x'.join(map(str, splits.shape))}."
+            )
+        model = copy.deepcopy(state.model)
+        last = eligible_layers(model)[-1].name
+        head = _replace_head(model, splits.num_classes, p.seed)
+        trainable: list[nn.Parameter] = list(model.parameters())
+        if p.trainable != "all":
+            modules = [head] + ([model.get_submodule(last)] if p.trainable == "last" else [])
+            trainable = [param for m in modules for param in m.parameters()]
+        chosen = {id(param) for param in trainable}
+        for param in model.parameters():
+            param.requires_grad_(id(param) in chosen)
+        train = splits.train
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(p.seed))
+        optimizer = torch.optim.Adam(trainable, lr=p.lr)
+        train_epochs(
+            model,
+            train.subset(order[: p.samples]),
+            optimizer,
+            p.epochs,
+            p.batch_size,
+            p.seed,
+            bn_train=p.trainable == "all",
+        )
+        for param in model.parameters():
+            param.requires_grad_(True)
+        model.eval()
+        task, control = retarget(model, state.task, splits, dataset)
+        return StageResult(
+            state.next(model=model, float_model=model, task=task),
+            {"dataset": dataset, "target": task.target, "control_rate": control},
+        )

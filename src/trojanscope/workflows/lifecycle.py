@@ -1,0 +1,203 @@
+"""Follow a stored defect through lifecycle stages: after each stage, clean accuracy, ASR, and
+how well the localization criteria still find the infected neurons that remain."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+
+from trojanscope.database.catalog import Catalog
+from trojanscope.errors import ConfigError
+from trojanscope.lifecycle.base import STAGES, ChainState, Form, Stage, Task
+from trojanscope.localization.base import CRITERIA, EvidenceData
+from trojanscope.localization.metrics import score
+from trojanscope.models.training import accuracy
+from trojanscope.workflows.defects import DefectContext, load_defect
+
+#: What `lifecycle` localizes with by default: the activation-shift reference, a spectrum
+#: criterion and a weights-only one (each reads the model differently).
+DEFAULT_CRITERIA = ("oracle", "tarantula", "clp")
+
+_STAGE = re.compile(r"\s*([A-Za-z0-9_-]+)\s*(?:\(([^()]*)\))?\s*")
+_OPEN, _CLOSE = "[{", "]}"
+
+
+def _split_top(text: str) -> list[str]:
+    """``text`` split at the commas outside brackets, braces and double quotes (a parameter's
+    JSON value may hold commas)."""
+    parts, depth, quoted, start = [], 0, False, 0
+    for i, ch in enumerate(text):
+        if ch == '"':
+            quoted = not quoted
+        elif not quoted and ch in _OPEN:
+            depth += 1
+        elif not quoted and ch in _CLOSE:
+            depth -= 1
+        elif ch == "," and depth == 0 and not quoted:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [part.strip() for part in parts if part.strip()]
+
+
+def parse_stages(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """``'prune-magnitude(sparsity=0.7,structure=channel),quantize-int8'`` -> names with
+    parameters (values read as JSON where they parse, else as strings); names checked."""
+    stages: list[tuple[str, dict[str, Any]]] = []
+    position = 0
+    while position < len(text):
+        match = _STAGE.match(text, position)
+        if match is None or match.end() == position:
+            raise ConfigError(
+                f"cannot read the stage list at '{text[position:]}': give NAME or "
+                "NAME(KEY=VALUE,...) separated by commas."
+            )
+        name, inner = match.group(1), match.group(2)
+        STAGES.get(name)  # an unknown name fails here, with the valid ones
+        params: dict[str, Any] = {}
+        for item in _split_top(inner or ""):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"stage parameter '{item}' of '{name}' is not KEY=VALUE.")
+            try:
+                params[key.strip().replace("-", "_")] = json.loads(value)
+            except json.JSONDecodeError:
+                params[key.strip().replace("-", "_")] = value.strip()
+        stages.append((name, params))
+        position = match.end()
+        if position < len(text):
+            if text[position] != ",":
+                raise ConfigError(f"expected ',' between stages at '{text[position:]}'.")
+            position += 1
+    if not stages:
+        raise ConfigError("give at least one stage.")
+    return stages
+
+
+@dataclass
+class Link:
+    """What one stage did and what was measured after it."""
+
+    stage: str
+    params: dict[str, Any]
+    clean_acc: float
+    asr: float
+    target: int | None
+    seconds: float
+    details: dict[str, Any]
+    localization: list[dict[str, Any]]
+    remaining_infected: int
+
+    @property
+    def max_abs_deviation(self) -> float | None:
+        value = self.details.get("max_abs_deviation")
+        return None if value is None else float(value)
+
+
+def initial_state(ctx: DefectContext, device: torch.device) -> ChainState:
+    """The defect as stored: its model, task, and ground truth."""
+    view = ctx.poisoned_test
+    row = ctx.defect
+    task = Task(
+        dataset=row.clean_model.dataset,
+        splits=ctx.splits,
+        attack=ctx.attack,
+        clean_victims=ctx.splits.test.subset(view.indices),
+        triggered=view.poisoned(),
+        target=row.target if row.target_mode != "all-to-all" else None,
+    )
+    return ChainState(ctx.model.eval(), "float", task, dict(ctx.truth), ctx.model, device)
+
+
+def localize_state(state: ChainState, criteria: Sequence[str]) -> list[dict[str, Any]]:
+    """Each criterion's scores on the state's float network, against the remaining truth
+    (nothing when the state has no float network or no infected neuron left)."""
+    if state.float_model is None or not state.truth:
+        return []
+    task = state.task
+    evidence = EvidenceData(task.splits.test, task.clean_victims, task.triggered, task.attack)
+    results = []
+    for name in criteria:
+        result = CRITERIA.create(name).run(state.float_model, evidence)
+        metrics = score(result.neurons, result.scores.numpy(), state.truth)
+        results.append(
+            {
+                "criterion": name,
+                "wji": metrics.wji,
+                "auroc": None if metrics.auroc != metrics.auroc else metrics.auroc,
+                "f1": metrics.f1,
+                "seconds": result.seconds,
+            }
+        )
+    return results
+
+
+def measure(
+    stage: str,
+    params: dict[str, Any],
+    state: ChainState,
+    seconds: float,
+    details: dict[str, Any],
+    criteria: Sequence[str],
+) -> Link:
+    task = state.task
+    return Link(
+        stage=stage,
+        params=params,
+        clean_acc=accuracy(state.model, task.splits.test),
+        asr=accuracy(state.model, task.triggered),
+        target=task.target,
+        seconds=seconds,
+        details=details,
+        localization=localize_state(state, criteria),
+        remaining_infected=len(state.truth),
+    )
+
+
+def _create(name: str, params: dict[str, Any]) -> Stage[BaseModel]:
+    return STAGES.create(name, **params)
+
+
+def run_lifecycle(
+    catalog: Catalog,
+    defect_id: int,
+    stages: Sequence[tuple[str, dict[str, Any]]],
+    criteria: Sequence[str] = DEFAULT_CRITERIA,
+    device: torch.device | None = None,
+    on_link: Callable[[Link], None] | None = None,
+) -> list[Link]:
+    """The defect as stored, then each stage applied to the previous one's output, measured.
+
+    Every stage and criterion is validated before any work, and a stage that cannot follow the
+    previous one says so before the chain starts."""
+    plugins = [_create(name, params) for name, params in stages]
+    for name in criteria:
+        CRITERIA.get(name)
+    form: Form = "float"
+    previous = "original"
+    for plugin in plugins:  # forms are declared: refuse an impossible chain before any work
+        plugin.check_follows(form, previous)
+        form, previous = plugin.produces, plugin.name
+    run_on = device or torch.device("cpu")
+    ctx = load_defect(catalog, defect_id, run_on)
+    state = initial_state(ctx, run_on)
+    links = [measure("original", {}, state, 0.0, {}, criteria)]
+    if on_link is not None:
+        on_link(links[-1])
+    for plugin in plugins:
+        started = time.perf_counter()
+        result = plugin.apply(state)
+        seconds = time.perf_counter() - started
+        state = result.state
+        params = plugin.params.model_dump(mode="json")
+        links.append(measure(plugin.name, params, state, seconds, result.details, criteria))
+        if on_link is not None:
+            on_link(links[-1])
+    return links
