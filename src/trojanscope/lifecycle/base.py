@@ -19,6 +19,7 @@ from typing_extensions import TypeVar
 
 from trojanscope.attacks.base import Attack
 from trojanscope.data.base import Splits, TensorData
+from trojanscope.device import CPU
 from trojanscope.errors import TrojanscopeError
 from trojanscope.neurons import NeuronRef
 from trojanscope.registry import NoParams, Plugin, Registry
@@ -59,7 +60,7 @@ class ChainState:
     truth: dict[NeuronRef, float]
     #: The float PyTorch network the localization criteria read (None: there is none).
     float_model: nn.Module | None
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    device: torch.device = CPU
 
     def next(self, **changes: Any) -> ChainState:
         return replace(self, **changes)

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from trojanscope.data.base import DATASETS
+from trojanscope.device import CPU
 from trojanscope.errors import TrojanscopeError
 from trojanscope.localization.patch_screen import PROBE_IMAGES, patch_note, screen_sizes
 from trojanscope.models.vision_encoder import VisionEncoder
@@ -52,7 +53,7 @@ def audit_vision_encoder(
     scan_verdict = result.scan_verdict
     if result.verdict:
         return result
-    model, record = load_image_model(path, ENCODER, device or torch.device("cpu"), scan=False)
+    model, record = load_image_model(path, ENCODER, device or CPU, scan=False)
     encoder = VisionEncoder(model)
     images = _probe_images(data, record, path)
     result.patch_screen = screen_sizes(encoder, images, budget or DEFAULT_PATCH_BUDGET)

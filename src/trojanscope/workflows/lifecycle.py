@@ -14,6 +14,7 @@ import torch
 from pydantic import BaseModel
 
 from trojanscope.database.catalog import Catalog
+from trojanscope.device import CPU
 from trojanscope.errors import ConfigError
 from trojanscope.lifecycle.base import STAGES, ChainState, Form, Stage, Task
 from trojanscope.localization.base import CRITERIA, EvidenceData
@@ -185,7 +186,7 @@ def run_lifecycle(
     for plugin in plugins:  # forms are declared: refuse an impossible chain before any work
         plugin.check_follows(form, previous)
         form, previous = plugin.produces, plugin.name
-    run_on = device or torch.device("cpu")
+    run_on = device or CPU
     ctx = load_defect(catalog, defect_id, run_on)
     state = initial_state(ctx, run_on)
     links = [measure("original", {}, state, 0.0, {}, criteria)]

@@ -61,12 +61,17 @@ class RoundingBox:
             weight[self.fixed] = self.values[self.fixed]
 
 
-def rounding_boxes(model: nn.Module, margin: float) -> dict[str, RoundingBox]:
+def layer_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weight of every Conv2d and Linear layer (what int8 quantization rounds)."""
     return {
-        name: RoundingBox(module.weight, margin)
+        name: module.weight
         for name, module in model.named_modules()
         if isinstance(module, (nn.Conv2d, nn.Linear))
     }
+
+
+def rounding_boxes(model: nn.Module, margin: float) -> dict[str, RoundingBox]:
+    return {name: RoundingBox(w, margin) for name, w in layer_weights(model).items()}
 
 
 @STAGES.register("dormant-int8")
@@ -75,7 +80,7 @@ class DormantInt8(Stage[DormantParams]):
         p = self.params
         model = copy.deepcopy(state.model).eval()  # eval: normalization statistics stay
         boxes = rounding_boxes(model, p.margin)
-        weights = {name: model.get_submodule(name).weight for name in boxes}
+        weights = layer_weights(model)
         chosen = {id(w) for w in weights.values()}
         for param in model.parameters():
             param.requires_grad_(id(param) in chosen)
@@ -95,8 +100,10 @@ class DormantInt8(Stage[DormantParams]):
                     boxes[name].project(weight)
         for param in model.parameters():
             param.requires_grad_(True)
-        moved = sum(int((w.detach() != boxes[n].values).sum()) for n, w in weights.items())
-        total = sum(w.numel() for w in weights.values())
+        moved = sum(
+            int(torch.count_nonzero(w.detach() != boxes[n].values)) for n, w in weights.items()
+        )
+        total = sum(int(w.numel()) for w in weights.values())
         return StageResult(
             state.next(model=model, float_model=model),
             {"weights_moved": moved / total, "margin": p.margin},

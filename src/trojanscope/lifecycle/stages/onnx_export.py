@@ -18,12 +18,11 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
+from trojanscope.device import CPU
 from trojanscope.errors import TrojanscopeError
 from trojanscope.lifecycle.base import STAGES, ChainState, Stage, StageResult
 from trojanscope.lifecycle.runtime import OnnxRuntimeModule
 from trojanscope.models.training import predict
-
-CPU = torch.device("cpu")
 
 
 class OnnxParams(BaseModel):

@@ -19,11 +19,10 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
+from trojanscope.device import CPU
 from trojanscope.errors import TrojanscopeError
 from trojanscope.lifecycle.base import STAGES, ChainState, Stage, StageResult
 from trojanscope.models.training import batches
-
-CPU = torch.device("cpu")
 
 
 class QuantizeParams(BaseModel):
