@@ -56,3 +56,19 @@ def test_a_missing_defect_gets_one_sentence(db, capsys, monkeypatch):
         ["lifecycle", 999, "--stages", "onnx-export", "--db", path], capsys, monkeypatch
     )
     assert_one_sentence(code, err, "no defect with id 999")
+
+
+def test_bench_lifecycle_table_json_and_plot(db, capsys, monkeypatch, tmp_path):
+    path, defect_id = db
+    plot = tmp_path / "chain.png"
+    args = ["bench", "lifecycle", "--stages", "prune-magnitude(sparsity=0.3)", "--db", path]
+    code, out, _ = run([*args, "--criteria", "clp", "--plot", plot, "--json"], capsys, monkeypatch)
+    assert code == 0
+    result = json.loads(out)
+    assert [(r["position"], r["stage"]) for r in result["rows"]] == [
+        (0, "original"),
+        (1, "prune-magnitude"),
+    ]
+    assert all(r["defect_id"] == defect_id and "wji_clp" in r for r in result["rows"])
+    assert {e["stage"] for e in result["table"]} == {"original", "prune-magnitude"}
+    assert result["plot"] == str(plot) and plot.read_bytes().startswith(b"\x89PNG")

@@ -3,6 +3,7 @@ stages. Registered on the main app by ``trojanscope.cli``."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,6 +19,7 @@ from trojanscope.cli import (
     _device,
     _fmt,
     _print_json,
+    _progress,
     _threads,
     app,
     err,
@@ -25,6 +27,7 @@ from trojanscope.cli import (
     out,
     shown,
 )
+from trojanscope.cli_study import WhereOption, _plots_folder, _selection, _study_table, bench_app
 
 
 @app.command("lifecycle")
@@ -112,3 +115,52 @@ def lifecycle_cmd(
                 f"{shown(stage.stage)}: largest deviation of the runtime's logits from "
                 f"PyTorch's {stage.max_abs_deviation:.2e}"
             )
+
+
+@bench_app.command("lifecycle")
+def bench_lifecycle_cmd(
+    stages: Annotated[str, typer.Option(help="Stages in order, as for `trojanscope lifecycle`.")],
+    criteria: Annotated[
+        str, typer.Option(help="Criteria localizing after each stage (comma-separated).")
+    ] = "oracle,tarantula,clp",
+    where: WhereOption = None,
+    db: DbOption = DEFAULT_DB,
+    db_url: DbUrlOption = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="The PNG plot (default: DB/plots/lifecycle.png).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    device: DeviceOption = DEFAULT_DEVICE,
+) -> None:
+    """The chain on every selected defect: clean accuracy, ASR and each criterion's WJI and
+    AUROC after each stage, by level, as a table and a plot along the chain."""
+    from trojanscope.report.lifecycle_plot import lifecycle_plot
+    from trojanscope.report.plots import _level_key
+    from trojanscope.report.tables import aggregate
+    from trojanscope.workflows.lifecycle import bench_lifecycle, parse_stages
+    from trojanscope.workflows.records import BenchLifecycle
+
+    chain = parse_stages(stages)
+    names = [c.strip() for c in criteria.split(",") if c.strip()]
+    run_on = _device(device)
+    path = plot or db / "plots" / "lifecycle.png"
+    _plots_folder(path.parent)
+    catalog, defects = _selection(db, db_url, where)
+    with _progress(len(defects)) as step:
+        rows = bench_lifecycle(catalog, defects, chain, names, step, run_on)
+    metrics = ["clean_acc", "asr", *(f"{m}_{c}" for c in names for m in ("wji", "auroc"))]
+    table = sorted(
+        aggregate(rows, ["position", "stage", "level"], metrics),
+        key=lambda e: (e["position"], _level_key(e["level"])),
+    )
+    written = lifecycle_plot(rows, names, path)
+    if as_json:
+        _print_json(BenchLifecycle(rows=rows, table=table, plot=str(written)).model_dump())
+        return
+    columns = (
+        ("clean acc", "clean_acc"),
+        ("ASR", "asr"),
+        *((f"{c} WJI", f"wji_{c}") for c in names),
+    )
+    out.print(_study_table("lifecycle (mean±std)", table, ["stage", "level"], columns))
+    out.print(f"plot: {shown(written)}")

@@ -14,6 +14,7 @@ import torch
 from pydantic import BaseModel
 
 from trojanscope.database.catalog import Catalog
+from trojanscope.database.schema import Defect
 from trojanscope.device import CPU
 from trojanscope.errors import ConfigError
 from trojanscope.lifecycle.base import STAGES, ChainState, Form, Stage, Task
@@ -21,6 +22,7 @@ from trojanscope.localization.base import CRITERIA, EvidenceData
 from trojanscope.localization.metrics import score
 from trojanscope.models.training import accuracy
 from trojanscope.workflows.defects import DefectContext, load_defect
+from trojanscope.workflows.study import injection_order
 
 #: What `lifecycle` localizes with by default: the activation-shift reference, a spectrum
 #: criterion and a weights-only one (each reads the model differently).
@@ -202,3 +204,42 @@ def run_lifecycle(
         if on_link is not None:
             on_link(links[-1])
     return links
+
+
+def link_row(defect: Defect, position: int, link: Link) -> dict[str, Any]:
+    """One row of `bench lifecycle`: the defect's labels, the link's figures, and each
+    criterion's WJI and AUROC as ``wji_<criterion>`` / ``auroc_<criterion>``."""
+    row: dict[str, Any] = {
+        "defect_id": defect.id,
+        "level": defect.level,
+        "attack": defect.attack,
+        "order": injection_order(defect),
+        "position": position,
+        "stage": link.stage,
+        "clean_acc": link.clean_acc,
+        "asr": link.asr,
+        "remaining_infected": link.remaining_infected,
+        "max_abs_deviation": link.max_abs_deviation,
+        "seconds": link.seconds,
+    }
+    for loc in link.localization:
+        row[f"wji_{loc['criterion']}"] = loc["wji"]
+        row[f"auroc_{loc['criterion']}"] = loc["auroc"]
+    return row
+
+
+def bench_lifecycle(
+    catalog: Catalog,
+    defects: Sequence[Defect],
+    stages: Sequence[tuple[str, dict[str, Any]]],
+    criteria: Sequence[str] = DEFAULT_CRITERIA,
+    step: Callable[[str], None] = lambda _msg: None,
+    device: torch.device | None = None,
+) -> list[dict[str, Any]]:
+    """The chain on every defect: one row per defect and link."""
+    rows: list[dict[str, Any]] = []
+    for defect in defects:
+        links = run_lifecycle(catalog, defect.id, stages, criteria, device)
+        rows.extend(link_row(defect, i, link) for i, link in enumerate(links))
+        step(f"defect {defect.id}")
+    return rows

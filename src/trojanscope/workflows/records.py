@@ -412,3 +412,10 @@ class LifecycleRecord(_Record):
 
     defect_id: int
     stages: list[StageRecord]
+
+
+class BenchLifecycle(BenchRepair):
+    """What `bench lifecycle` prints: one row per defect and link, the table by position,
+    stage and level, and the plot written."""
+
+    plot: str
