@@ -27,7 +27,7 @@ import annotated_types
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from trojanscope.attacks.base import ATTACKS
+from trojanscope.attacks.base import ATTACKS, injectable_attacks
 from trojanscope.data.base import DATASETS
 from trojanscope.injection.acceptance import Acceptance
 from trojanscope.injection.pipeline import InjectionConfig
@@ -163,11 +163,11 @@ def field_table(model: type[BaseModel], prefix: str = "", skip: tuple[str, ...] 
     return "\n".join(rows) + "\n"
 
 
-def plugin_tables(registry: Registry[Any]) -> str:
-    """Each in-project plug-in of ``registry`` with its parameters (plug-ins other packages
-    add through entry points are theirs to document)."""
+def plugin_tables(registry: Registry[Any], names: list[str] | None = None) -> str:
+    """Each in-project plug-in of ``registry`` (or those of ``names``) with its parameters
+    (plug-ins other packages add through entry points are theirs to document)."""
     out = []
-    for name in registry.names():
+    for name in registry.names() if names is None else names:
         cls = registry.get(name)
         if not cls.__module__.startswith("trojanscope."):
             continue
@@ -193,7 +193,8 @@ def blocks() -> dict[str, str]:
         "acceptance": field_table(Acceptance, "acceptance."),
         "datasets": plugin_tables(DATASETS),
         "architectures": plugin_tables(ARCHITECTURES),
-        "attacks": plugin_tables(ATTACKS),
+        # a spec grid injects by poisoning: NeuBA, planted by pre-training, is not listed
+        "attacks": plugin_tables(ATTACKS, injectable_attacks()),
         "criteria": plugin_tables(CRITERIA),
         "repairs": plugin_tables(REPAIRS),
     }

@@ -187,3 +187,9 @@ def test_amp_trains_clean_models_and_injections_and_keys_change_only_when_on():
     assert not set(bf16.keys) & set(plain.keys)
     assert all(job.spec.training.amp == "bf16" for job in bf16.clean)
     assert all(job.config.amp == "bf16" for job in bf16.defects)
+
+
+def test_an_attack_no_grid_injects_is_refused_with_its_command():
+    assert "attack 'neuba' is not injected by poisoning training data" in error_of(
+        BASE.replace('name = "blended"', 'name = "neuba"', 1)
+    )

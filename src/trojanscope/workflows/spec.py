@@ -17,7 +17,7 @@ from typing import Annotated, Any, ClassVar, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
-from trojanscope.attacks.base import ATTACKS
+from trojanscope.attacks.base import ATTACKS, injectable_attacks, require_injectable
 from trojanscope.data.base import DATASETS
 from trojanscope.device import Amp
 from trojanscope.errors import ConfigError
@@ -60,10 +60,21 @@ class PluginEntry(BaseModel):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        names = cls.registry.names()
+        names = cls.known_names()
         if name not in names:
-            raise ValueError(f"unknown {cls.registry.kind} '{name}' (known: {', '.join(names)})")
+            unknown = f"unknown {cls.registry.kind} '{name}' (known: {', '.join(names)})"
+            raise ValueError(cls.refusal(name) or unknown)
         return name
+
+    @classmethod
+    def known_names(cls) -> list[str]:
+        """The names a spec may give here."""
+        return cls.registry.names()
+
+    @classmethod
+    def refusal(cls, name: str) -> str | None:
+        """Why a registered name is not among ``known_names`` (None: it is not registered)."""
+        return None
 
     def param_errors(self) -> Iterator[tuple[Loc, str]]:
         """The plug-in's own validation of ``params`` (locations relative to the entry)."""
@@ -84,6 +95,20 @@ class ArchitectureEntry(PluginEntry):
 
 class AttackEntry(PluginEntry):
     registry = ATTACKS
+
+    @classmethod
+    def known_names(cls) -> list[str]:
+        return injectable_attacks()  # NeuBA is planted by pre-training, not by a grid
+
+    @classmethod
+    def refusal(cls, name: str) -> str | None:
+        if name not in ATTACKS.names():
+            return None
+        try:
+            require_injectable(name)
+        except ConfigError as exc:
+            return str(exc).rstrip(".")
+        return None
 
     def param_errors(self) -> Iterator[tuple[Loc, str]]:
         if "seed" in self.params:
