@@ -154,6 +154,11 @@ def resnet_state() -> ChainState:
         ("quantize-int8", {"calibration": 64}),
         ("onnx-export", {"compare": 64}),
         ("distill", {"epochs": 1, "samples": 64}),
+        (
+            "finetune-transfer",
+            {"dataset": "synthetic", "dataset_params": {"size": 28, "n": 100}, "epochs": 1},
+        ),
+        ("dormant-int8", {"epochs": 1, "samples": 32}),
     ],
 )
 def test_each_stage_runs_on_resnet18(resnet_state, name, params):
