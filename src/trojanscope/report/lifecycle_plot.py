@@ -3,7 +3,6 @@ level (means over the defects of that level)."""
 
 from __future__ import annotations
 
-import io
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,9 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no screen on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from trojanscope.errors import TrojanscopeError  # noqa: E402
-from trojanscope.fileio import write_atomic  # noqa: E402
-from trojanscope.report.plots import _level_key  # noqa: E402
+from trojanscope.report.plots import _level_key, save_figure  # noqa: E402
 
 
 def lifecycle_plot(rows: Sequence[dict[str, Any]], criteria: Sequence[str], path: Path) -> Path:
@@ -43,12 +40,4 @@ def lifecycle_plot(rows: Sequence[dict[str, Any]], criteria: Sequence[str], path
         ax.set_title(title)
         ax.legend(fontsize="small")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=100)
-        write_atomic(path, buffer.getvalue())
-    except OSError as exc:
-        raise TrojanscopeError(f"cannot write plot {path}: {exc.strerror or exc}.") from None
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -56,14 +56,18 @@ def wji_by_level(rows: Sequence[dict[str, Any]], folder: Path) -> list[Path]:
         ax.set_title(f"{criterion}: WJI with the ground truth")
         ax.legend(fontsize="small")
         fig.tight_layout()
-        path = folder / f"wji-{criterion}.png"
-        buffer = io.BytesIO()
-        try:
-            fig.savefig(buffer, format="png", dpi=100)
-            write_atomic(path, buffer.getvalue())
-        except OSError as exc:
-            raise TrojanscopeError(f"cannot write plot {path}: {exc.strerror or exc}.") from None
-        finally:
-            plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, folder / f"wji-{criterion}.png"))
     return written
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically and close it; one sentence on failure."""
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=100)
+        write_atomic(path, buffer.getvalue())
+    except OSError as exc:
+        raise TrojanscopeError(f"cannot write plot {path}: {exc.strerror or exc}.") from None
+    finally:
+        plt.close(fig)
+    return path
