@@ -168,3 +168,28 @@ def test_each_stage_runs_on_resnet18(resnet_state, name, params):
     assert torch.isfinite(logits).all()
     if name == "onnx-export":
         assert result.details["max_abs_deviation"] < 1e-3
+
+
+class _Untraceable(torch.nn.Module):
+    """Data-dependent control flow: FX graph mode cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 4)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        if x.sum() > 0:
+            x = x * 2
+        return self.fc(x)
+
+
+def test_a_network_the_quantizer_cannot_trace_gets_one_sentence():
+    splits = DATASETS.create("synthetic", size=8, n=40).load(0)
+    model = _Untraceable()
+    task = Task("synthetic", splits, ATTACKS.create("badnets"), splits.test, splits.test, None)
+    state = ChainState(model, "float", task, {}, model)
+    with pytest.raises(
+        TrojanscopeError, match="stage 'quantize-int8' cannot quantize _Untraceable"
+    ):
+        apply("quantize-int8", state)

@@ -64,7 +64,16 @@ class Int8Quantization(Stage[QuantizeParams]):
             # torchao; they are what this torch build runs int8 with.
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
-            quantized = self._quantize(model, state)
+            try:
+                quantized = self._quantize(model, state)
+            except TrojanscopeError:
+                raise
+            except Exception as exc:  # torch.ao raises many types on graphs it cannot handle
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise TrojanscopeError(
+                    f"stage 'quantize-int8' cannot quantize {type(model).__name__} "
+                    f"({p.mode}): {first.rstrip('.')}."
+                ) from None
         float_model = int8_rounded(state.model).to(CPU)
         quantized_modules = sum(
             1 for m in quantized.modules() if type(m).__module__.startswith("torch.ao.nn.quantized")
