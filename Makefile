@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/neuba.py
 	$(PY) benchmarks/neuba_vision.py
 	$(PY) benchmarks/patch_sizes.py
+	$(PY) benchmarks/lifecycle.py
 
 clean:
 	rm -rf $(VENV) trojanscope-db .pytest_cache .ruff_cache

@@ -36,13 +36,13 @@ CHAINS = {
     "transfer (head only)": "finetune-transfer(trainable=head)",
     "prune 30%": "prune-magnitude(sparsity=0.3)",
     "prune 60%": "prune-magnitude(sparsity=0.6)",
-    "prune 30% of channels, recovered": "prune-magnitude(sparsity=0.3,structure=channel,"
+    "channel prune 30% + recovery": "prune-magnitude(sparsity=0.3,structure=channel,"
     "recover_epochs=3)",
     "int8 static": "quantize-int8",
     "int8 dynamic": "quantize-int8(mode=dynamic)",
     "distill": "distill",
     "onnx": "onnx-export",
-    "dormant, then int8": "dormant-int8,quantize-int8",
+    "dormant then int8": "dormant-int8,quantize-int8",
 }
 
 
