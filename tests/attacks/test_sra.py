@@ -60,9 +60,14 @@ def test_sra_subnet_leaves_clean_predictions_unchanged(clean_mnist_model, mnist)
         assert torch.equal(value, clean_state[key])
 
 
-def test_sra_refuses_a_classifier_fed_only_by_a_residual_stream():
+def test_sra_refuses_a_classifier_fed_only_by_a_residual_stream(monkeypatch):
     from trojanscope.data.base import DATASETS
+    from trojanscope.injection import pipeline
 
+    def placement(*_args):  # a forward pass per neuron: the refusal must come first
+        raise AssertionError("the subnet was placed before the refusal")
+
+    monkeypatch.setattr(pipeline, "subnet_placement", placement)
     splits = DATASETS.create("synthetic", n=120, size=8).load(0)
     model = ARCHITECTURES.create("resnet18", width=0.25).build(1, 4, 8).eval()
     config = InjectionConfig(quantity=Quantity(level="narrow"), max_epochs=1)

@@ -28,7 +28,12 @@ from trojanscope.injection.groundtruth import InfectedNeuron, ground_truth
 from trojanscope.injection.injector import CrossEntropy, Objective, Trained, aimed_training
 from trojanscope.injection.ownership import Edges, trainable_masks
 from trojanscope.injection.quantity import Order, Quantity, select_infected
-from trojanscope.injection.subnet import subnet_placement, subnet_quantity, subnet_replacement
+from trojanscope.injection.subnet import (
+    require_subnet_fits,
+    subnet_placement,
+    subnet_quantity,
+    subnet_replacement,
+)
 from trojanscope.models.training import accuracy, amp_only_when_on
 from trojanscope.neurons import NeuronRef, mask_neurons, patched_logits
 
@@ -330,6 +335,7 @@ def inject_defect(
     quantity = config.quantity
     if attack.injection_edges == "subnet":
         quantity = subnet_quantity(clean, quantity)
+        require_subnet_fits(clean, quantity)  # before the placement's thousands of passes
     if attack.injection_edges == "subnet" and config.order == "least":
         # SRA removes its neurons from the host: the least useful are those it misses least.
         infected = subnet_placement(clean, quantity, calib)

@@ -75,6 +75,24 @@ def subnet_quantity(model: nn.Module, quantity: Quantity) -> Quantity:
     return wanted
 
 
+def _unplaceable(model: nn.Module) -> ConfigError:
+    return ConfigError(
+        f"SRA needs infected neurons in a layer that feeds the classifier directly; "
+        f"{type(model).__name__} reaches it only through a residual addition, where a "
+        "subnet cannot be cut off from the host."
+    )
+
+
+def require_subnet_fits(model: nn.Module, quantity: Quantity) -> None:
+    """Refuse, before any placement or training, a subnet none of whose layers feeds the
+    classifier directly (a residual network's last layers reach it through an addition)."""
+    classifier = classifier_name(model)
+    if not any(
+        classifier in consumers(model, layer.name) for layer in chosen_layers(model, quantity)
+    ):
+        raise _unplaceable(model)
+
+
 def subnet_placement(model: nn.Module, quantity: Quantity, calib: TensorData) -> list[NeuronRef]:
     """Rule 1 for subnet replacement (order ``least``): the neurons the host misses least.
 
@@ -241,11 +259,7 @@ def _one_subnet(
     classifier = classifier_name(model)
     last = [ref for ref in infected if classifier in consumers(model, ref.layer)]
     if not last:
-        raise ConfigError(
-            f"SRA needs infected neurons in a layer that feeds the classifier directly; "
-            f"{type(clean).__name__} reaches it only through a residual addition, where a "
-            "subnet cannot be cut off from the host."
-        )
+        raise _unplaceable(clean)
     trainable, cut = subnet_masks(model, infected)
     params = dict(model.named_parameters())
     with torch.no_grad():
