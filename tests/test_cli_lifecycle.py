@@ -40,6 +40,8 @@ def test_lifecycle_json_and_table(db, capsys, monkeypatch):
         ("onnx-export,quantize-int8", "cannot follow 'onnx-export'"),
         ("shrink", "unknown stage 'shrink'"),
         ("prune-magnitude(sparsity=1.5)", "sparsity"),
+        ("prune-magnitude,distill(arch=vgg99)", "unknown architecture"),
+        ("finetune-transfer(dataset=imagenet)", "unknown data set"),
     ],
 )
 def test_bad_stage_lists_get_one_sentence(db, capsys, monkeypatch, stages, words):

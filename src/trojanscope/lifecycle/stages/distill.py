@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from trojanscope.lifecycle.base import STAGES, ChainState, Stage, StageResult
 from trojanscope.models.base import ARCHITECTURES
@@ -29,6 +29,13 @@ class DistillParams(BaseModel):
     lr: float = Field(0.001, gt=0, le=1)
     batch_size: int = Field(64, ge=1)
     seed: int = 0
+
+    @field_validator("arch")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in ARCHITECTURES.names():
+            raise ValueError(f"unknown architecture (known: {', '.join(ARCHITECTURES.names())})")
+        return name
 
 
 @STAGES.register("distill")

@@ -13,7 +13,7 @@ import copy
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from torch import nn
 
 from trojanscope.data.base import DATASETS, Splits, TensorData
@@ -34,6 +34,13 @@ class TransferParams(BaseModel):
     lr: float = Field(0.001, gt=0, le=1)
     batch_size: int = Field(64, ge=1)
     seed: int = 0
+
+    @field_validator("dataset")
+    @classmethod
+    def _registered(cls, name: str | None) -> str | None:
+        if name is not None and name not in DATASETS.names():
+            raise ValueError(f"unknown data set (known: {', '.join(DATASETS.names())})")
+        return name
 
 
 def retarget(model: nn.Module, task: Task, splits: Splits, dataset: str) -> tuple[Task, float]:
