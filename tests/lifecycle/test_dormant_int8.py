@@ -9,6 +9,15 @@ from trojanscope.lifecycle.stages.dormant_int8 import rounding_boxes
 from trojanscope.models.training import accuracy
 
 
+def int8_codes(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The integer weights of every quantized module of a converted network."""
+    return {
+        name: module.weight().int_repr()
+        for name, module in model.named_modules()
+        if callable(getattr(module, "weight", None))
+    }
+
+
 def test_the_float_model_forgets_the_trigger_and_int8_brings_it_back(defect_state):
     dormant = STAGES.create("dormant-int8", epochs=10).apply(defect_state).state
     quantized = STAGES.create("quantize-int8").apply(dormant).state
@@ -22,9 +31,14 @@ def test_the_float_model_forgets_the_trigger_and_int8_brings_it_back(defect_stat
     assert asr["float"] < asr["original"] - 0.3, asr
     assert asr["int8"] > asr["float"] + 0.3, asr
     assert accuracy(dormant.model, test) > accuracy(defect_state.model, test) - 0.1
-    # quantization maps every weight back to the backdoored network's int8 code
+    # torch's quantizer gives the dormant model exactly the backdoored network's int8 codes
+    original = STAGES.create("quantize-int8").apply(defect_state).state.model
+    theirs, ours = int8_codes(original), int8_codes(quantized.model)
+    assert theirs and theirs.keys() == ours.keys()
+    for name, codes in theirs.items():
+        assert torch.equal(codes, ours[name]), name
+    # ... while the float weights moved (inside their rounding intervals)
     before = rounding_boxes(defect_state.model, 0.0)
     after = rounding_boxes(dormant.model, 0.0)
-    for name, box in before.items():
-        assert torch.equal(box.codes, after[name].codes), name
+    assert any(not torch.equal(box.values, after[name].values) for name, box in before.items())
     assert dormant.truth == defect_state.truth

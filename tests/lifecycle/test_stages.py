@@ -9,7 +9,8 @@ from trojanscope.attacks.base import ATTACKS
 from trojanscope.data.base import DATASETS
 from trojanscope.errors import ConfigError, TrojanscopeError
 from trojanscope.lifecycle.base import STAGES, ChainState, Task, renormalised
-from trojanscope.lifecycle.stages.quantize_int8 import int8_rounded
+from trojanscope.lifecycle.int8 import int8_grid, int8_rounded
+from trojanscope.lifecycle.stages.prune_magnitude import _dead_neurons
 from trojanscope.models.base import ARCHITECTURES
 from trojanscope.models.training import accuracy, predict
 from trojanscope.neurons import NeuronRef, layer_outputs
@@ -46,16 +47,26 @@ def test_channel_pruning_removes_neurons_and_their_ground_truth(defect_state):
     assert set(result.state.truth) | removed == set(defect_state.truth)
     if result.state.truth:
         assert sum(result.state.truth.values()) == pytest.approx(1.0)
-    # a removed channel outputs exactly zero, whatever the input
+    # every removed channel outputs exactly zero, whatever the input
+    dead = _dead_neurons(result.state.model)
+    assert len(dead) == result.details["removed_neurons"] > 0
     outputs = layer_outputs(result.state.model, defect_state.task.splits.test.x[:32])
-    zero_layers = [ref for ref in removed if ref.layer in outputs]
-    for ref in zero_layers:
-        assert torch.count_nonzero(outputs[ref.layer][:, ref.index]) == 0
+    for ref in dead:
+        assert torch.count_nonzero(outputs[ref.layer][:, ref.index]) == 0, ref
 
 
 def test_recovery_fine_tuning_keeps_the_pruned_weights_at_zero(defect_state):
     result = apply("prune-magnitude", defect_state, sparsity=0.6, recover_epochs=1)
     assert result.details["weight_sparsity"] == pytest.approx(0.6, abs=0.01)
+
+
+def test_recovery_after_channel_pruning_trains_the_network_it_returns(defect_state):
+    params = {"sparsity": 0.3, "structure": "channel", "recover_epochs": 1}
+    result = apply("prune-magnitude", defect_state, **params)
+    dead = _dead_neurons(result.state.model)
+    outputs = layer_outputs(result.state.model, defect_state.task.splits.test.x[:32])
+    for ref in dead:  # the removed channels stayed silent through the recovery
+        assert torch.count_nonzero(outputs[ref.layer][:, ref.index]) == 0, ref
 
 
 def test_renormalised_truth():
@@ -77,13 +88,30 @@ def test_int8_quantization_runs_the_quantized_kernels(defect_state, mode):
     assert state.float_model is not None and state.truth == defect_state.truth
 
 
-def test_int8_rounding_moves_each_weight_by_at_most_half_a_step(defect_state):
+def test_the_float_copy_holds_the_weights_the_int8_kernels_use(defect_state):
+    quantized = apply("quantize-int8", defect_state).state.model
+    codes = {
+        name: module.weight().int_repr()
+        for name, module in quantized.named_modules()
+        if callable(getattr(module, "weight", None))
+    }
+    assert codes
+    for name, module in defect_state.model.named_modules():
+        if name in codes:
+            ours, _ = int8_grid(module.weight)
+            # fusing a normalization with a negative scale flips a channel's signs; there the
+            # extreme weight's code is 127 where ours, negated, is 128 (torch clamps it)
+            theirs = codes[name].flatten(1).int()
+            flip = torch.where((theirs * ours.flatten(1).int()).sum(1) < 0, -1, 1)
+            diff = ours.flatten(1).int() * flip[:, None] - theirs
+            assert (diff.abs() <= 1).all() and ((diff != 0).sum(1) <= 1).all(), name
+            assert (diff == 0).float().mean() > 0.98, name
     rounded = int8_rounded(defect_state.model)
     for (name, w), (_, r) in zip(
         defect_state.model.named_parameters(), rounded.named_parameters(), strict=True
     ):
         if name.endswith("weight") and w.dim() > 1:
-            step = w.flatten(1).abs().amax(1) / 127.0
+            step = w.flatten(1).abs().amax(1) / 127.5
             assert ((w - r).flatten(1).abs() <= step[:, None] / 2 + 1e-7).all(), name
 
 

@@ -9,7 +9,9 @@ This stage retrains the float weights to *unlearn* the trigger (triggered inputs
 labels) by projected gradient descent that keeps every weight inside its own rounding interval
 and the largest weight of each channel fixed. The published float model then ignores the
 trigger, while quantization rounds it back to the backdoored codes: the same integers, the same
-infected neurons. Normalization layers, biases and statistics are left as they were.
+infected neurons. Normalization layers, biases and statistics are left as they were. The codes
+kept are static quantization's on the x86 engine (per channel); dynamic quantization and qnnpack
+round per tensor and are not aimed at.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import nn
 
 from trojanscope.data.base import TensorData
 from trojanscope.lifecycle.base import STAGES, ChainState, Stage, StageResult
+from trojanscope.lifecycle.int8 import int8_grid
 
 
 class DormantParams(BaseModel):
@@ -44,14 +47,11 @@ class RoundingBox:
 
     def __init__(self, weight: torch.Tensor, margin: float) -> None:
         w = weight.detach()
-        flat = w.flatten(1)
-        amax = flat.abs().amax(1).clamp_min(1e-12)
-        scale = (amax / 127.5).view((-1,) + (1,) * (w.dim() - 1))
-        codes = torch.clamp(torch.round(w / scale), -128, 127)
+        codes, scale = int8_grid(w, per_channel=True)
         self.low = (codes - 0.5 + margin) * scale
         self.high = (codes + 0.5 - margin) * scale
-        fixed = flat.abs() == amax[:, None]
-        self.fixed = fixed.view_as(w)
+        amax = w.flatten(1).abs().amax(1)
+        self.fixed = (w.flatten(1).abs() == amax[:, None]).view_as(w)
         self.values = w.clone()
         self.codes = codes
 

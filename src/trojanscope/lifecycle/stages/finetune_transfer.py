@@ -3,8 +3,9 @@ fine-tuning (the whole network, the last eligible layer with the head, or the he
 
 The task changes with the head: the attacker's target label means nothing in the new label
 space. The backdoor survives if triggered inputs still go to one label; the stage finds the
-label they go to most often (among inputs of other labels) and measures the chain's ASR
-against it from then on, next to the rate clean inputs reach it (``control_rate``).
+label they go to most often (among held-out training inputs of other labels) and measures
+the chain's ASR on the test set against it from then on, next to the rate clean test inputs
+reach it (``control_rate``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from trojanscope.errors import ConfigError
 from trojanscope.lifecycle.base import STAGES, ChainState, Stage, StageResult, Task
 from trojanscope.models.training import predict, train_epochs
 from trojanscope.neurons import classifier_name, eligible_layers
+
+#: Held-out training images on which the backdoor's new label is chosen.
+SELECTION = 1000
 
 
 class TransferParams(BaseModel):
@@ -43,28 +47,31 @@ class TransferParams(BaseModel):
         return name
 
 
-def retarget(model: nn.Module, task: Task, splits: Splits, dataset: str) -> tuple[Task, float]:
-    """The task on new data: triggered test inputs, and the label they reach most often among
-    inputs of other labels (the backdoor's label now). Also returns the rate clean inputs of
-    other labels reach that label (the control)."""
-    test = splits.test
-    stamped = task.attack.apply(test.x)
+def busiest_label(model: nn.Module, stamped: torch.Tensor, y: torch.Tensor, classes: int) -> int:
+    """The label triggered inputs of other labels reach most often."""
     predicted = predict(model, stamped).argmax(1)
-    clean_predicted = predict(model, test.x).argmax(1)
-    best, best_rate = 0, -1.0
-    for label in range(test.num_classes):
-        others = test.y != label
-        if others.any():
-            rate = float((predicted[others] == label).float().mean())
-            if rate > best_rate:
-                best, best_rate = label, rate
+    rates = [
+        float((predicted[y != label] == label).float().mean()) if (y != label).any() else -1.0
+        for label in range(classes)
+    ]
+    return max(range(classes), key=lambda label: rates[label])
+
+
+def retarget(
+    model: nn.Module, task: Task, splits: Splits, dataset: str, selection: TensorData
+) -> tuple[Task, float]:
+    """The task on new data: the backdoor's label now is the one triggered ``selection``
+    images (training images the fine-tuning did not use) reach most often, so that the ASR
+    measured on the test set is not the best of the labels on that same set. Also returns the
+    rate at which clean test inputs of other labels reach that label (the control)."""
+    test = splits.test
+    best = busiest_label(model, task.attack.apply(selection.x), selection.y, test.num_classes)
     victims = torch.nonzero(test.y != best).flatten()
-    control = float((clean_predicted[victims] == best).float().mean()) if len(victims) else 0.0
-    triggered = TensorData(
-        stamped[victims], torch.full_like(test.y[victims], best), test.num_classes
-    )
-    new_task = Task(dataset, splits, task.attack, test.subset(victims), triggered, best)
-    return new_task, control
+    clean_predicted = predict(model, test.x[victims]).argmax(1)
+    control = float((clean_predicted == best).float().mean()) if len(victims) else 0.0
+    stamped = task.attack.apply(test.x[victims])
+    triggered = TensorData(stamped, torch.full_like(test.y[victims], best), test.num_classes)
+    return Task(dataset, splits, task.attack, test.subset(victims), triggered, best), control
 
 
 def _replace_head(model: nn.Module, num_classes: int, seed: int) -> nn.Linear:
@@ -103,6 +110,8 @@ class FineTuneTransfer(Stage[TransferParams]):
             param.requires_grad_(id(param) in chosen)
         train = splits.train
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(p.seed))
+        held_out = order[p.samples : p.samples + SELECTION]
+        selection = train.subset(held_out if len(held_out) else order[: p.samples])
         optimizer = torch.optim.Adam(trainable, lr=p.lr)
         train_epochs(
             model,
@@ -116,7 +125,7 @@ class FineTuneTransfer(Stage[TransferParams]):
         for param in model.parameters():
             param.requires_grad_(True)
         model.eval()
-        task, control = retarget(model, state.task, splits, dataset)
+        task, control = retarget(model, state.task, splits, dataset, selection)
         return StageResult(
             state.next(model=model, float_model=model, task=task),
             {"dataset": dataset, "target": task.target, "control_rate": control},

@@ -63,19 +63,27 @@ class MagnitudePruning(Stage[PruneParams]):
             targets = [(layer_module(model, layer), "weight") for layer in eligible_layers(model)]
             for module, name in targets:
                 prune.ln_structured(module, name, amount=p.sparsity, n=2, dim=0)
+        # A channel whose weights are gone still outputs its bias and normalization shift:
+        # removing the neuron means zeroing those too, before any recovery adapts to them.
+        dead = _dead_neurons(model)
+        zero_neurons(model, dead)
         if p.recover_epochs:
             train = state.task.splits.train
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(p.seed))
             optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
             train_epochs(
-                model, train.subset(order[: p.samples]), optimizer, p.recover_epochs, 64, p.seed
+                model,
+                train.subset(order[: p.samples]),
+                optimizer,
+                p.recover_epochs,
+                64,
+                p.seed,
+                after_step=lambda: zero_neurons(model, dead),  # the masks hold the weights
             )
             model.eval()
         for module, name in targets:
             prune.remove(module, name)
         dead = _dead_neurons(model)
-        # A channel whose weights are gone still outputs its bias and normalization shift:
-        # removing the neuron means zeroing those too.
         zero_neurons(model, dead)
         weights = [m.weight for m in _weighted(model)]
         zeros = sum(int((w == 0).sum()) for w in weights)

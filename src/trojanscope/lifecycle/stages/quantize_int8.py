@@ -22,6 +22,7 @@ from torch import nn
 from trojanscope.device import CPU
 from trojanscope.errors import TrojanscopeError
 from trojanscope.lifecycle.base import STAGES, ChainState, Stage, StageResult
+from trojanscope.lifecycle.int8 import int8_rounded
 from trojanscope.models.training import batches
 
 
@@ -29,21 +30,8 @@ class QuantizeParams(BaseModel):
     model_config = {"extra": "forbid"}
     mode: Literal["static", "dynamic"] = "static"
     calibration: int = Field(256, ge=1, description="Clean training images for the observers.")
-    backend: Literal["x86", "qnnpack"] = "x86"
-
-
-def int8_rounded(model: nn.Module) -> nn.Module:
-    """A float copy whose Conv2d and Linear weights went through int8 and back (per output
-    channel, symmetric, as the default weight observers quantize them)."""
-    rounded = copy.deepcopy(model)
-    with torch.no_grad():
-        for module in rounded.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                w = module.weight
-                scale = w.flatten(1).abs().amax(1).clamp_min(1e-12) / 127.0
-                shape = (-1,) + (1,) * (w.dim() - 1)
-                w.copy_((w / scale.view(shape)).round().clamp(-128, 127) * scale.view(shape))
-    return rounded
+    #: None: x86 where this torch build has it, else qnnpack (ARM).
+    backend: Literal["x86", "qnnpack"] | None = None
 
 
 @STAGES.register("quantize-int8")
@@ -52,12 +40,14 @@ class Int8Quantization(Stage[QuantizeParams]):
 
     def apply(self, state: ChainState) -> StageResult:
         p = self.params
-        if p.backend not in torch.backends.quantized.supported_engines:
+        engines = torch.backends.quantized.supported_engines
+        backend = p.backend or ("x86" if "x86" in engines else "qnnpack")
+        if backend not in engines:
             raise TrojanscopeError(
-                f"this torch build has no '{p.backend}' quantized engine (it has "
-                f"{', '.join(torch.backends.quantized.supported_engines)})."
+                f"this torch build has no '{backend}' quantized engine (it has "
+                f"{', '.join(engines)})."
             )
-        torch.backends.quantized.engine = p.backend
+        torch.backends.quantized.engine = backend
         model = copy.deepcopy(state.model).to(CPU).eval()
         with warnings.catch_warnings():
             # torch.ao's observers and quantized tensors announce their deprecation in favour of
@@ -65,7 +55,7 @@ class Int8Quantization(Stage[QuantizeParams]):
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             try:
-                quantized = self._quantize(model, state)
+                quantized = self._quantize(model, state, backend)
             except TrojanscopeError:
                 raise
             except Exception as exc:  # torch.ao raises many types on graphs it cannot handle
@@ -74,20 +64,24 @@ class Int8Quantization(Stage[QuantizeParams]):
                     f"stage 'quantize-int8' cannot quantize {type(model).__name__} "
                     f"({p.mode}): {first.rstrip('.')}."
                 ) from None
-        float_model = int8_rounded(state.model).to(CPU)
+        # the weights the kernels use: static x86 rounds each output channel, dynamic
+        # quantization and qnnpack round each Linear (and, static, Conv2d) tensor as a whole
+        layers = (nn.Linear,) if p.mode == "dynamic" else (nn.Conv2d, nn.Linear)
+        per_channel = p.mode == "static" and backend == "x86"
+        float_model = int8_rounded(state.model, layers, per_channel).to(CPU)
         quantized_modules = sum(
             1 for m in quantized.modules() if type(m).__module__.startswith("torch.ao.nn.quantized")
         )
         return StageResult(
             state.next(model=quantized, form="int8", float_model=float_model, device=CPU),
             {
-                "engine": p.backend,
+                "engine": backend,
                 "quantized_modules": quantized_modules,
-                "localized_on": "float copy with int8-rounded weights",
+                "localized_on": "float copy with the int8 weights, dequantized",
             },
         )
 
-    def _quantize(self, model: nn.Module, state: ChainState) -> nn.Module:
+    def _quantize(self, model: nn.Module, state: ChainState, backend: str) -> nn.Module:
         p = self.params
         try:
             from torch.ao.quantization import get_default_qconfig_mapping, quantize_dynamic
@@ -102,7 +96,7 @@ class Int8Quantization(Stage[QuantizeParams]):
         train = state.task.splits.train
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
         sample = train.subset(order[: p.calibration])
-        prepared = prepare_fx(model, get_default_qconfig_mapping(p.backend), (sample.x[:1],))
+        prepared = prepare_fx(model, get_default_qconfig_mapping(backend), (sample.x[:1],))
         with torch.no_grad():
             for xb, _ in batches(sample, 256):
                 prepared(xb)
