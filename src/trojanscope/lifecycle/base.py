@@ -101,6 +101,17 @@ class Stage(Plugin[SP_co]):
 STAGES: Registry[Stage[BaseModel]] = Registry("stage", ["trojanscope.lifecycle.stages"])
 
 
+def seeded_order(n: int, seed: int) -> torch.Tensor:
+    """A permutation of ``n`` indices drawn from ``seed`` (a CPU generator: the same samples on
+    every device)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
+def training_sample(train: TensorData, samples: int, seed: int) -> TensorData:
+    """At most ``samples`` training images, a seeded draw (what a stage trains or calibrates on)."""
+    return train.subset(seeded_order(len(train), seed)[:samples])
+
+
 def renormalised(truth: dict[NeuronRef, float], dropped: set[NeuronRef]) -> dict[NeuronRef, float]:
     """``truth`` without the ``dropped`` neurons, contributions rescaled to sum to 1 (uniform
     when every remaining contribution is zero)."""

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field, field_validator
 
-from trojanscope.lifecycle.base import STAGES, ChainState, Stage, StageResult
+from trojanscope.lifecycle.base import STAGES, ChainState, Stage, StageResult, training_sample
 from trojanscope.models.base import ARCHITECTURES
 from trojanscope.models.training import predict
 
@@ -51,8 +51,7 @@ class Distillation(Stage[DistillParams]):
             .to(state.device)
         )
         train = splits.train
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(p.seed))
-        data = train.subset(order[: p.samples])
+        data = training_sample(train, p.samples, p.seed)
         teacher_logits = predict(state.model, data.x)  # the teacher answers once, on the CPU
         optimizer = torch.optim.Adam(student.parameters(), lr=p.lr)
         g = torch.Generator().manual_seed(p.seed)

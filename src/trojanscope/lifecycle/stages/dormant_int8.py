@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from trojanscope.data.base import TensorData
-from trojanscope.lifecycle.base import STAGES, ChainState, Stage, StageResult
+from trojanscope.lifecycle.base import STAGES, ChainState, Stage, StageResult, training_sample
 from trojanscope.lifecycle.int8 import int8_grid
 
 
@@ -113,8 +113,7 @@ class DormantInt8(Stage[DormantParams]):
         """Clean training images, a share of them triggered with their true labels kept."""
         p = self.params
         train = state.task.splits.train
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(p.seed))
-        data = train.subset(order[: p.samples])
+        data = training_sample(train, p.samples, p.seed)
         n = round(p.triggered_share * len(data))
         stamped = state.task.attack.apply(data.x[:n])
         return TensorData(

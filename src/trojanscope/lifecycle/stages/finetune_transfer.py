@@ -19,7 +19,7 @@ from torch import nn
 
 from trojanscope.data.base import DATASETS, Splits, TensorData
 from trojanscope.errors import ConfigError
-from trojanscope.lifecycle.base import STAGES, ChainState, Stage, StageResult, Task
+from trojanscope.lifecycle.base import STAGES, ChainState, Stage, StageResult, Task, seeded_order
 from trojanscope.models.training import predict, train_epochs
 from trojanscope.neurons import classifier_name, eligible_layers
 
@@ -109,7 +109,7 @@ class FineTuneTransfer(Stage[TransferParams]):
         for param in model.parameters():
             param.requires_grad_(id(param) in chosen)
         train = splits.train
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(p.seed))
+        order = seeded_order(len(train), p.seed)
         held_out = order[p.samples : p.samples + SELECTION]
         selection = train.subset(held_out if len(held_out) else order[: p.samples])
         optimizer = torch.optim.Adam(trainable, lr=p.lr)

@@ -17,7 +17,14 @@ from pydantic import BaseModel, Field
 from torch import nn
 from torch.nn.utils import prune
 
-from trojanscope.lifecycle.base import STAGES, ChainState, Stage, StageResult, renormalised
+from trojanscope.lifecycle.base import (
+    STAGES,
+    ChainState,
+    Stage,
+    StageResult,
+    renormalised,
+    training_sample,
+)
 from trojanscope.models.training import train_epochs
 from trojanscope.neurons import NeuronRef, eligible_layers, layer_module, zero_neurons
 
@@ -68,12 +75,10 @@ class MagnitudePruning(Stage[PruneParams]):
         dead = _dead_neurons(model)
         zero_neurons(model, dead)
         if p.recover_epochs:
-            train = state.task.splits.train
-            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(p.seed))
             optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
             train_epochs(
                 model,
-                train.subset(order[: p.samples]),
+                training_sample(state.task.splits.train, p.samples, p.seed),
                 optimizer,
                 p.recover_epochs,
                 64,

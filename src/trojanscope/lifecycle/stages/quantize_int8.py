@@ -21,7 +21,7 @@ from torch import nn
 
 from trojanscope.device import CPU
 from trojanscope.errors import TrojanscopeError
-from trojanscope.lifecycle.base import STAGES, ChainState, Stage, StageResult
+from trojanscope.lifecycle.base import STAGES, ChainState, Stage, StageResult, training_sample
 from trojanscope.lifecycle.int8 import int8_rounded
 from trojanscope.models.training import batches
 
@@ -94,8 +94,7 @@ class Int8Quantization(Stage[QuantizeParams]):
         if p.mode == "dynamic":
             return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
         train = state.task.splits.train
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-        sample = train.subset(order[: p.calibration])
+        sample = training_sample(train, p.calibration, 0)
         prepared = prepare_fx(model, get_default_qconfig_mapping(backend), (sample.x[:1],))
         with torch.no_grad():
             for xb, _ in batches(sample, 256):
