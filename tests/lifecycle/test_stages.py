@@ -105,7 +105,9 @@ def test_the_float_copy_holds_the_weights_the_int8_kernels_use(defect_state):
             flip = torch.where((theirs * ours.flatten(1).int()).sum(1) < 0, -1, 1)
             diff = ours.flatten(1).int() * flip[:, None] - theirs
             assert (diff.abs() <= 1).all() and ((diff != 0).sum(1) <= 1).all(), name
-            assert (diff == 0).float().mean() > 0.98, name
+            # ... and only at the channel's largest weight, where the rounding is clamped
+            w = module.weight.detach().flatten(1).abs()
+            assert (w[diff != 0] == w.amax(1, keepdim=True).expand_as(w)[diff != 0]).all(), name
     rounded = int8_rounded(defect_state.model)
     for (name, w), (_, r) in zip(
         defect_state.model.named_parameters(), rounded.named_parameters(), strict=True
