@@ -476,7 +476,11 @@ def _render_defect(row: Any, reused: bool = False) -> None:
         table.add_row(key, _fmt(value))
     clean = row.clean_model
     table.add_row("dataset / arch", shown(f"{clean.dataset} / {clean.arch} {clean.arch_params}"))
-    table.add_row("clean model acc", _fmt(row.clean_acc_before))
+    if row.parent_id is None:
+        table.add_row("clean model acc", _fmt(row.clean_acc_before))
+    else:  # a lifecycle link: its parent's accuracy, before the stage
+        table.add_row("link of", f"{row.parent_id}: {shown(row.stage)} {shown(row.stage_params)}")
+        table.add_row("acc before the stage", _fmt(row.clean_acc_before))
     table.add_row("epochs", str(row.epochs))
     table.add_row("weights sha256", _fmt(row.weights_sha256))
     table.add_row("trigger sha256", _fmt(row.trigger_sha256))
@@ -567,7 +571,7 @@ def db_list(
             _fmt(r.attack),
             _fmt(r.level),
             str(r.seed),
-            _fmt(r.status),
+            _fmt(r.status if r.parent_id is None else f"link of {r.parent_id}: {r.stage}"),
             _fmt(r.clean_acc),
             _fmt(r.asr),
             _fmt(r.masked_asr),
@@ -590,6 +594,7 @@ def db_show(
         list_localizations,
         localization_summary,
     )
+    from trojanscope.workflows.lifecycle_store import link_summary
     from trojanscope.workflows.records import DefectDetail
 
     catalog = open_catalog(db, db_url)
@@ -625,6 +630,7 @@ def db_show(
                 "seconds": row.seconds,
                 "infected": neurons,
                 "localization": locs,
+                "link": None if row.parent_id is None else link_summary(row),
             }
         )
         _print_json(record.model_dump())

@@ -50,7 +50,10 @@ def lifecycle_cmd(
     device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Apply stages to a stored defect, each to the previous one's output, and measure clean
-    accuracy, ASR and the criteria's localization after each (the stored defect is unchanged)."""
+    accuracy, ASR and the criteria's localization after each. Each stage's output is recorded
+    as a link of the catalog (the table's id; the stored defect is unchanged): a chain run again
+    resumes from what is stored, and every link is localized, repaired, exported and audited
+    like a defect."""
     from trojanscope.workflows.lifecycle import Link, parse_stages, run_lifecycle
     from trojanscope.workflows.records import LifecycleRecord
 
@@ -62,9 +65,10 @@ def lifecycle_cmd(
 
     def progress(link: Link) -> None:
         if not as_json:
+            source = "stored" if link.reused else f"{link.seconds:.1f} s"
             err.print(
-                f"{shown(link.stage)}: clean accuracy {link.clean_acc:.3f}, ASR {link.asr:.3f} "
-                f"({link.seconds:.1f} s)"
+                f"{shown(link.stage)} (id {link.defect_id}): clean accuracy "
+                f"{link.clean_acc:.3f}, ASR {link.asr:.3f} ({source})"
             )
 
     links = run_lifecycle(catalog, defect_id, chain, names, run_on, progress)
@@ -73,6 +77,8 @@ def lifecycle_cmd(
         stages=[
             {
                 "stage": link.stage,
+                "defect_id": link.defect_id,
+                "reused": link.reused,
                 "params": link.params,
                 "clean_acc": link.clean_acc,
                 "asr": link.asr,
@@ -90,7 +96,7 @@ def lifecycle_cmd(
         _print_json(record.model_dump())
         return
     table = Table(title=f"defect {defect_id} through the lifecycle", box=box.SIMPLE_HEAD)
-    for column in ("stage", "clean acc", "ASR", "target", "infected left", "s"):
+    for column in ("stage", "id", "clean acc", "ASR", "target", "infected left", "s"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for name in names:
         table.add_column(f"{name} AUROC / WJI", justify="right")
@@ -98,6 +104,7 @@ def lifecycle_cmd(
         scores = {loc.criterion: loc for loc in stage.localization}
         table.add_row(
             shown(stage.stage),
+            str(stage.defect_id),
             _fmt(stage.clean_acc),
             _fmt(stage.asr),
             _fmt(stage.target),

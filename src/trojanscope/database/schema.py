@@ -52,7 +52,7 @@ class Defect(Base):
     injection: Mapped[dict[str, Any]]
     level: Mapped[str] = mapped_column(String(16))
     seed: Mapped[int]
-    status: Mapped[str] = mapped_column(String(16))  # accepted / rejected
+    status: Mapped[str] = mapped_column(String(16))  # accepted / rejected / link
     reason: Mapped[str | None] = mapped_column(Text)
     clean_acc_before: Mapped[float] = mapped_column(Float)
     clean_acc: Mapped[float] = mapped_column(Float)
@@ -77,6 +77,15 @@ class Defect(Base):
     # Where an imported defect came from: {"format", "source", "files": {path: sha256}} (None:
     # built here, or recorded before imports existed).
     provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # A lifecycle link (status "link"): the entry it was derived from, the stage that derived
+    # it and its parameters, and what the stage recorded (its output's form, the ONNX
+    # deviation, the transfer's control rate). None on a defect built by injection.
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("defects.id"), nullable=True, index=True
+    )
+    stage: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    stage_params: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    stage_details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     clean_model: Mapped[CleanModel] = relationship(back_populates="defects")
     infected: Mapped[list[InfectedNeuronRow]] = relationship(
         back_populates="defect", order_by="InfectedNeuronRow.rank", cascade="all, delete-orphan"

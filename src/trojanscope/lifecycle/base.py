@@ -46,6 +46,11 @@ class Task:
     clean_victims: TensorData  # test inputs whose label differs from the target
     triggered: TensorData  # the same inputs with the trigger, labelled with the target
     target: int | None  # None: all-to-all
+    #: How ``splits`` are loaded again (the data set's parameters and split seed), and which
+    #: test inputs are the victims: what a stored link records to rebuild its task.
+    dataset_params: dict[str, Any] = field(default_factory=dict)
+    split_seed: int = 0
+    victim_indices: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,9 @@ class ChainState:
 class StageResult:
     state: ChainState
     details: dict[str, Any] = field(default_factory=dict)
+    #: The architecture of the output network and its parameters when the stage changed it
+    #: (a distilled student); None: the input's.
+    arch: tuple[str, dict[str, Any]] | None = None
 
 
 #: A stage's parameter model (a plug-in that names none takes ``NoParams``).

@@ -24,10 +24,14 @@ def export_bdefects4nn(
     catalog: Catalog, out: Path, where: str | None = None, include_rejected: bool = False
 ) -> ExportSummary:
     """Write the selected defects (accepted ones unless ``include_rejected`` or ``where``
-    names a status) under ``out`` in the BackdoorDefects4NN layout."""
-    defects = select_defects(
-        catalog, where, default_status=None if include_rejected else "accepted"
-    )
+    names a status; never lifecycle links) under ``out`` in the BackdoorDefects4NN layout."""
+    defects = [  # lifecycle links have no place in the reference layout (`db export ID` has)
+        d
+        for d in select_defects(
+            catalog, where, default_status=None if include_rejected else "accepted"
+        )
+        if d.parent_id is None
+    ]
     result = export_layout(catalog, out, defects)
     return ExportSummary(
         db=str(catalog.root),

@@ -18,10 +18,10 @@ from trojanscope.database.schema import Defect
 from trojanscope.device import CPU
 from trojanscope.errors import ConfigError
 from trojanscope.lifecycle.base import STAGES, ChainState, Form, Stage, Task
-from trojanscope.localization.base import CRITERIA, EvidenceData
-from trojanscope.localization.metrics import score
+from trojanscope.localization.base import CRITERIA
 from trojanscope.models.training import accuracy
-from trojanscope.workflows.defects import DefectContext, load_defect
+from trojanscope.workflows.defects import DefectContext, load_defect, localize
+from trojanscope.workflows.lifecycle_store import find_link, record_link
 from trojanscope.workflows.study import injection_order
 
 #: What `lifecycle` localizes with by default: the activation-shift reference, a spectrum
@@ -97,6 +97,10 @@ class Link:
     details: dict[str, Any]
     localization: list[dict[str, Any]]
     remaining_infected: int
+    #: The catalog entry: the defect itself, then each link (status ``link``).
+    defect_id: int = 0
+    #: Whether the link was found in the catalog (a resumed chain) rather than computed now.
+    reused: bool = False
 
     @property
     def max_abs_deviation(self) -> float | None:
@@ -105,67 +109,65 @@ class Link:
 
 
 def initial_state(ctx: DefectContext, device: torch.device) -> ChainState:
-    """The defect as stored: its model, task, and ground truth."""
+    """A catalog entry (a defect or a float link) as a chain state: its model, task and truth."""
     view = ctx.poisoned_test
     row = ctx.defect
+    clean = row.clean_model
     task = Task(
-        dataset=row.clean_model.dataset,
+        dataset=clean.dataset,
         splits=ctx.splits,
         attack=ctx.attack,
         clean_victims=ctx.splits.test.subset(view.indices),
         triggered=view.poisoned(),
         target=row.target if row.target_mode != "all-to-all" else None,
+        dataset_params=clean.dataset_params,
+        split_seed=clean.seed,
+        victim_indices=view.indices,
     )
     return ChainState(ctx.model.eval(), "float", task, dict(ctx.truth), ctx.model, device)
 
 
-def localize_state(state: ChainState, criteria: Sequence[str]) -> list[dict[str, Any]]:
-    """Each criterion's scores on the state's float network, against the remaining truth
-    (nothing when the state has no float network or no infected neuron left)."""
-    if state.float_model is None or not state.truth:
+def localize_entry(
+    catalog: Catalog, ctx: DefectContext, criteria: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Each criterion's figures on a stored entry's network against its ground truth, stored
+    and reused like any localization (nothing when no infected neuron is left)."""
+    if not ctx.defect.infected:
         return []
-    task = state.task
-    evidence = EvidenceData(task.splits.test, task.clean_victims, task.triggered, task.attack)
     results = []
     for name in criteria:
-        result = CRITERIA.create(name).run(state.float_model, evidence)
-        metrics = score(result.neurons, result.scores.numpy(), state.truth)
+        row, _ = localize(catalog, ctx.defect.id, name, context=ctx)
         results.append(
             {
                 "criterion": name,
-                "wji": metrics.wji,
-                "auroc": None if metrics.auroc != metrics.auroc else metrics.auroc,
-                "f1": metrics.f1,
-                "seconds": result.seconds,
+                "wji": row.wji,
+                "auroc": row.auroc,
+                "f1": row.f1,
+                "seconds": row.seconds,
             }
         )
     return results
 
 
-def measure(
-    stage: str,
-    params: dict[str, Any],
-    state: ChainState,
-    seconds: float,
-    details: dict[str, Any],
-    criteria: Sequence[str],
-) -> Link:
-    task = state.task
-    return Link(
-        stage=stage,
-        params=params,
-        clean_acc=accuracy(state.model, task.splits.test),
-        asr=accuracy(state.model, task.triggered),
-        target=task.target,
-        seconds=seconds,
-        details=details,
-        localization=localize_state(state, criteria),
-        remaining_infected=len(state.truth),
-    )
-
-
 def _create(name: str, params: dict[str, Any]) -> Stage[BaseModel]:
     return STAGES.create(name, **params)
+
+
+def _link(row: Defect, localization: list[dict[str, Any]], reused: bool) -> Link:
+    details = dict(row.stage_details or {})
+    return Link(
+        stage=row.stage or "original",
+        params=dict(row.stage_params or {}),
+        clean_acc=row.clean_acc,
+        asr=row.asr,
+        target=row.target if row.target_mode != "all-to-all" else None,
+        seconds=row.seconds,
+        details=details,
+        localization=localization,
+        remaining_infected=len(row.infected),
+        defect_id=row.id,
+        reused=reused,
+    )
 
 
 def run_lifecycle(
@@ -176,7 +178,9 @@ def run_lifecycle(
     device: torch.device | None = None,
     on_link: Callable[[Link], None] | None = None,
 ) -> list[Link]:
-    """The defect as stored, then each stage applied to the previous one's output, measured.
+    """The defect as stored, then each stage applied to the previous one's output, measured
+    and recorded as a link of the catalog; a link already there is reused, so an interrupted
+    chain resumes where it stopped and a longer one extends a shorter one.
 
     Every stage and criterion is validated before any work, and a stage that cannot follow the
     previous one says so before the chain starts."""
@@ -191,18 +195,43 @@ def run_lifecycle(
     run_on = device or CPU
     ctx = load_defect(catalog, defect_id, run_on)
     state = initial_state(ctx, run_on)
-    links = [measure("original", {}, state, 0.0, {}, criteria)]
+    task = state.task
+    original = Link(
+        stage="original",
+        params={},
+        clean_acc=accuracy(state.model, task.splits.test),
+        asr=accuracy(state.model, task.triggered),
+        target=task.target,
+        seconds=0.0,
+        details={},
+        localization=localize_entry(catalog, ctx, criteria),
+        remaining_infected=len(state.truth),
+        defect_id=defect_id,
+    )
+    links = [original]
     if on_link is not None:
-        on_link(links[-1])
-    for plugin in plugins:
-        started = time.perf_counter()
-        result = plugin.apply(state)
-        seconds = time.perf_counter() - started
-        state = result.state
-        params = plugin.params.model_dump(mode="json")
-        links.append(measure(plugin.name, params, state, seconds, result.details, criteria))
+        on_link(original)
+    parent = ctx.defect
+    for position, plugin in enumerate(plugins):
+        row = find_link(catalog, parent, plugin)
+        reused = row is not None
+        if row is None:
+            started = time.perf_counter()
+            result = plugin.apply(state)
+            seconds = time.perf_counter() - started
+            row = record_link(catalog, parent, plugin, state, result, seconds, run_on)
+        last = position == len(plugins) - 1
+        localization: list[dict[str, Any]] = []
+        if row.stage_details and row.stage_details.get("form") != "onnx":
+            # the chain goes on from what is stored, so a resumed chain equals a fresh one
+            ctx = load_defect(catalog, row.id, run_on)
+            localization = localize_entry(catalog, ctx, criteria)
+            if not last:
+                state = initial_state(ctx, run_on)
+        links.append(_link(row, localization, reused))
         if on_link is not None:
             on_link(links[-1])
+        parent = row
     return links
 
 

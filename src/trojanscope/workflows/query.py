@@ -79,7 +79,8 @@ def cell_of(row: Defect) -> tuple[str, str, str, str, str]:
 
 def stats(catalog: Catalog, where: str | None = None) -> Stats:
     """Accepted and rejected defects per cell, with how often each rule rejected one."""
-    rows = select_defects(catalog, where, default_status=None)
+    # acceptance is a property of injected defects: lifecycle links are not counted
+    rows = [r for r in select_defects(catalog, where, default_status=None) if r.parent_id is None]
     accepted: Counter[tuple[str, ...]] = Counter()
     rejected: Counter[tuple[str, ...]] = Counter()
     reasons: dict[tuple[str, ...], Counter[str]] = {}

@@ -260,6 +260,8 @@ class DefectDetail(DefectSummary):
     seconds: float
     infected: list[InfectedNeuron]
     localization: list[LocalizationSummary]
+    #: A lifecycle link's parent, stage, parameters and details (None: built by injection).
+    link: dict[str, Any] | None = None
 
 
 class TopNeuron(_Record):
@@ -396,6 +398,10 @@ class StageRecord(_Record):
     """One link of a lifecycle chain: what the stage did and what was measured after it."""
 
     stage: str
+    #: The catalog entry: the defect itself for "original", else the link (status "link"),
+    #: which `localize`, `repair`, `export` and `audit` take like any defect id.
+    defect_id: int
+    reused: bool  # found in the catalog (a resumed chain) rather than computed now
     params: dict[str, Any]
     clean_acc: float
     asr: float

@@ -42,6 +42,10 @@ WHERE_FIELDS: dict[str, Callable[[Defect], Any]] = {
     "target": lambda d: d.target,
     "dataset": lambda d: d.clean_model.dataset,
     "arch": lambda d: d.clean_model.arch,
+    # lifecycle links (status "link"): the stage that derived them and their parent ("none"
+    # on a defect built by injection)
+    "stage": lambda d: d.stage or "none",
+    "parent": lambda d: d.parent_id or "none",
 }
 
 

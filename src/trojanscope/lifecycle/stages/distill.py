@@ -45,11 +45,8 @@ class Distillation(Stage[DistillParams]):
         splits = state.task.splits
         c, h, _ = splits.shape
         torch.manual_seed(p.seed)
-        student = (
-            ARCHITECTURES.create(p.arch, width=p.width)
-            .build(c, splits.num_classes, h)
-            .to(state.device)
-        )
+        arch = ARCHITECTURES.create(p.arch, width=p.width)
+        student = arch.build(c, splits.num_classes, h).to(state.device)
         train = splits.train
         data = training_sample(train, p.samples, p.seed)
         teacher_logits = predict(state.model, data.x)  # the teacher answers once, on the CPU
@@ -77,4 +74,5 @@ class Distillation(Stage[DistillParams]):
         return StageResult(
             state.next(model=student, float_model=student, truth={}),
             {"student": p.arch, "width": p.width, "parameters": [teacher_params, student_params]},
+            arch=(p.arch, arch.params.model_dump(mode="json")),
         )

@@ -11,13 +11,14 @@ reach it (``control_rate``).
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, Field, field_validator
 from torch import nn
 
-from trojanscope.data.base import DATASETS, Splits, TensorData
+from trojanscope.data.base import DATASETS, TensorData
 from trojanscope.errors import ConfigError
 from trojanscope.lifecycle.base import STAGES, ChainState, Stage, StageResult, Task, seeded_order
 from trojanscope.models.training import predict, train_epochs
@@ -57,21 +58,27 @@ def busiest_label(model: nn.Module, stamped: torch.Tensor, y: torch.Tensor, clas
     return max(range(classes), key=lambda label: rates[label])
 
 
-def retarget(
-    model: nn.Module, task: Task, splits: Splits, dataset: str, selection: TensorData
-) -> tuple[Task, float]:
+def retarget(model: nn.Module, task: Task, new: Task, selection: TensorData) -> tuple[Task, float]:
     """The task on new data: the backdoor's label now is the one triggered ``selection``
     images (training images the fine-tuning did not use) reach most often, so that the ASR
     measured on the test set is not the best of the labels on that same set. Also returns the
-    rate at which clean test inputs of other labels reach that label (the control)."""
-    test = splits.test
+    rate at which clean test inputs of other labels reach that label (the control). ``new``
+    names the new data (its victims and target are filled in here)."""
+    test = new.splits.test
     best = busiest_label(model, task.attack.apply(selection.x), selection.y, test.num_classes)
     victims = torch.nonzero(test.y != best).flatten()
     clean_predicted = predict(model, test.x[victims]).argmax(1)
     control = float((clean_predicted == best).float().mean()) if len(victims) else 0.0
     stamped = task.attack.apply(test.x[victims])
     triggered = TensorData(stamped, torch.full_like(test.y[victims], best), test.num_classes)
-    return Task(dataset, splits, task.attack, test.subset(victims), triggered, best), control
+    chosen = replace(
+        new,
+        clean_victims=test.subset(victims),
+        triggered=triggered,
+        target=best,
+        victim_indices=victims,
+    )
+    return chosen, control
 
 
 def _replace_head(model: nn.Module, num_classes: int, seed: int) -> nn.Linear:
@@ -91,7 +98,8 @@ class FineTuneTransfer(Stage[TransferParams]):
         p = self.params
         source = state.task.dataset
         dataset = p.dataset or ("mnist5k" if source == "fashion-mnist" else "fashion-mnist")
-        splits = DATASETS.create(dataset, **p.dataset_params).load(p.seed)
+        data = DATASETS.create(dataset, **p.dataset_params)
+        splits = data.load(p.seed)
         if splits.shape != state.task.splits.shape:
             shape = "x".join(map(str, state.task.splits.shape))
             raise ConfigError(
@@ -125,7 +133,17 @@ class FineTuneTransfer(Stage[TransferParams]):
         for param in model.parameters():
             param.requires_grad_(True)
         model.eval()
-        task, control = retarget(model, state.task, splits, dataset, selection)
+        new = Task(
+            dataset,
+            splits,
+            state.task.attack,
+            splits.test,
+            splits.test,
+            None,
+            dataset_params=data.params.model_dump(mode="json"),
+            split_seed=p.seed,
+        )
+        task, control = retarget(model, state.task, new, selection)
         return StageResult(
             state.next(model=model, float_model=model, task=task),
             {"dataset": dataset, "target": task.target, "control_rate": control},
