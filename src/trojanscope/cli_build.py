@@ -245,7 +245,8 @@ WhereOption = Annotated[
     str | None,
     typer.Option(
         help="Defects to include, e.g. 'attack=badnets,level=narrow|small' (fields: id, attack,"
-        " level, order, seed, status, target_mode, target, dataset, arch; default: every status)."
+        " level, order, seed, status, target_mode, target, dataset, arch, stage, parent; default:"
+        " every status but lifecycle links)."
     ),
 ]
 

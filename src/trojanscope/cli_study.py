@@ -46,7 +46,8 @@ WhereOption = Annotated[
     str | None,
     typer.Option(
         help="Defects to include, e.g. 'attack=badnets,level=narrow|small' (fields: id, attack,"
-        " level, seed, status, target_mode, target, dataset, arch; default status=accepted)."
+        " level, order, seed, status, target_mode, target, dataset, arch, stage, parent; default"
+        " status=accepted; status=link selects lifecycle links)."
     ),
 ]
 

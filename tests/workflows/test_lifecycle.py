@@ -98,6 +98,9 @@ def test_links_are_stored_and_a_chain_run_again_resumes_from_them(built):  # noq
     links = select_defects(catalog, "status=link,stage=quantize-int8")
     assert [d.id for d in links] == [quantized.id]
     assert stats(catalog).defects == 1
+    # a chain started at the int8 link starts from int8: nothing follows it
+    with pytest.raises(TrojanscopeError, match="cannot follow 'quantize-int8'"):
+        run_lifecycle(catalog, quantized.id, [("prune-magnitude", {})])
 
 
 def test_a_link_is_localized_and_repaired_like_a_defect(built):  # noqa: F811
@@ -133,3 +136,5 @@ def test_transfer_and_distillation_links_get_their_own_clean_model(built):  # no
     assert links[1].reused and student.clean_model.arch_params["width"] == 0.5
     assert student.clean_model.training["from_clean_model"] == clean.key
     assert student.infected == [] and links[2].localization == []
+    with pytest.raises(ConfigError, match="no infected neurons"):
+        localize(catalog, student.id, "oracle")

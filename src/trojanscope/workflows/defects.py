@@ -152,7 +152,6 @@ def build_clean_model(
     started = time.perf_counter()
     arch = ARCHITECTURES.create(spec.arch, **arch_params)
     model = train_clean(arch, splits.train, spec.seed, spec.training, device)
-    c, h, w = splits.shape
     weights = catalog.store.encode(model.state_dict())
     row = CleanModel(
         key=key,
@@ -162,13 +161,7 @@ def build_clean_model(
         arch_params=arch_params,
         seed=spec.seed,
         training=training,
-        input_shape={
-            "channels": c,
-            "height": h,
-            "width": w,
-            "num_classes": splits.num_classes,
-            "splits_sha256": splits_fingerprint(splits),
-        },
+        input_shape=input_shape_of(splits),
         clean_acc=accuracy(model, splits.test),
         weights_sha256=weights.sha256,
         seconds=time.perf_counter() - started,
@@ -351,6 +344,18 @@ class DefectContext:
         )
 
 
+def input_shape_of(splits: Splits) -> dict[str, Any]:
+    """A clean model's ``input_shape`` record: image shape, classes, and the data's fingerprint."""
+    c, h, w = splits.shape
+    return {
+        "channels": c,
+        "height": h,
+        "width": w,
+        "num_classes": splits.num_classes,
+        "splits_sha256": splits_fingerprint(splits),
+    }
+
+
 def splits_fingerprint(splits: Splits) -> str:
     """sha256 of the split tensors: stored poisoned indices only make sense on the same data."""
     h = hashlib.sha256()
@@ -392,6 +397,17 @@ def load_defect(
     )
 
 
+def require_truth(row: Defect) -> None:
+    """Refuse, in one sentence, to score against an entry with no infected neuron (a
+    distilled lifecycle link: its student's neurons are not the teacher's)."""
+    if not row.infected:
+        made = f" (a '{row.stage}' link)" if row.stage else ""
+        raise ConfigError(
+            f"defect {row.id}{made} has no infected neurons: nothing to score a localization "
+            "or choose a repair's neurons against."
+        )
+
+
 def localization_key(defect_id: int, criterion: str, params: dict[str, Any]) -> str:
     return content_key("localization", defect_id, criterion, params)
 
@@ -414,6 +430,7 @@ def localize(
     if existing is not None:
         return existing, False
     ctx = context if context is not None else load_defect(catalog, defect_id, device)
+    require_truth(ctx.defect)
     result = crit.run(ctx.model, ctx.evidence())
     metrics = score(result.neurons, result.scores.numpy(), ctx.truth)
     scores = catalog.store.encode(

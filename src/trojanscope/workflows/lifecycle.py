@@ -20,7 +20,7 @@ from trojanscope.errors import ConfigError
 from trojanscope.lifecycle.base import STAGES, ChainState, Form, Stage, Task
 from trojanscope.localization.base import CRITERIA
 from trojanscope.models.training import accuracy
-from trojanscope.workflows.defects import DefectContext, load_defect, localize
+from trojanscope.workflows.defects import DefectContext, get_defect, load_defect, localize
 from trojanscope.workflows.lifecycle_store import find_link, record_link
 from trojanscope.workflows.study import injection_order
 
@@ -187,8 +187,9 @@ def run_lifecycle(
     plugins = [_create(name, params) for name, params in stages]
     for name in criteria:
         CRITERIA.get(name)
-    form: Form = "float"
-    previous = "original"
+    entry = get_defect(catalog, defect_id)  # a chain may start at a stored link: from its form
+    form: Form = (entry.stage_details or {}).get("form", "float")
+    previous = entry.stage or "original"
     for plugin in plugins:  # forms are declared: refuse an impossible chain before any work
         plugin.check_follows(form, previous)
         form, previous = plugin.produces, plugin.name
@@ -196,11 +197,12 @@ def run_lifecycle(
     ctx = load_defect(catalog, defect_id, run_on)
     state = initial_state(ctx, run_on)
     task = state.task
+    stored = entry.parent_id is not None  # a link's figures are those of the form that ran
     original = Link(
         stage="original",
         params={},
-        clean_acc=accuracy(state.model, task.splits.test),
-        asr=accuracy(state.model, task.triggered),
+        clean_acc=entry.clean_acc if stored else accuracy(state.model, task.splits.test),
+        asr=entry.asr if stored else accuracy(state.model, task.triggered),
         target=task.target,
         seconds=0.0,
         details={},

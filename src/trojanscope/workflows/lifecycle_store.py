@@ -30,9 +30,9 @@ from trojanscope.workflows.defects import (
     find_by_key,
     get_defect,
     get_defect_by_key,
+    input_shape_of,
     load_weights,
     raced_entry,
-    splits_fingerprint,
 )
 
 #: The status of a defects-table entry that a lifecycle stage derived from another entry.
@@ -96,7 +96,6 @@ def _derived_clean(
     network = _stored_network(clean_state, through)
     arch, arch_params = result.arch or (clean.arch, clean.arch_params)
     splits = task.splits
-    c, h, w = splits.shape
     weights = catalog.store.encode(network.state_dict())
     row = CleanModel(
         key=key,
@@ -106,13 +105,7 @@ def _derived_clean(
         arch_params=arch_params,
         seed=task.split_seed,
         training={"stage": stage.name, "params": params, "from_clean_model": clean.key},
-        input_shape={
-            "channels": c,
-            "height": h,
-            "width": w,
-            "num_classes": splits.num_classes,
-            "splits_sha256": splits_fingerprint(splits),
-        },
+        input_shape=input_shape_of(splits),
         clean_acc=accuracy(through.state.model, splits.test),
         weights_sha256=weights.sha256,
         seconds=time.perf_counter() - started,

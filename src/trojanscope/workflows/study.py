@@ -28,6 +28,7 @@ from trojanscope.workflows.defects import (
     localization_summary,
     localize,
     raced_entry,
+    require_truth,
 )
 
 #: Fields a --where query may name, and how to read them off a defect.
@@ -76,12 +77,15 @@ def parse_where(query: str | None, default_status: str | None = "accepted") -> d
 def select_defects(
     catalog: Catalog, query: str | None = None, default_status: str | None = "accepted"
 ) -> list[Defect]:
-    """The defects matching ``query`` (see :func:`parse_where`), in id order."""
+    """The defects matching ``query`` (see :func:`parse_where`), in id order; lifecycle links
+    only when the query asks for ``status=link``."""
     conditions = parse_where(query, default_status)
+    links = "link" in conditions.get("status", set())
     return [
         d
         for d in list_defects(catalog)
-        if all(str(WHERE_FIELDS[k](d)) in values for k, values in conditions.items())
+        if (links or d.parent_id is None)
+        and all(str(WHERE_FIELDS[k](d)) in values for k, values in conditions.items())
     ]
 
 
@@ -131,6 +135,7 @@ def repair_request(
     elif criterion is None:
         raise ConfigError(f"repair '{method}' needs a criterion to choose its neurons.")
     else:
+        require_truth(defect)
         chooser = CRITERIA.create(criterion, **(criterion_params or {}))
         criterion_params = chooser.params.model_dump(mode="json")
         k = len(defect.infected) if k is None else k

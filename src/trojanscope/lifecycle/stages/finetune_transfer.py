@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -81,6 +82,13 @@ def retarget(model: nn.Module, task: Task, new: Task, selection: TensorData) -> 
     return chosen, control
 
 
+def _identity(params: dict[str, Any]) -> dict[str, Any]:
+    """A data set's parameters as the catalog keys them: one ``data_dir`` for ./x and /abs/x."""
+    if params.get("data_dir"):
+        params["data_dir"] = str(Path(params["data_dir"]).expanduser().resolve())
+    return params
+
+
 def _replace_head(model: nn.Module, num_classes: int, seed: int) -> nn.Linear:
     path = classifier_name(model)
     old = model.get_submodule(path)
@@ -140,7 +148,7 @@ class FineTuneTransfer(Stage[TransferParams]):
             splits.test,
             splits.test,
             None,
-            dataset_params=data.params.model_dump(mode="json"),
+            dataset_params=_identity(data.params.model_dump(mode="json")),
             split_seed=p.seed,
         )
         task, control = retarget(model, state.task, new, selection)
