@@ -315,6 +315,7 @@ def test_an_older_catalog_is_upgraded_in_place(template, tmp_path):
     connection.execute("ALTER TABLE defects DROP COLUMN masked_clean_acc")
     connection.execute("ALTER TABLE defects DROP COLUMN provenance")
     connection.execute("ALTER TABLE clean_models DROP COLUMN provenance")
+    connection.execute("DROP INDEX ix_defects_parent_id")  # as an earlier upgrade left it
     connection.commit()
     connection.close()
     catalog = Catalog.open(tmp_path / "db")
@@ -323,6 +324,35 @@ def test_an_older_catalog_is_upgraded_in_place(template, tmp_path):
     assert defect.clean_model.provenance is None
     with catalog.session() as s:
         assert s.execute(text("SELECT count(*) FROM repairs")).scalar() == 0
+        indexes = s.execute(text("PRAGMA index_list(defects)")).fetchall()
+    assert "ix_defects_parent_id" in {row[1] for row in indexes}
+
+
+def test_an_upgrade_adds_a_column_with_its_foreign_key_and_index(tmp_path):
+    """A defects table from before the lifecycle links gains parent_id as a reference to its
+    parent row, with its index (SQLite cannot drop a column a foreign key names, so the old
+    table is made by hand)."""
+    import sqlite3
+
+    from sqlalchemy import create_engine
+
+    from trojanscope.database.catalog import MARKER_TABLE, _upgrade
+
+    path = tmp_path / "old.sqlite"
+    connection = sqlite3.connect(path)
+    connection.execute(f'CREATE TABLE "{MARKER_TABLE}" (id INTEGER PRIMARY KEY)')
+    connection.execute("CREATE TABLE defects (id INTEGER PRIMARY KEY)")
+    connection.commit()
+    connection.close()
+    engine = create_engine(f"sqlite:///{path}")
+    _upgrade(engine)
+    engine.dispose()
+    connection = sqlite3.connect(path)
+    keys = connection.execute("PRAGMA foreign_key_list(defects)").fetchall()
+    indexes = {row[1] for row in connection.execute("PRAGMA index_list(defects)")}
+    connection.close()
+    assert ("defects", "parent_id", "id") in {(k[2], k[3], k[4]) for k in keys}
+    assert "ix_defects_parent_id" in indexes
 
 
 def test_ids_beyond_sqlite_integers_are_not_found(built):

@@ -393,13 +393,17 @@ def _outdated(engine: Engine) -> bool:
         present = {c["name"] for c in inspector.get_columns(name)}
         if any(column.name not in present for column in table.columns):
             return True
+        indexes = {i["name"] for i in inspector.get_indexes(name)}
+        if any(index.name not in indexes for index in table.indexes):
+            return True
     return False
 
 
 def _upgrade(bind: Engine | Connection) -> None:
-    """Bring a catalog made by an earlier version up to date: tables added since are created
-    and nullable columns added since are appended (ALTER TABLE ADD COLUMN). A database
-    without trojanscope's first table is left alone (the caller reports it)."""
+    """Bring a catalog made by an earlier version up to date: tables added since are created,
+    nullable columns added since are appended (ALTER TABLE ADD COLUMN, with their foreign key)
+    and missing indexes are built. A database without trojanscope's first table is left alone
+    (the caller reports it)."""
     if isinstance(bind, Engine):
         if not _outdated(bind):
             return
@@ -425,7 +429,11 @@ def _upgrade(bind: Engine | Connection) -> None:
         for column in table.columns:
             if column.name not in present and column.nullable:
                 kind = column.type.compile(dialect=bind.dialect)
+                for key in column.foreign_keys:
+                    kind += f' REFERENCES "{key.column.table.name}" ("{key.column.name}")'
                 bind.execute(text(f'ALTER TABLE "{name}" ADD COLUMN "{column.name}" {kind}'))
+        for index in table.indexes:
+            index.create(bind, checkfirst=True)
 
 
 def _probe_writable_folders(path: Path) -> None:
