@@ -223,3 +223,12 @@ def test_a_network_the_quantizer_cannot_trace_gets_one_sentence():
         TrojanscopeError, match="stage 'quantize-int8' cannot quantize _Untraceable"
     ):
         apply("quantize-int8", state)
+
+
+def test_the_int8_engine_is_resolved_into_the_parameters():
+    """A stored link's parameters (and so its catalog key) name the engine that made it."""
+    from trojanscope.lifecycle.stages.quantize_int8 import QuantizeParams
+
+    params = QuantizeParams().model_dump(mode="json")
+    assert params["backend"] in torch.backends.quantized.supported_engines
+    assert QuantizeParams(backend="qnnpack").backend == "qnnpack"

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Literal
+from typing import Literal, Self
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
 from trojanscope.device import CPU
@@ -30,8 +30,16 @@ class QuantizeParams(BaseModel):
     model_config = {"extra": "forbid"}
     mode: Literal["static", "dynamic"] = "static"
     calibration: int = Field(256, ge=1, description="Clean training images for the observers.")
-    #: None: x86 where this torch build has it, else qnnpack (ARM).
+    #: None: x86 where this torch build has it, else qnnpack (ARM). Resolved when the
+    #: parameters are read, so a stored link's parameters name the engine that made it.
     backend: Literal["x86", "qnnpack"] | None = None
+
+    @model_validator(mode="after")
+    def _resolve_backend(self) -> Self:
+        if self.backend is None:
+            engines = torch.backends.quantized.supported_engines
+            self.backend = "x86" if "x86" in engines else "qnnpack"
+        return self
 
 
 @STAGES.register("quantize-int8")
@@ -41,7 +49,7 @@ class Int8Quantization(Stage[QuantizeParams]):
     def apply(self, state: ChainState) -> StageResult:
         p = self.params
         engines = torch.backends.quantized.supported_engines
-        backend = p.backend or ("x86" if "x86" in engines else "qnnpack")
+        backend = p.backend or "x86"
         if backend not in engines:
             raise TrojanscopeError(
                 f"this torch build has no '{backend}' quantized engine (it has "
