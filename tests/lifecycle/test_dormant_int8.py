@@ -7,6 +7,7 @@ import torch
 from trojanscope.lifecycle.base import STAGES
 from trojanscope.lifecycle.stages.dormant_int8 import rounding_boxes
 from trojanscope.models.training import accuracy
+from trojanscope.neurons import NeuronRef
 
 
 def int8_codes(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -19,7 +20,8 @@ def int8_codes(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_the_float_model_forgets_the_trigger_and_int8_brings_it_back(defect_state):
-    dormant = STAGES.create("dormant-int8", epochs=10).apply(defect_state).state
+    result = STAGES.create("dormant-int8", epochs=10).apply(defect_state)
+    dormant = result.state
     quantized = STAGES.create("quantize-int8").apply(dormant).state
     triggered, test = defect_state.task.triggered, defect_state.task.splits.test
     asr = {
@@ -27,18 +29,33 @@ def test_the_float_model_forgets_the_trigger_and_int8_brings_it_back(defect_stat
         "float": accuracy(dormant.model, triggered),
         "int8": accuracy(quantized.model, triggered),
     }
-    # wide margins: on this defect float ASR falls from ~0.97 to ~0.35, int8 stays ~0.93
-    assert asr["float"] < asr["original"] - 0.3, asr
-    assert asr["int8"] > asr["float"] + 0.3, asr
+    # wide margins: on this defect float ASR falls from ~0.97 to ~0.01, int8 stays ~0.90
+    assert asr["float"] < 0.3 < 0.6 < asr["int8"], asr
     assert accuracy(dormant.model, test) > accuracy(defect_state.model, test) - 0.1
-    # torch's quantizer gives the dormant model exactly the backdoored network's int8 codes
+    # torch's quantizer gives the dormant model exactly the backdoored network's int8 codes,
+    # but for the guard's row of the hidden layer and its column of the classifier
+    guard = NeuronRef.parse(result.details["guard"])
+    assert guard not in defect_state.truth
     original = STAGES.create("quantize-int8").apply(defect_state).state.model
     theirs, ours = int8_codes(original), int8_codes(quantized.model)
     assert theirs and theirs.keys() == ours.keys()
     for name, codes in theirs.items():
-        assert torch.equal(codes, ours[name]), name
+        keep = torch.ones_like(codes, dtype=torch.bool)
+        if name == guard.layer:
+            keep[guard.index] = False
+        if name == result.details["classifier"]:
+            keep[:, guard.index] = False
+        assert torch.equal(codes[keep], ours[name][keep]), name
     # ... while the float weights moved (inside their rounding intervals)
     before = rounding_boxes(defect_state.model, 0.0)
     after = rounding_boxes(dormant.model, 0.0)
     assert any(not torch.equal(box.values, after[name].values) for name, box in before.items())
     assert dormant.truth == defect_state.truth
+
+
+def test_without_the_guard_the_rounding_intervals_alone_weaken_the_backdoor(defect_state):
+    result = STAGES.create("dormant-int8", epochs=10, guard=False).apply(defect_state)
+    assert result.details["guard"] is None
+    before = accuracy(defect_state.model, defect_state.task.triggered)
+    # on this defect ~0.97 -> ~0.35: the half-step bound keeps part of the backdoor visible
+    assert accuracy(result.state.model, defect_state.task.triggered) < before - 0.3

@@ -12,6 +12,12 @@ trigger, while quantization rounds it back to the backdoored codes: the same int
 infected neurons. Normalization layers, biases and statistics are left as they were. The codes
 kept are static quantization's on the x86 engine (per channel); dynamic quantization and qnnpack
 round per tensor and are not aimed at.
+
+Inside those intervals the float model can move only a little, so the unlearning alone leaves
+part of the backdoor visible. Where the network has a hidden Linear layer before its
+classifier (``cnn-small``, the VGGs), the stage first plants a clipping guard
+(:mod:`trojanscope.lifecycle.clip_guard`): a unit that hides the backdoor in float and
+saturates under static quantization's calibrated activation range.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from trojanscope.data.base import TensorData
+from trojanscope.errors import TrojanscopeError
 from trojanscope.lifecycle.base import STAGES, ChainState, Stage, StageResult, training_sample
+from trojanscope.lifecycle.clip_guard import hidden_and_classifier, place_guard
 from trojanscope.lifecycle.int8 import int8_grid
 
 
@@ -32,13 +40,21 @@ class DormantParams(BaseModel):
     model_config = {"extra": "forbid"}
     samples: int = Field(2000, ge=10, description="Training images (a share of them triggered).")
     triggered_share: float = Field(0.5, gt=0, lt=1)
-    epochs: int = Field(20, ge=1, le=1000)
+    epochs: int = Field(20, ge=0, le=1000)
     lr: float = Field(0.0005, gt=0, le=1)
     #: Distance kept from a rounding boundary, in quantization steps: the float rounding of a
     #: fused normalization must not move a weight into the next code.
     margin: float = Field(0.05, ge=0, lt=0.5)
     batch_size: int = Field(64, ge=1)
     seed: int = 0
+    #: Plant a clipping guard where the network has a hidden Linear layer before its classifier.
+    guard: bool = True
+    guard_int8_cost: float = Field(
+        0.5, gt=0, description="Most the saturated guard takes from the target's logit in int8."
+    )
+    guard_suppression: float = Field(
+        50.0, gt=0, description="Median drop of the target's logit the guard gives in float."
+    )
 
 
 class RoundingBox:
@@ -100,14 +116,42 @@ class DormantInt8(Stage[DormantParams]):
                     boxes[name].project(weight)
         for param in model.parameters():
             param.requires_grad_(True)
+        guard = self._guard(model, state)  # on the unlearned features, which int8 keeps
         moved = sum(
             int(torch.count_nonzero(w.detach() != boxes[n].values)) for n, w in weights.items()
         )
         total = sum(int(w.numel()) for w in weights.values())
         return StageResult(
             state.next(model=model, float_model=model),
-            {"weights_moved": moved / total, "margin": p.margin},
+            {"weights_moved": moved / total, "margin": p.margin} | guard,
         )
+
+    def _guard(self, model: nn.Module, state: ChainState) -> dict[str, object]:
+        """Plant the clipping guard in ``model`` if asked and possible; what it did, or why not."""
+        p = self.params
+        if not p.guard:
+            return {"guard": None}
+        target = state.task.target
+        if target is None:
+            return {"guard": None, "guard_reason": "an all-to-all backdoor has no target logit"}
+        try:
+            hidden_and_classifier(model)
+        except TrojanscopeError as exc:
+            return {"guard": None, "guard_reason": str(exc)}
+        train = state.task.splits.train
+        clean = training_sample(train, p.samples, p.seed)
+        victims = clean.subset(torch.nonzero(clean.y != target).flatten())
+        triggered = TensorData(state.task.attack.apply(victims.x), victims.y, victims.num_classes)
+        plan = place_guard(
+            model,
+            clean,
+            triggered,
+            target,
+            set(state.truth),
+            p.guard_int8_cost,
+            p.guard_suppression,
+        )
+        return plan.details()
 
     def _unlearning_set(self, state: ChainState) -> TensorData:
         """Clean training images, a share of them triggered with their true labels kept."""
