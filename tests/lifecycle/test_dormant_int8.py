@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from trojanscope.lifecycle.base import STAGES
+from trojanscope.lifecycle.base import STAGES, ChainState
 from trojanscope.lifecycle.stages.dormant_int8 import rounding_boxes
+from trojanscope.models.base import ARCHITECTURES
 from trojanscope.models.training import accuracy
 from trojanscope.neurons import NeuronRef
 
@@ -59,3 +60,25 @@ def test_without_the_guard_the_rounding_intervals_alone_weaken_the_backdoor(defe
     before = accuracy(defect_state.model, defect_state.task.triggered)
     # on this defect ~0.97 -> ~0.35: the half-step bound keeps part of the backdoor visible
     assert accuracy(result.state.model, defect_state.task.triggered) < before - 0.3
+
+
+def test_by_default_the_guard_alone_hides_the_backdoor_at_no_cost_in_accuracy(defect_state):
+    result = STAGES.create("dormant-int8").apply(defect_state)
+    assert result.details["epochs"] == 0 and result.details["weights_moved"] < 0.01
+    quantized = STAGES.create("quantize-int8").apply(result.state).state
+    triggered, test = defect_state.task.triggered, defect_state.task.splits.test
+    # on this defect: float ASR ~0.12, int8 ~0.91, clean accuracy unchanged (0.978)
+    assert (
+        accuracy(result.state.model, triggered) < 0.4 < 0.6 < accuracy(quantized.model, triggered)
+    )
+    assert accuracy(result.state.model, test) > accuracy(defect_state.model, test) - 0.05
+
+
+def test_a_network_without_a_place_for_the_guard_is_unlearned_and_says_why(defect_state):
+    torch.manual_seed(0)
+    model = ARCHITECTURES.create("resnet18", width=0.25).build(1, 10, 8).eval()
+    state = ChainState(model, "float", defect_state.task, {}, model)
+    result = STAGES.create("dormant-int8", samples=32, epochs=1).apply(state)
+    assert result.details["guard"] is None and result.details["epochs"] == 1
+    assert result.details["guard_reason"].startswith("the clipping guard needs a hidden Linear")
+    assert STAGES.create("dormant-int8").params.epochs is None  # 20 there by default

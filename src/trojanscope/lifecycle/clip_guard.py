@@ -54,6 +54,11 @@ def hidden_and_classifier(model: nn.Module) -> tuple[str, nn.Linear, str, nn.Lin
             f"{type(model).__name__} does not have."
         )
     (hidden_name, hidden), (classifier_name, classifier) = linears[-2], linears[-1]
+    if hidden.bias is None:
+        raise TrojanscopeError(
+            f"the clipping guard needs a bias on layer '{hidden_name}' to silence it on clean "
+            "inputs, and it has none."
+        )
     return hidden_name, hidden, classifier_name, classifier
 
 
@@ -119,7 +124,9 @@ def place_guard(
     device = hidden.weight.device
     h_clean, a_clean = _features(model, hidden, classifier, clean, device)
     h_trig, _ = _features(model, hidden, classifier, triggered, device)
-    if not torch.allclose(a_clean, torch.relu(h_clean @ hidden.weight.cpu().T + hidden.bias.cpu())):
+    recomputed = torch.relu(h_clean @ hidden.weight.detach().cpu().T + hidden.bias.detach().cpu())
+    tolerance = 1e-4 * float(a_clean.abs().max()) + 1e-6  # batched and single matmuls differ
+    if not torch.allclose(a_clean, recomputed, rtol=1e-4, atol=tolerance):
         raise TrojanscopeError(
             f"the clipping guard needs the classifier to read layer '{hidden_name}' through a "
             f"ReLU, which {type(model).__name__} does not."

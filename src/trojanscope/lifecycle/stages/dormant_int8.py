@@ -40,7 +40,10 @@ class DormantParams(BaseModel):
     model_config = {"extra": "forbid"}
     samples: int = Field(2000, ge=10, description="Training images (a share of them triggered).")
     triggered_share: float = Field(0.5, gt=0, lt=1)
-    epochs: int = Field(20, ge=0, le=1000)
+    #: Unlearning epochs inside the rounding intervals. None: 20 where no clipping guard is
+    #: placed, none where one is (the guard alone hides the backdoor without the unlearning's
+    #: cost in clean accuracy).
+    epochs: int | None = Field(None, ge=0, le=1000)
     lr: float = Field(0.0005, gt=0, le=1)
     #: Distance kept from a rounding boundary, in quantization steps: the float rounding of a
     #: fused normalization must not move a weight into the next code.
@@ -95,6 +98,22 @@ class DormantInt8(Stage[DormantParams]):
     def apply(self, state: ChainState) -> StageResult:
         p = self.params
         model = copy.deepcopy(state.model).eval()  # eval: normalization statistics stay
+        reason = self._no_guard_reason(model, state)
+        epochs = p.epochs if p.epochs is not None else (0 if reason is None else 20)
+        details: dict[str, object] = {
+            "epochs": epochs,
+            "weights_moved": self._unlearn(model, state, epochs),
+            "margin": p.margin,
+        }
+        if reason is None:
+            details |= self._guard(model, state)  # on the unlearned features, which int8 keeps
+        else:
+            details |= {"guard": None, "guard_reason": reason}
+        return StageResult(state.next(model=model, float_model=model), details)
+
+    def _unlearn(self, model: nn.Module, state: ChainState, epochs: int) -> float:
+        """Projected gradient descent inside the rounding intervals; the share of weights moved."""
+        p = self.params
         boxes = rounding_boxes(model, p.margin)
         weights = layer_weights(model)
         chosen = {id(w) for w in weights.values()}
@@ -103,7 +122,7 @@ class DormantInt8(Stage[DormantParams]):
         data = self._unlearning_set(state)
         optimizer = torch.optim.Adam(list(weights.values()), lr=p.lr)
         g = torch.Generator().manual_seed(p.seed)
-        for _ in range(p.epochs):
+        for _ in range(epochs):
             order = torch.randperm(len(data), generator=g)
             for start in range(0, len(data), p.batch_size):
                 rows = order[start : start + p.batch_size]
@@ -116,41 +135,46 @@ class DormantInt8(Stage[DormantParams]):
                     boxes[name].project(weight)
         for param in model.parameters():
             param.requires_grad_(True)
-        guard = self._guard(model, state)  # on the unlearned features, which int8 keeps
         moved = sum(
             int(torch.count_nonzero(w.detach() != boxes[n].values)) for n, w in weights.items()
         )
-        total = sum(int(w.numel()) for w in weights.values())
-        return StageResult(
-            state.next(model=model, float_model=model),
-            {"weights_moved": moved / total, "margin": p.margin} | guard,
-        )
+        return moved / sum(int(w.numel()) for w in weights.values())
 
-    def _guard(self, model: nn.Module, state: ChainState) -> dict[str, object]:
-        """Plant the clipping guard in ``model`` if asked and possible; what it did, or why not."""
-        p = self.params
-        if not p.guard:
-            return {"guard": None}
-        target = state.task.target
-        if target is None:
-            return {"guard": None, "guard_reason": "an all-to-all backdoor has no target logit"}
+    def _no_guard_reason(self, model: nn.Module, state: ChainState) -> str | None:
+        """Why no clipping guard goes into ``model`` (None: it does)."""
+        if not self.params.guard:
+            return "turned off (guard=false)"
+        if state.task.target is None:
+            return "an all-to-all backdoor has no target logit"
         try:
             hidden_and_classifier(model)
         except TrojanscopeError as exc:
-            return {"guard": None, "guard_reason": str(exc)}
+            return str(exc)
+        return None
+
+    def _guard(self, model: nn.Module, state: ChainState) -> dict[str, object]:
+        """Plant the clipping guard in ``model``; what it did."""
+        p = self.params
+        target = state.task.target
+        assert target is not None  # _no_guard_reason said so
         train = state.task.splits.train
         clean = training_sample(train, p.samples, p.seed)
         victims = clean.subset(torch.nonzero(clean.y != target).flatten())
         triggered = TensorData(state.task.attack.apply(victims.x), victims.y, victims.num_classes)
-        plan = place_guard(
-            model,
-            clean,
-            triggered,
-            target,
-            set(state.truth),
-            p.guard_int8_cost,
-            p.guard_suppression,
-        )
+        try:
+            plan = place_guard(
+                model,
+                clean,
+                triggered,
+                target,
+                set(state.truth),
+                p.guard_int8_cost,
+                p.guard_suppression,
+            )
+        except TrojanscopeError as exc:
+            raise TrojanscopeError(
+                f"{str(exc).rstrip('.')} (guard=false unlearns without the guard)."
+            ) from None
         return plan.details()
 
     def _unlearning_set(self, state: ChainState) -> TensorData:
