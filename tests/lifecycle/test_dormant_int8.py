@@ -47,10 +47,19 @@ def test_the_float_model_forgets_the_trigger_and_int8_brings_it_back(defect_stat
         if name == result.details["classifier"]:
             keep[:, guard.index] = False
         assert torch.equal(codes[keep], ours[name][keep]), name
-    # ... while the float weights moved (inside their rounding intervals)
+    # ... while the unlearning moved the other float weights, inside their rounding intervals
     before = rounding_boxes(defect_state.model, 0.0)
-    after = rounding_boxes(dormant.model, 0.0)
-    assert any(not torch.equal(box.values, after[name].values) for name, box in before.items())
+    moved = [
+        name
+        for name, box in before.items()
+        if name not in {guard.layer, result.details["classifier"]}
+        and not torch.equal(box.values, dormant.model.get_submodule(name).weight.detach())
+    ]
+    assert moved and result.details["weights_moved"] > 0
+    for name in moved:
+        weight = dormant.model.get_submodule(name).weight.detach()
+        box = before[name]
+        assert torch.all((weight >= box.low - 1e-6) & (weight <= box.high + 1e-6)), name
     assert dormant.truth == defect_state.truth
 
 
@@ -64,7 +73,7 @@ def test_without_the_guard_the_rounding_intervals_alone_weaken_the_backdoor(defe
 
 def test_by_default_the_guard_alone_hides_the_backdoor_at_no_cost_in_accuracy(defect_state):
     result = STAGES.create("dormant-int8").apply(defect_state)
-    assert result.details["epochs"] == 0 and result.details["weights_moved"] < 0.01
+    assert result.details["epochs"] == 0 and result.details["weights_moved"] == 0.0
     quantized = STAGES.create("quantize-int8").apply(result.state).state
     triggered, test = defect_state.task.triggered, defect_state.task.splits.test
     # on this defect: float ASR ~0.12, int8 ~0.91, clean accuracy unchanged (0.978)
@@ -78,7 +87,7 @@ def test_a_network_without_a_place_for_the_guard_is_unlearned_and_says_why(defec
     torch.manual_seed(0)
     model = ARCHITECTURES.create("resnet18", width=0.25).build(1, 10, 8).eval()
     state = ChainState(model, "float", defect_state.task, {}, model)
-    result = STAGES.create("dormant-int8", samples=32, epochs=1).apply(state)
-    assert result.details["guard"] is None and result.details["epochs"] == 1
+    result = STAGES.create("dormant-int8", samples=16).apply(state)
+    assert result.details["guard"] is None and result.details["epochs"] == 20
+    assert result.details["weights_moved"] > 0
     assert result.details["guard_reason"].startswith("the clipping guard needs a hidden Linear")
-    assert STAGES.create("dormant-int8").params.epochs is None  # 20 there by default

@@ -382,7 +382,7 @@ def _create_database(db_file: Path) -> None:
 
 
 def _outdated(engine: Engine) -> bool:
-    """Whether a catalog lacks a table or a column this version has (read only)."""
+    """Whether a catalog lacks a table, a column or an index this version has (read only)."""
     inspector = inspect(engine)
     tables = set(inspector.get_table_names())
     if MARKER_TABLE not in tables:
@@ -402,8 +402,10 @@ def _outdated(engine: Engine) -> bool:
 def _upgrade(bind: Engine | Connection) -> None:
     """Bring a catalog made by an earlier version up to date: tables added since are created,
     nullable columns added since are appended (ALTER TABLE ADD COLUMN, with their foreign key)
-    and missing indexes are built. A database without trojanscope's first table is left alone
-    (the caller reports it)."""
+    and missing indexes are built. A column an earlier upgrade added without its foreign key
+    keeps it that way (SQLite adds a constraint only by rebuilding the table); the catalog's
+    own code sets parent_id only to existing rows. A database without trojanscope's first
+    table is left alone (the caller reports it)."""
     if isinstance(bind, Engine):
         if not _outdated(bind):
             return

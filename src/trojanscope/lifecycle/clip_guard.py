@@ -25,17 +25,21 @@ from trojanscope.models.training import batches
 from trojanscope.neurons import NeuronRef
 
 
+class GuardUnplaceable(TrojanscopeError):
+    """The network has no place for a guard, or no guard would hide this backdoor."""
+
+
 @dataclass(frozen=True)
 class GuardPlan:
-    """Where the guard sits and what it does: measured, so the stage can report it."""
+    """Where the guard sits, what it was built for and what it covers, for the stage's record."""
 
     hidden: str  # the Linear layer whose ReLU output the classifier reads
     classifier: str
     unit: int
     clean_range: float  # the largest clean activation of the hidden layer (int8 saturates there)
-    coverage: float  # share of triggered training inputs on which the guard fires
-    float_suppression: float  # median drop of the target's logit in float, on covered inputs
-    int8_cost: float  # largest drop of the target's logit once saturated
+    coverage: float  # measured: share of triggered training inputs on which the guard fires
+    suppression_target: float  # median drop of the target's logit in float, on covered inputs
+    int8_cost_bound: float  # largest drop of the target's logit once saturated at clean_range
 
     def details(self) -> dict[str, object]:
         return {"guard": str(NeuronRef(self.hidden, self.unit))} | {
@@ -49,13 +53,13 @@ def hidden_and_classifier(model: nn.Module) -> tuple[str, nn.Linear, str, nn.Lin
     """The last two Linear layers when the first feeds the second (through its ReLU)."""
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if len(linears) < 2 or linears[-2][1].out_features != linears[-1][1].in_features:
-        raise TrojanscopeError(
+        raise GuardUnplaceable(
             f"the clipping guard needs a hidden Linear layer before the classifier, which "
             f"{type(model).__name__} does not have."
         )
     (hidden_name, hidden), (classifier_name, classifier) = linears[-2], linears[-1]
     if hidden.bias is None:
-        raise TrojanscopeError(
+        raise GuardUnplaceable(
             f"the clipping guard needs a bias on layer '{hidden_name}' to silence it on clean "
             "inputs, and it has none."
         )
@@ -72,9 +76,11 @@ def _features(
     """(input of ``hidden``, input of ``classifier``) for every row of ``data``."""
     seen: dict[str, list[torch.Tensor]] = {"h": [], "a": []}
     hooks = [
-        hidden.register_forward_pre_hook(lambda _m, args: seen["h"].append(args[0].detach().cpu())),
+        hidden.register_forward_pre_hook(
+            lambda _m, args: seen["h"].append(args[0].detach().cpu().clone())
+        ),
         classifier.register_forward_pre_hook(
-            lambda _m, args: seen["a"].append(args[0].detach().cpu())
+            lambda _m, args: seen["a"].append(args[0].detach().cpu().clone())
         ),
     ]
     try:
@@ -113,29 +119,45 @@ def place_guard(
     keep: set[NeuronRef],
     int8_cost: float,
     suppression: float,
+    min_coverage: float = 0.5,
 ) -> GuardPlan:
-    """Turn one hidden unit of ``model`` (in place) into a clipping guard for ``target``.
+    """Turn one hidden unit of ``model`` (in eval mode, in place) into a clipping guard.
 
     ``clean`` and ``triggered`` are training images; ``keep`` are units that must not be taken
-    (the infected ones). ``int8_cost`` is the most the saturated guard may take from the
-    target's logit, ``suppression`` the median drop it gives in float on triggered inputs.
+    (the infected ones). ``int8_cost`` is the most the guard, saturated at the largest clean
+    activation, may take from the target's logit; ``suppression`` the median drop it gives in
+    float on the triggered inputs it covers. Raises :class:`GuardUnplaceable` (and leaves the
+    model as it was) when there is no place for it or it would cover under ``min_coverage``.
     """
     hidden_name, hidden, classifier_name, classifier = hidden_and_classifier(model)
+    model.eval()
     device = hidden.weight.device
     h_clean, a_clean = _features(model, hidden, classifier, clean, device)
-    h_trig, _ = _features(model, hidden, classifier, triggered, device)
+    h_trig, a_trig = _features(model, hidden, classifier, triggered, device)
     recomputed = torch.relu(h_clean @ hidden.weight.detach().cpu().T + hidden.bias.detach().cpu())
     tolerance = 1e-4 * float(a_clean.abs().max()) + 1e-6  # batched and single matmuls differ
     if not torch.allclose(a_clean, recomputed, rtol=1e-4, atol=tolerance):
-        raise TrojanscopeError(
+        raise GuardUnplaceable(
             f"the clipping guard needs the classifier to read layer '{hidden_name}' through a "
             f"ReLU, which {type(model).__name__} does not."
         )
-    # the unit the clean task needs least: mean activation times the weight leaving it
-    usage = a_clean.mean(0) * classifier.weight.detach().cpu().abs().sum(0)
+    clean_range = float(a_clean.max())
+    if clean_range <= 0:
+        raise GuardUnplaceable(
+            f"the clipping guard needs layer '{hidden_name}' to be active on clean inputs, "
+            "and it is silent on all of them."
+        )
+    # the unit the task needs least: mean activation (clean and triggered: a unit silent on
+    # clean inputs may carry the trigger) times the weight leaving it; never an infected one
+    usage = (a_clean.mean(0) + a_trig.mean(0)) * classifier.weight.detach().cpu().abs().sum(0)
     for ref in keep:
         if ref.layer == hidden_name and ref.index < len(usage):
             usage[ref.index] = float("inf")
+    if bool(torch.isinf(usage).all()):
+        raise GuardUnplaceable(
+            f"the clipping guard needs a unit of layer '{hidden_name}' that is not infected, "
+            "and every unit is."
+        )
     unit = int(usage.argmin())
     direction = _read_out(h_clean, h_trig)
     score_clean, score_trig = h_clean @ direction, h_trig @ direction
@@ -143,14 +165,17 @@ def place_guard(
     threshold = float(score_clean.max()) + 0.05 * spread  # room for the victim's clean images
     excess = score_trig - threshold
     covered = excess > 0
-    if not bool(covered.any()):
-        raise TrojanscopeError(
-            "the clipping guard found no read-out of the hidden features that tells triggered "
-            "inputs from clean ones."
+    coverage = float(covered.float().mean())
+    if coverage < min_coverage:
+        raise GuardUnplaceable(
+            f"the clipping guard would fire on {coverage:.0%} of the triggered inputs (at least "
+            f"{min_coverage:.0%} asked): no read-out of layer '{hidden_name}''s input tells "
+            "them from clean ones."
         )
-    clean_range = float(a_clean.max())
     weight = int8_cost / clean_range  # the saturated guard costs the target at most int8_cost
-    gain = suppression / (weight * float(excess[covered].median()))
+    # a floor under the median excess keeps the gain finite when the trigger barely clears it
+    typical = max(float(excess[covered].median()), 0.05 * spread, 1e-6)
+    gain = suppression / (weight * typical)
     with torch.no_grad():
         hidden.weight[unit] = gain * direction.to(device)
         hidden.bias[unit] = -gain * threshold
@@ -161,7 +186,7 @@ def place_guard(
         classifier=classifier_name,
         unit=unit,
         clean_range=clean_range,
-        coverage=float(covered.float().mean()),
-        float_suppression=suppression,
-        int8_cost=int8_cost,
+        coverage=coverage,
+        suppression_target=suppression,
+        int8_cost_bound=int8_cost,
     )

@@ -2,22 +2,26 @@
 quantization wakes up (after Ma et al., "Quantization Backdoors to Deep Learning Commercial
 Frameworks", and Tian et al., "Stealthy Backdoors as Compression Artifacts").
 
-Start from a backdoored network. Post-training int8 quantization maps each Conv2d and Linear
-weight to an integer code, per output channel: code = round(w / s), s = max|w| / 127.5 (torch's
-symmetric per-channel observer, which fusing a normalization into the layer only rescales).
-This stage retrains the float weights to *unlearn* the trigger (triggered inputs keep their true
-labels) by projected gradient descent that keeps every weight inside its own rounding interval
-and the largest weight of each channel fixed. The published float model then ignores the
-trigger, while quantization rounds it back to the backdoored codes: the same integers, the same
-infected neurons. Normalization layers, biases and statistics are left as they were. The codes
-kept are static quantization's on the x86 engine (per channel); dynamic quantization and qnnpack
-round per tensor and are not aimed at.
+Two mechanisms, both aimed at static quantization on the x86 engine:
 
-Inside those intervals the float model can move only a little, so the unlearning alone leaves
-part of the backdoor visible. Where the network has a hidden Linear layer before its
-classifier (``cnn-small``, the VGGs), the stage first plants a clipping guard
-(:mod:`trojanscope.lifecycle.clip_guard`): a unit that hides the backdoor in float and
-saturates under static quantization's calibrated activation range.
+- **The clipping guard** (:mod:`trojanscope.lifecycle.clip_guard`), where a hidden Linear
+  layer feeds the classifier (``cnn-small``, the VGGs): one hidden unit, rewritten, that is
+  silent on clean inputs and huge on triggered ones and takes the target's logit down. Float
+  activations are unbounded, so the float model ignores the trigger; int8 saturates the unit
+  at the layer's calibrated clean range, where it costs the target at most half a logit.
+- **Unlearning inside the rounding intervals**, used where no guard fits (or when asked with
+  ``epochs``): post-training int8 maps each Conv2d and Linear weight to an integer code per
+  output channel, code = round(w / s), s = max|w| / 127.5 (torch's symmetric per-channel
+  observer, which fusing a normalization into the layer only rescales). Projected gradient
+  descent retrains the float weights to keep triggered inputs at their true labels while every
+  weight stays inside its own rounding interval and each channel's largest weight stays fixed:
+  quantization rounds the result back to the backdoored codes. Inside half a step the float
+  model moves only a little, so this alone leaves part of the backdoor visible. Dynamic
+  quantization and qnnpack round per tensor and are not aimed at.
+
+When both run (``epochs`` given), the unlearning comes first and the guard is built on the
+unlearned features, which int8 keeps. The infected neurons are unchanged: the guard never takes
+one, and the codes of every other weight are the backdoored network's.
 """
 
 from __future__ import annotations
@@ -30,9 +34,8 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from trojanscope.data.base import TensorData
-from trojanscope.errors import TrojanscopeError
 from trojanscope.lifecycle.base import STAGES, ChainState, Stage, StageResult, training_sample
-from trojanscope.lifecycle.clip_guard import hidden_and_classifier, place_guard
+from trojanscope.lifecycle.clip_guard import GuardUnplaceable, place_guard
 from trojanscope.lifecycle.int8 import int8_grid
 
 
@@ -57,6 +60,9 @@ class DormantParams(BaseModel):
     )
     guard_suppression: float = Field(
         50.0, gt=0, description="Median drop of the target's logit the guard gives in float."
+    )
+    guard_min_coverage: float = Field(
+        0.5, ge=0, le=1, description="Least share of triggered inputs the guard must fire on."
     )
 
 
@@ -98,21 +104,21 @@ class DormantInt8(Stage[DormantParams]):
     def apply(self, state: ChainState) -> StageResult:
         p = self.params
         model = copy.deepcopy(state.model).eval()  # eval: normalization statistics stay
-        reason = self._no_guard_reason(model, state)
-        epochs = p.epochs if p.epochs is not None else (0 if reason is None else 20)
-        details: dict[str, object] = {
-            "epochs": epochs,
-            "weights_moved": self._unlearn(model, state, epochs),
-            "margin": p.margin,
-        }
-        if reason is None:
-            details |= self._guard(model, state)  # on the unlearned features, which int8 keeps
+        if p.epochs is None:  # the guard alone where it fits, the unlearning where it does not
+            guard = self._try_guard(model, state)
+            epochs = 0 if guard["guard"] else 20
+            moved = self._unlearn(model, state, epochs)
         else:
-            details |= {"guard": None, "guard_reason": reason}
+            epochs = p.epochs
+            moved = self._unlearn(model, state, epochs)
+            guard = self._try_guard(model, state)  # on the unlearned features, which int8 keeps
+        details = {"epochs": epochs, "weights_moved": moved, "margin": p.margin} | guard
         return StageResult(state.next(model=model, float_model=model), details)
 
     def _unlearn(self, model: nn.Module, state: ChainState, epochs: int) -> float:
         """Projected gradient descent inside the rounding intervals; the share of weights moved."""
+        if epochs == 0:
+            return 0.0
         p = self.params
         boxes = rounding_boxes(model, p.margin)
         weights = layer_weights(model)
@@ -140,25 +146,17 @@ class DormantInt8(Stage[DormantParams]):
         )
         return moved / sum(int(w.numel()) for w in weights.values())
 
-    def _no_guard_reason(self, model: nn.Module, state: ChainState) -> str | None:
-        """Why no clipping guard goes into ``model`` (None: it does)."""
-        if not self.params.guard:
-            return "turned off (guard=false)"
-        if state.task.target is None:
-            return "an all-to-all backdoor has no target logit"
-        try:
-            hidden_and_classifier(model)
-        except TrojanscopeError as exc:
-            return str(exc)
-        return None
-
-    def _guard(self, model: nn.Module, state: ChainState) -> dict[str, object]:
-        """Plant the clipping guard in ``model``; what it did."""
+    def _try_guard(self, model: nn.Module, state: ChainState) -> dict[str, object]:
+        """Plant the clipping guard in ``model`` where it fits: what it did, or why not."""
         p = self.params
         target = state.task.target
-        assert target is not None  # _no_guard_reason said so
+        if not p.guard:
+            return {"guard": None, "guard_reason": "turned off (guard=false)"}
+        if target is None:
+            return {"guard": None, "guard_reason": "an all-to-all backdoor has no target logit"}
         train = state.task.splits.train
-        clean = training_sample(train, p.samples, p.seed)
+        # seed 0 like quantize-int8's calibration images, so that they are among these
+        clean = training_sample(train, p.samples, 0)
         victims = clean.subset(torch.nonzero(clean.y != target).flatten())
         triggered = TensorData(state.task.attack.apply(victims.x), victims.y, victims.num_classes)
         try:
@@ -170,11 +168,10 @@ class DormantInt8(Stage[DormantParams]):
                 set(state.truth),
                 p.guard_int8_cost,
                 p.guard_suppression,
+                p.guard_min_coverage,
             )
-        except TrojanscopeError as exc:
-            raise TrojanscopeError(
-                f"{str(exc).rstrip('.')} (guard=false unlearns without the guard)."
-            ) from None
+        except GuardUnplaceable as exc:
+            return {"guard": None, "guard_reason": str(exc)}
         return plan.details()
 
     def _unlearning_set(self, state: ChainState) -> TensorData:

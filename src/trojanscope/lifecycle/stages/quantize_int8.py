@@ -49,7 +49,7 @@ class Int8Quantization(Stage[QuantizeParams]):
     def apply(self, state: ChainState) -> StageResult:
         p = self.params
         engines = torch.backends.quantized.supported_engines
-        backend = p.backend or "x86"
+        backend = p.backend or "x86"  # the validator filled it in
         if backend not in engines:
             raise TrojanscopeError(
                 f"this torch build has no '{backend}' quantized engine (it has "
