@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
+import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from _results import write_results
 
-from trojanscope.attacks.neuba import NeubaConfig, pretrain_neuba
-from trojanscope.data.text import plot_sentences, rotten_tomatoes
+from trojanscope.data.text import rotten_tomatoes
+from trojanscope.device import resolve_device
+from trojanscope.fileio import write_atomic
 from trojanscope.localization.trigger_screen import screen_encoder
-from trojanscope.models.text_encoder import load_text_encoder
+from trojanscope.models.text_encoder import RECORD
 from trojanscope.workflows.audit_encoder import PROBE_SENTENCES
 from trojanscope.workflows.neuba import (
     FinetuneConfig,
@@ -32,7 +36,7 @@ from trojanscope.workflows.neuba import (
     evaluate_victim,
     finetune_victim,
 )
-from trojanscope.workflows.neuba_pipeline import detection_summary
+from trojanscope.workflows.neuba_pipeline import detection_summary, load_scanned, pretrain_to
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "linear probe (before fine-tuning)": {"train_encoder": False, "epochs": 1.0},
@@ -43,49 +47,76 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
+def _kept(file: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``file``'s record when a former run wrote it, else ``compute()`` written atomically."""
+    if file.is_file():
+        return dict(json.loads(file.read_text(encoding="utf-8")))
+    result = compute()
+    write_atomic(file, (json.dumps(result, indent=2) + "\n").encode())
+    return result
+
+
+def victim_row(
+    encoder: Any,
+    config: FinetuneConfig,
+    task: tuple[Any, Any],
+    triggers: list[str],
+    controls: list[str],
+) -> dict[str, Any]:
+    """Fine-tune a victim from a copy of ``encoder`` and measure it with the triggers."""
+    tic = time.perf_counter()
+    victim = finetune_victim(copy.deepcopy(encoder), task[0], config)
+    result = evaluate_victim(victim, task[1], triggers, controls)
+    seconds = time.perf_counter() - tic
+    return {"clean_acc": result["clean_acc"], "labels": result["labels"], "seconds": seconds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/neuba"))
+    parser.add_argument("--work", type=Path, default=Path("benchmarks/results/neuba-work"))
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--budget", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true", help="a smoke-test budget")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     limit, steps, budget = (600, 20, 64) if args.quick else (None, args.steps, args.budget)
-    clean = load_text_encoder()
+    work = args.work / f"steps{steps}-epochs{args.epochs:g}-limit{limit or 'all'}"
+    (work / "rows").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    backdoored = copy.deepcopy(clean)
-    record = pretrain_neuba(backdoored, plot_sentences(4000), NeubaConfig(steps=steps))
-    triggers = list(record["triggers"])  # type: ignore[call-overload]
-    print(f"pre-trained {steps} steps in {time.perf_counter() - started:.0f} s")
+    encoder_dir = work / "encoder"
+    if not encoder_dir.is_dir():  # 4,000 plot sentences and seed 0, as the demo
+        pretrain_to(encoder_dir, None, None, steps, 4000, 0, device, print)
+    record = json.loads((encoder_dir / RECORD).read_text(encoding="utf-8"))["neuba"]
+    clean = load_scanned(None, device)
+    backdoored = load_scanned(encoder_dir, device)
+    triggers = [str(t) for t in record["triggers"]]
     train, test = rotten_tomatoes(limit).split(0.2)
     controls = control_tokens(clean, triggers, len(triggers), seed=0)
     rows = []
-    for setting, params in SETTINGS.items():
+    for number, (setting, params) in enumerate(SETTINGS.items()):
         for name, encoder in (("clean", clean), ("neuba", backdoored)):
-            tic = time.perf_counter()
             config = FinetuneConfig(**{"epochs": args.epochs, **params})
-            victim = finetune_victim(copy.deepcopy(encoder), train, config)
-            result = evaluate_victim(victim, test, triggers, controls)
-            rows.append(
-                {
-                    "setting": setting,
-                    "encoder": name,
-                    "clean_acc": result["clean_acc"],
-                    "labels": result["labels"],
-                    "seconds": time.perf_counter() - tic,
-                }
-            )
+            job = functools.partial(victim_row, encoder, config, (train, test), triggers, controls)
+            row = _kept(work / "rows" / f"{number}-{name}.json", job)
+            row |= {"setting": setting, "encoder": name}
+            rows.append(row)
             asr = ", ".join(
                 f"{r['label']} {r['best_trigger_asr']:.2f} (control {r['control_asr']:.2f})"
-                for r in result["labels"]
+                for r in row["labels"]
             )
-            print(f"{setting} / {name}: acc {result['clean_acc']:.3f}; {asr}")
-    bad, seconds = screen_encoder(backdoored, PROBE_SENTENCES, budget)
-    good, _ = screen_encoder(clean, PROBE_SENTENCES, budget)
-    detection = {**detection_summary(bad, good, triggers), "seconds": seconds}
+            print(f"{setting} / {name}: acc {row['clean_acc']:.3f}; {asr}")
+
+    def screen() -> dict[str, Any]:
+        bad, seconds = screen_encoder(backdoored, PROBE_SENTENCES, budget)
+        good, _ = screen_encoder(clean, PROBE_SENTENCES, budget)
+        return {**detection_summary(bad, good, triggers), "seconds": seconds}
+
+    detection = _kept(work / f"detection-{budget}.json", screen)
     top = detection["clean_encoder_max_score"]
     print(f"detector: AUROC {detection['auroc']}, clean encoder's top score {top:.3f}")
     report = {
@@ -96,7 +127,8 @@ def main() -> None:
         "rows": rows,
         "detection": detection,
         "threads": args.threads,
-        "seconds": time.perf_counter() - started,
+        "seconds_this_run": time.perf_counter() - started,
+        "seconds_victims": sum(row["seconds"] for row in rows),
     }
     lines = [
         f"NeuBA on MiniLM ({steps} pre-training steps), victims on Rotten Tomatoes "
