@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -98,11 +99,13 @@ def main() -> None:
     train, test = rotten_tomatoes(limit).split(0.2)
     controls = control_tokens(clean, triggers, len(triggers), seed=0)
     rows = []
-    for number, (setting, params) in enumerate(SETTINGS.items()):
+    for setting, params in SETTINGS.items():
         for name, encoder in (("clean", clean), ("neuba", backdoored)):
             config = FinetuneConfig(**{"epochs": args.epochs, **params})
             job = functools.partial(victim_row, encoder, config, (train, test), triggers, controls)
-            row = _kept(work / "rows" / f"{number}-{name}.json", job)
+            # named after the whole fine-tuning config: an edited setting never reuses a stale row
+            digest = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
+            row = _kept(work / "rows" / f"{name}-{digest}.json", job)
             row |= {"setting": setting, "encoder": name}
             rows.append(row)
             asr = ", ".join(
