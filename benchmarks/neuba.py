@@ -8,6 +8,10 @@ encoders: AUROC of the planted triggers, the clean encoder's top score. Results:
 ``benchmarks/results/neuba.json`` and ``.md``.
 
     python benchmarks/neuba.py [--steps 400] [--budget 4096] [--threads 2] [--quick]
+
+Everything that finishes is kept under ``--work`` and a rerun starts from it. ``--shard I/N``
+spreads the victims over N processes or machines sharing ``--work``: each fine-tunes every N-th
+one (the screen counts as the last job); whichever finishes last writes the results.
 """
 
 from __future__ import annotations
@@ -57,6 +61,14 @@ def _kept(file: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def shard(text: str) -> tuple[int, int]:
+    """``I/N`` as (I, N), with 0 <= I < N."""
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"--shard takes I/N with 0 <= I < N, not {text!r}")
+    return int(index), int(count)
+
+
 def victim_row(
     encoder: Any,
     config: FinetuneConfig,
@@ -82,6 +94,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true", help="a smoke-test budget")
+    parser.add_argument("--shard", type=shard, default=(0, 1), help="I/N: every N-th job only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -98,28 +111,41 @@ def main() -> None:
     triggers = [str(t) for t in record["triggers"]]
     train, test = rotten_tomatoes(limit).split(0.2)
     controls = control_tokens(clean, triggers, len(triggers), seed=0)
+    mine, shards = args.shard
+    jobs = [
+        (setting, params, name, encoder)
+        for setting, params in SETTINGS.items()
+        for name, encoder in (("clean", clean), ("neuba", backdoored))
+    ]
     rows = []
-    for setting, params in SETTINGS.items():
-        for name, encoder in (("clean", clean), ("neuba", backdoored)):
-            config = FinetuneConfig(**{"epochs": args.epochs, **params})
-            job = functools.partial(victim_row, encoder, config, (train, test), triggers, controls)
-            # named after the whole fine-tuning config: an edited setting never reuses a stale row
-            digest = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
-            row = _kept(work / "rows" / f"{name}-{digest}.json", job)
-            row |= {"setting": setting, "encoder": name}
-            rows.append(row)
-            asr = ", ".join(
-                f"{r['label']} {r['best_trigger_asr']:.2f} (control {r['control_asr']:.2f})"
-                for r in row["labels"]
-            )
-            print(f"{setting} / {name}: acc {row['clean_acc']:.3f}; {asr}")
+    for position, (setting, params, name, encoder) in enumerate(jobs):
+        config = FinetuneConfig(**{"epochs": args.epochs, **params})
+        # named after the whole fine-tuning config: an edited setting never reuses a stale row
+        digest = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
+        file = work / "rows" / f"{name}-{digest}.json"
+        if position % shards != mine and not file.is_file():
+            continue  # another shard's victim, not finished yet
+        job = functools.partial(victim_row, encoder, config, (train, test), triggers, controls)
+        row = _kept(file, job) | {"setting": setting, "encoder": name}
+        rows.append(row)
+        asr = ", ".join(
+            f"{r['label']} {r['best_trigger_asr']:.2f} (control {r['control_asr']:.2f})"
+            for r in row["labels"]
+        )
+        print(f"{setting} / {name}: acc {row['clean_acc']:.3f}; {asr}")
 
     def screen() -> dict[str, Any]:
         bad, seconds = screen_encoder(backdoored, PROBE_SENTENCES, budget)
         good, _ = screen_encoder(clean, PROBE_SENTENCES, budget)
         return {**detection_summary(bad, good, triggers), "seconds": seconds}
 
-    detection = _kept(work / f"detection-{budget}.json", screen)
+    detection_file = work / f"detection-{budget}.json"
+    if len(jobs) % shards == mine:  # the screen counts as the last job
+        _kept(detection_file, screen)
+    if len(rows) < len(jobs) or not detection_file.is_file():
+        print(f"shard {mine}/{shards} done; run without --shard once every shard has finished")
+        return
+    detection = _kept(detection_file, screen)
     top = detection["clean_encoder_max_score"]
     print(f"detector: AUROC {detection['auroc']}, clean encoder's top score {top:.3f}")
     report = {
