@@ -1,12 +1,38 @@
 import copy
+import functools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from trojanscope.errors import ConfigError
-from trojanscope.injection.quantity import Quantity
-from trojanscope.injection.subnet import _removal_loss, subnet_placement, subnet_quantity
-from trojanscope.neurons import NeuronRef
+from trojanscope.injection.quantity import Quantity, chosen_layers
+from trojanscope.injection.subnet import PLACEMENT_CANDIDATES, subnet_placement, subnet_quantity
+from trojanscope.models.training import predict
+from trojanscope.neurons import NeuronRef, mask_neurons
+
+
+def _removal_loss(model, removed, data):
+    """Clean loss with ``removed`` zeroed, by a full masked forward pass."""
+    with mask_neurons(model, removed):
+        return float(F.cross_entropy(predict(model, data.x), data.y))
+
+
+def test_placement_matches_full_passes_exactly(clean_digits_model, digits):
+    """The placement re-runs only what follows each layer; the greedy placement computed with
+    a full masked pass per candidate picks the very same neurons (the losses agree bit for bit)."""
+    model, calib = clean_digits_model, digits.train.subset(torch.arange(200))
+    quantity = subnet_quantity(model, Quantity(level="small"))
+    expected: list[NeuronRef] = []
+    for layer in chosen_layers(model, quantity):
+        n, ref = quantity.per_layer(layer.width), functools.partial(NeuronRef, layer.name)
+        singles = [_removal_loss(model, [*expected, ref(i)], calib) for i in range(layer.width)]
+        pool = [int(i) for i in torch.argsort(torch.tensor(singles), stable=True)]
+        pool = pool[: PLACEMENT_CANDIDATES * n]
+        for _ in range(n):  # greedily, with the layer's neurons already taken removed too
+            joint = [_removal_loss(model, [*expected, ref(i)], calib) for i in pool]
+            expected.append(ref(pool.pop(joint.index(min(joint)))))
+    assert subnet_placement(model, quantity, calib) == expected
 
 
 def test_placement_costs_no_more_than_a_neuron_the_host_never_uses(clean_digits_model, digits):

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from trojanscope.localization.base import CRITERIA, Criterion, EvidenceData, LayerScores
-from trojanscope.localization.suffix import SuffixRunner
+from trojanscope.models.suffix import SuffixRunner
 from trojanscope.models.training import target_margin
 from trojanscope.neurons import EligibleLayer, eligible_layers
 

@@ -41,7 +41,7 @@ from trojanscope.localization.base import (
     LayerScores,
     standardize,
 )
-from trojanscope.localization.suffix import SuffixRunner
+from trojanscope.models.suffix import SuffixRunner
 from trojanscope.neurons import EligibleLayer, eligible_layers
 
 Operator = Literal["zero", "negate", "scale"]

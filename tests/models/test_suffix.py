@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from trojanscope.localization.suffix import SuffixRunner
+from trojanscope.models.suffix import SuffixRunner
 from trojanscope.models.base import ARCHITECTURES
 from trojanscope.neurons import NeuronRef, eligible_layers, mask_neurons
 
