@@ -103,6 +103,9 @@ def main() -> None:
     (work / "rows").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     encoder_dir = work / "encoder"
+    mine, shards = args.shard
+    if not encoder_dir.is_dir() and mine > 0:  # one pre-training, not one per shard
+        raise SystemExit(f"no pre-trained encoder in {work} yet: start shard 0/{shards} first.")
     if not encoder_dir.is_dir():  # 4,000 plot sentences and seed 0, as the demo
         pretrain_to(encoder_dir, None, None, steps, 4000, 0, device, print)
     record = json.loads((encoder_dir / RECORD).read_text(encoding="utf-8"))["neuba"]
@@ -111,28 +114,22 @@ def main() -> None:
     triggers = [str(t) for t in record["triggers"]]
     train, test = rotten_tomatoes(limit).split(0.2)
     controls = control_tokens(clean, triggers, len(triggers), seed=0)
-    mine, shards = args.shard
     jobs = [
         (setting, params, name, encoder)
         for setting, params in SETTINGS.items()
         for name, encoder in (("clean", clean), ("neuba", backdoored))
     ]
-    rows = []
-    for position, (setting, params, name, encoder) in enumerate(jobs):
+    files = []
+    for position, (_, params, name, encoder) in enumerate(jobs):
         config = FinetuneConfig(**{"epochs": args.epochs, **params})
         # named after the whole fine-tuning config: an edited setting never reuses a stale row
         digest = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
-        file = work / "rows" / f"{name}-{digest}.json"
-        if position % shards != mine and not file.is_file():
-            continue  # another shard's victim, not finished yet
-        job = functools.partial(victim_row, encoder, config, (train, test), triggers, controls)
-        row = _kept(file, job) | {"setting": setting, "encoder": name}
-        rows.append(row)
-        asr = ", ".join(
-            f"{r['label']} {r['best_trigger_asr']:.2f} (control {r['control_asr']:.2f})"
-            for r in row["labels"]
-        )
-        print(f"{setting} / {name}: acc {row['clean_acc']:.3f}; {asr}")
+        files.append(work / "rows" / f"{name}-{digest}.json")
+        if position % shards == mine:  # else another shard's victim
+            _kept(
+                files[-1],
+                functools.partial(victim_row, encoder, config, (train, test), triggers, controls),
+            )
 
     def screen() -> dict[str, Any]:
         bad, seconds = screen_encoder(backdoored, PROBE_SENTENCES, budget)
@@ -142,10 +139,22 @@ def main() -> None:
     detection_file = work / f"detection-{budget}.json"
     if len(jobs) % shards == mine:  # the screen counts as the last job
         _kept(detection_file, screen)
+    # read back now, so whichever shard finishes last sees the others' rows too
+    rows = [
+        json.loads(file.read_text(encoding="utf-8")) | {"setting": setting, "encoder": name}
+        for file, (setting, _, name, _) in zip(files, jobs, strict=True)
+        if file.is_file()
+    ]
+    for row in rows:
+        asr = ", ".join(
+            f"{r['label']} {r['best_trigger_asr']:.2f} (control {r['control_asr']:.2f})"
+            for r in row["labels"]
+        )
+        print(f"{row['setting']} / {row['encoder']}: acc {row['clean_acc']:.3f}; {asr}")
     if len(rows) < len(jobs) or not detection_file.is_file():
-        print(f"shard {mine}/{shards} done; run without --shard once every shard has finished")
+        print(f"shard {mine}/{shards} done; the last shard to finish writes the results")
         return
-    detection = _kept(detection_file, screen)
+    detection = json.loads(detection_file.read_text(encoding="utf-8"))
     top = detection["clean_encoder_max_score"]
     print(f"detector: AUROC {detection['auroc']}, clean encoder's top score {top:.3f}")
     report = {
