@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from trojanscope.errors import ConfigError
 from trojanscope.injection.quantity import Quantity, chosen_layers
 from trojanscope.injection.subnet import PLACEMENT_CANDIDATES, subnet_placement, subnet_quantity
+from trojanscope.models.base import ARCHITECTURES
 from trojanscope.models.training import predict
 from trojanscope.neurons import NeuronRef, mask_neurons
 
@@ -18,11 +19,24 @@ def _removal_loss(model, removed, data):
         return float(F.cross_entropy(predict(model, data.x), data.y))
 
 
-def test_placement_matches_full_passes_exactly(clean_digits_model, digits):
+def _resnet_case():
+    """A residual network (random weights) and three of its layers, one on a skip path."""
+    torch.manual_seed(0)
+    model = ARCHITECTURES.create("resnet18", width=0.25).build(1, 10, 8).eval()
+    layers = ["conv1", "layer1.1.conv1", "layer2.0.shortcut.0"]
+    return model, Quantity(level="small", layers=layers, min_width=1)
+
+
+@pytest.mark.parametrize("case", ["cnn-small", "resnet18"])
+def test_placement_matches_full_passes_exactly(case, clean_digits_model, digits):
     """The placement re-runs only what follows each layer; the greedy placement computed with
     a full masked pass per candidate picks the very same neurons (the losses agree bit for bit)."""
-    model, calib = clean_digits_model, digits.train.subset(torch.arange(200))
-    quantity = subnet_quantity(model, Quantity(level="small"))
+    calib = digits.train.subset(torch.arange(200))
+    if case == "resnet18":
+        model, quantity = _resnet_case()
+    else:
+        model = clean_digits_model
+        quantity = subnet_quantity(model, Quantity(level="small"))
     expected: list[NeuronRef] = []
     for layer in chosen_layers(model, quantity):
         n, ref = quantity.per_layer(layer.width), functools.partial(NeuronRef, layer.name)

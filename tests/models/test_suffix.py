@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from trojanscope.models.suffix import SuffixRunner
 from trojanscope.models.base import ARCHITECTURES
+from trojanscope.models.suffix import SuffixRunner
 from trojanscope.neurons import NeuronRef, eligible_layers, mask_neurons
 
 
@@ -28,3 +28,26 @@ def test_rerun_matches_a_full_forward_with_the_same_change(arch):
         rerun = runner.rerun(layer.output, 3, zero_channel_1)
         assert torch.allclose(rerun, expected.repeat(3, 1), atol=1e-5)
         assert 0 < runner.fraction(layer.output) < 1
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenetv2"])
+def test_a_runner_for_one_module_keeps_less_and_reruns_the_same(arch):
+    torch.manual_seed(0)
+    model = ARCHITECTURES.create(arch, width=0.25).build(1, 4, 8).eval()
+    x = torch.rand(5, 1, 8, 8)
+    full = SuffixRunner(model, x)
+    layer = eligible_layers(model)[len(eligible_layers(model)) // 2]
+    only = SuffixRunner(model, x, only=layer.output)
+    assert torch.equal(only.logits, full.logits)
+    assert len(only.cache) < len(full.cache) / 4
+
+    def zero_channel_0(out):
+        out = out.clone()
+        out[:, 0] = 0
+        return out
+
+    assert torch.equal(
+        only.rerun(layer.output, 2, zero_channel_0), full.rerun(layer.output, 2, zero_channel_0)
+    )
+    with pytest.raises(ValueError, match="re-runs from"):
+        only.rerun(eligible_layers(model)[0].output, 1, zero_channel_0)

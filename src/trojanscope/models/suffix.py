@@ -20,26 +20,46 @@ from trojanscope.neurons import trace
 
 
 class _Recorder(Interpreter):
-    """Runs the graph once and keeps every node's value."""
+    """Runs the graph once and keeps every node's value, or only those in ``keep`` (the others
+    are freed after their last use, as in a plain forward pass)."""
 
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__(module, garbage_collect_values=False)
+    def __init__(self, module: nn.Module, keep: set[Node] | None) -> None:
+        super().__init__(module, garbage_collect_values=keep is not None)
+        self.keep = keep
+        self.kept: dict[Node, object] = {}
+
+    def run_node(self, n: Node) -> object:
+        value = super().run_node(n)
+        if self.keep is None or n in self.keep:
+            self.kept[n] = value
+        return value
 
 
 class SuffixRunner:
-    """Caches one input batch's intermediate values; re-runs from a module's output onward."""
+    """Caches one input batch's intermediate values; re-runs from a module's output onward.
 
-    def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
+    With ``only`` (a module path) it keeps just what re-runs from that module read: the memory
+    of one forward pass instead of every intermediate value of the batch.
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, only: str | None = None) -> None:
         self.gm = trace(model)
         self.n = len(x)
-        recorder = _Recorder(self.gm)
+        self.nodes = list(self.gm.graph.nodes)
+        self.only = only
+        keep = None if only is None else self._read_by(self._node_of(only))
+        recorder = _Recorder(self.gm, keep)
         with torch.no_grad():
             self.logits = recorder.run(x.to(model_device(model)))
-        self.cache: dict[Node, object] = dict(recorder.env)
-        self.nodes = list(self.gm.graph.nodes)
+        self.cache: dict[Node, object] = recorder.kept
 
     def _node_of(self, module_path: str) -> Node:
         return next(n for n in self.nodes if n.op == "call_module" and n.target == module_path)
+
+    def _read_by(self, start: Node) -> set[Node]:
+        """``start`` and the values from outside its downstream that the downstream reads."""
+        later = self.downstream(start)
+        return {start} | {a for node in later for a in node.all_input_nodes if a not in later}
 
     def downstream(self, start: Node) -> set[Node]:
         found: set[Node] = set()
@@ -65,6 +85,8 @@ class SuffixRunner:
     ) -> torch.Tensor:
         """Logits of ``copies`` stacked copies of the batch, with ``module_path``'s output
         replaced by ``mutate(its output repeated copies times)``."""
+        if self.only is not None and module_path != self.only:
+            raise ValueError(f"this runner re-runs from {self.only} only, not {module_path}")
         start = self._node_of(module_path)
         later = self.downstream(start)
 
@@ -74,9 +96,10 @@ class SuffixRunner:
             return value
 
         needed = {a for node in later for a in node.all_input_nodes if a not in later}
+        # every node outside the suffix is given (so none is re-run); only ``needed`` are read
         env: dict[Node, object] = {
-            node: (expand(value) if node in needed else value)
-            for node, value in self.cache.items()
+            node: (expand(self.cache[node]) if node in needed else self.cache.get(node))
+            for node in self.nodes
             if node not in later
         }
         output = expand(self.cache[start])
