@@ -120,9 +120,7 @@ def _place_in(model: nn.Module, layer: EligibleLayer, n: int, calib: TensorData)
     chosen: list[int] = []
     for _ in range(n):
         joint = _removal_losses(runner, layer, [[*chosen, i] for i in pool], calib.y)
-        best = pool[min(range(len(pool)), key=joint.__getitem__)]
-        pool.remove(best)
-        chosen.append(best)
+        chosen.append(pool.pop(joint.index(min(joint))))  # the first of equals, as before
     return chosen
 
 
