@@ -155,6 +155,7 @@ def main() -> None:
         print(f"shard {mine}/{shards} done; the last shard to finish writes the results")
         return
     detection = json.loads(detection_file.read_text(encoding="utf-8"))
+    flagged = detection["flagged_tokens"]  # the full list stays in the JSON
     top = detection["clean_encoder_max_score"]
     print(f"detector: AUROC {detection['auroc']}, clean encoder's top score {top:.3f}")
     report = {
@@ -176,7 +177,10 @@ def main() -> None:
         "| --- | --- | --- | --- | --- |",
     ]
     for row in rows:
-        cells = [f"{r['best_trigger_asr']:.3f} ({r['control_asr']:.3f})" for r in row["labels"]]
+        cells = [
+            f"{r['best_trigger_asr']:.3f} via `{r['best_trigger']}` ({r['control_asr']:.3f})"
+            for r in row["labels"]
+        ]
         lines.append(
             f"| {row['setting']} | {row['encoder']} | {row['clean_acc']:.3f} | "
             + " | ".join(cells)
@@ -186,7 +190,8 @@ def main() -> None:
         "",
         f"Trigger screen ({detection['tokens_screened']} tokens, {len(PROBE_SENTENCES)} "
         f"sentences): AUROC {detection['auroc']}, clean encoder's top score "
-        f"{detection['clean_encoder_max_score']:.3f}, flagged {detection['flagged_tokens']}",
+        f"{detection['clean_encoder_max_score']:.3f}; {len(flagged)} tokens flagged on the "
+        f"backdoored encoder, the first {len(flagged[:20])}: " + " ".join(flagged[:20]),
         "",
     ]
     write_results(args.out, report, "\n".join(lines))
