@@ -189,8 +189,8 @@ def main() -> None:
     lines += [
         "",
         f"Trigger screen ({detection['tokens_screened']} tokens, {len(PROBE_SENTENCES)} "
-        f"sentences): AUROC {detection['auroc']}, clean encoder's top score "
-        f"{detection['clean_encoder_max_score']:.3f}; {len(flagged)} tokens flagged on the "
+        f"sentences): AUROC {detection['auroc']}, clean encoder's top score {top:.3f}; "
+        f"{len(flagged)} tokens flagged on the "
         f"backdoored encoder, the first {len(flagged[:20])}: " + " ".join(flagged[:20]),
         "",
     ]
