@@ -94,3 +94,48 @@ def test_channels_last_injection_moves_only_the_set(setting, monkeypatch):
     monkeypatch.setattr(injector, "training_layout", lambda model: forced(model))
     model, _ = masked_training(clean, masks, mixed, 0.01, 0.0, 2, 64, 0, never)
     assert_only_the_set_moved(clean, model, masks)
+
+
+def _scripted_rounds(monkeypatch, scores: list[float]) -> list[tuple[float, float, float]]:
+    """Run ``aimed_training`` over two rounds of three epochs whose scores are ``scores``;
+    epoch i's weight is i + 1. Returns each round's (start weight, learning rate, end weight)."""
+    calls: list[tuple[float, float, float]] = []
+
+    def rounds(start, _masks, _objective, lr, *_args):
+        model = copy.deepcopy(start)
+        first = float(model.weight.detach())
+        done = _args[-2]
+        for epoch in range(3):
+            with torch.no_grad():
+                model.weight.fill_(len(calls) * 3 + epoch + 1)
+            if done(model, epoch):
+                break
+        calls.append((first, lr, float(model.weight.detach())))
+        return model, 3
+
+    monkeypatch.setattr(injector, "objective_training", rounds)
+    it = iter(scores)
+    start = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        start.weight.fill_(0.0)
+    trained = injector.aimed_training(
+        start, {}, None, 0.01, 0.0, 3, 8, 0, lambda _m: next(it), max_attempts=2
+    )
+    calls.append((float(trained.model.weight.detach()), trained.score, trained.epochs))
+    return calls
+
+
+def test_a_round_outside_the_bounds_hands_on_its_last_weights_at_the_same_rate(monkeypatch):
+    """No epoch inside the acceptance bounds yet: restarting from the least bad (often the
+    first) epoch would throw the training away; the next round goes on from the last."""
+    first, second, kept = _scripted_rounds(monkeypatch, [-3.0, -9.0, -5.0, -4.0, -2.0, -6.0])
+    assert first == (0.0, 0.01, 3.0)
+    assert second == (3.0, 0.01, 6.0)
+    assert kept == (5.0, -2.0, 6)  # the best epoch over both rounds is returned
+
+
+def test_a_round_inside_the_bounds_is_refined_from_its_best_epoch_at_half_the_rate(monkeypatch):
+    first, second, kept = _scripted_rounds(monkeypatch, [0.2, 0.6, 0.1, 0.5, 0.4, 0.3])
+    assert first == (0.0, 0.01, 3.0)
+    assert second == (2.0, 0.005, 6.0)
+    assert kept == (2.0, 0.6, 6)

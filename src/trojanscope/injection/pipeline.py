@@ -122,7 +122,8 @@ class InjectionConfig(BaseModel):
         ge=1,
         le=10,
         description="training rounds when a round's epochs run out short of the goals (each "
-        "continues from the best epoch with half the learning rate and a derived seed); the "
+        "with a derived seed; from the best epoch at half the learning rate once an epoch is "
+        "inside the acceptance bounds, else from the last epoch at the same rate); the "
         "necessity round may run as many again",
     )
     acceptance: Acceptance = Field(
