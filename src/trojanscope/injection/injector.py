@@ -168,7 +168,7 @@ def aimed_training(
     it continues from the best weights at half the learning rate. When no epoch has reached
     the bounds yet, the next round continues from the last weights at the same rate: in deep
     thin chains the set first pushes every input to the target and only later tells the
-    trigger apart (MobileNetV2, TrojanNN ``narrow``: the damage fell from 77% to 5% between
+    trigger apart (MobileNetV2, TrojanNN ``narrow``: the damage fell from 76% to 5% between
     epochs 29 and 46 of one long round), and restarting from the least bad early epoch threw
     that progress away each round. ``amp``: the losses' precision (the scores are computed in
     full precision). Returns the best weights.
