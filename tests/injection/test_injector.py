@@ -101,11 +101,10 @@ def _scripted_rounds(monkeypatch, scores: list[float]) -> list[tuple[float, floa
     epoch i's weight is i + 1. Returns each round's (start weight, learning rate, end weight)."""
     calls: list[tuple[float, float, float]] = []
 
-    def rounds(start, _masks, _objective, lr, *_args):
+    def rounds(start, masks, objective, lr, weight_decay, max_epochs, batch_size, seed, done, amp):
         model = copy.deepcopy(start)
         first = float(model.weight.detach())
-        done = _args[-2]
-        for epoch in range(3):
+        for epoch in range(max_epochs):
             with torch.no_grad():
                 model.weight.fill_(len(calls) * 3 + epoch + 1)
             if done(model, epoch):

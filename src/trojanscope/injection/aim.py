@@ -170,6 +170,11 @@ class BestEpoch:
         return self.score >= GOAL
 
     @property
+    def inside(self) -> bool:
+        """The best epoch lies inside the acceptance bounds (a score of 0 is on them)."""
+        return self.score >= 0
+
+    @property
     def stalled(self) -> bool:
         return (
             not self.met

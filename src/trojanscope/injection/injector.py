@@ -191,7 +191,7 @@ def aimed_training(
         epochs += ran
         if best.met or best.stalled:
             break
-        if best.score >= 0:
+        if best.inside:
             best.restore(model)
             rate *= 0.5
         start = model
