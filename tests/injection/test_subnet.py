@@ -7,7 +7,12 @@ import torch.nn.functional as F
 
 from trojanscope.errors import ConfigError
 from trojanscope.injection.quantity import Quantity, chosen_layers
-from trojanscope.injection.subnet import PLACEMENT_CANDIDATES, subnet_placement, subnet_quantity
+from trojanscope.injection.subnet import (
+    PLACEMENT_CANDIDATES,
+    require_subnet_fits,
+    subnet_placement,
+    subnet_quantity,
+)
 from trojanscope.models.base import ARCHITECTURES
 from trojanscope.models.training import predict
 from trojanscope.neurons import NeuronRef, mask_neurons
@@ -77,9 +82,38 @@ def test_placement_fills_every_chosen_layer_with_distinct_neurons(clean_digits_m
     assert per_layer == {name: quantity.per_layer(w) for name, w in widths.items()}
 
 
-def test_the_subnet_needs_an_input_layer_wide_enough(clean_digits_model):
-    """SRA's subnet starts at the input layer; conv1 (16) cannot lose 3 (more than 1/8)."""
+def test_thin_layers_hold_fewer_subnet_neurons_instead_of_cutting_the_chain(clean_digits_model):
+    """SRA's subnet cannot skip a layer: conv1 (16) cannot lose 3 (more than 1/8), so at the
+    middle level it holds 2, the wider layers 3."""
+    quantity = subnet_quantity(clean_digits_model, Quantity(level="middle"))
+    counts = {
+        layer.name: quantity.per_layer(layer.width)
+        for layer in chosen_layers(clean_digits_model, quantity)
+    }
+    assert counts == {"conv1": 2, "conv2": 3, "conv3": 3, "fc1": 3}
+    # the narrow and small levels fit every layer: tapering changes nothing there
+    for level in ("narrow", "small"):
+        tapered = subnet_quantity(clean_digits_model, Quantity(level=level))
+        plain = Quantity(level=level, input_layer=True)
+        assert [tapered.per_layer(w) for w in (16, 32, 64)] == [
+            plain.per_layer(w) for w in (16, 32, 64)
+        ]
+
+
+def test_the_subnet_needs_an_input_layer_that_can_lose_a_neuron(clean_digits_model):
+    """conv1 (16) is thinner than a min_width of 32: the subnet has nowhere to start."""
     with pytest.raises(ConfigError, match="SRA's subnet starts at the input layer"):
-        subnet_quantity(clean_digits_model, Quantity(level="middle"))
+        subnet_quantity(clean_digits_model, Quantity(level="narrow", min_width=32))
     named = Quantity(level="middle", layers=["conv2"])
     assert subnet_quantity(clean_digits_model, named) == named
+
+
+def test_a_subnet_broken_by_a_thin_layer_is_refused():
+    """MobileNetV2 at width 0.25: the first block projects to 4 channels, too thin to hold a
+    neuron, so the next block's expansion could read nothing of the subnet."""
+    model = ARCHITECTURES.create("mobilenetv2", width=0.25).build(1, 10, 28).eval()
+    quantity = subnet_quantity(model, Quantity(level="narrow"))
+    with pytest.raises(ConfigError, match="blocks.1.expand reads none of the subnet's other"):
+        require_subnet_fits(model, quantity)
+    vgg = ARCHITECTURES.create("vgg11", width=0.25).build(1, 10, 28).eval()
+    require_subnet_fits(vgg, subnet_quantity(vgg, Quantity(level="large")))  # a plain chain

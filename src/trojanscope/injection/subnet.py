@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import operator
 
 import torch
@@ -73,19 +74,31 @@ def _removal_losses(
     return losses
 
 
+class SubnetQuantity(Quantity):
+    """SRA's quantity: a layer too thin for the level keeps as many neurons as the thin-layer
+    rule allows (at least one) instead of being left out. The subnet is a chain cut off from
+    the host, so a layer left out would cut it; on VGG at width 0.25 the 16-filter input layer
+    then holds 2 neurons at the ``middle`` and ``large`` levels, the layers after it 3 or 4."""
+
+    def per_layer(self, width: int) -> int:
+        allowed = math.floor(self.max_share * width + 1e-9)
+        return max(1, min(super().per_layer(width), allowed))
+
+
 def subnet_quantity(model: nn.Module, quantity: Quantity) -> Quantity:
-    """``quantity`` with the input layer chosen: the subnet is a chain cut off from the host, so
-    its first neurons must read the trigger from the image (without them a trial on digits gave
-    ASR 0.003 at every level). An input layer too thin for the level is a configuration error
-    (the attack cannot be placed there), not a rejected defect."""
+    """``quantity`` as SRA places it: the input layer chosen, and thin layers tapered
+    (``SubnetQuantity``). The subnet's first neurons must read the trigger from the image
+    (without them a trial on digits gave ASR 0.003 at every level). An input layer that cannot
+    lose even one neuron is a configuration error (the attack cannot be placed there), not a
+    rejected defect. Layers named in ``quantity.layers`` are taken as given."""
     if quantity.layers:
         return quantity
-    wanted = quantity.model_copy(update={"input_layer": True})
+    wanted = SubnetQuantity(**{**quantity.model_dump(), "input_layer": True})
     first = eligible_layers(model)[0]
     if not wanted.wide_enough(first.width):
         raise ConfigError(
             f"SRA's subnet starts at the input layer, and {first.name} ({first.width} neurons) "
-            f"is too thin to lose {wanted.describe()} (min_width {wanted.min_width}, "
+            f"is too thin to lose a neuron (min_width {wanted.min_width}, "
             f"max_share {wanted.max_share})."
         )
     return wanted
@@ -100,13 +113,23 @@ def _unplaceable(model: nn.Module) -> ConfigError:
 
 
 def require_subnet_fits(model: nn.Module, quantity: Quantity) -> None:
-    """Refuse, before any placement or training, a subnet none of whose layers feeds the
-    classifier directly (a residual network's last layers reach it through an addition)."""
-    classifier = classifier_name(model)
-    if not any(
-        classifier in consumers(model, layer.name) for layer in chosen_layers(model, quantity)
-    ):
+    """Refuse, before any placement or training, a subnet that cannot be a chain cut off from
+    the host: none of its layers feeds the classifier directly (a residual network's last
+    layers reach it through an addition), or one of its layers reads none of the others
+    directly (a residual addition or a layer too thin to choose lies in between). Such a layer
+    would see nothing of the trigger, and every subnet neuron after it neither."""
+    layers = chosen_layers(model, quantity)
+    reads = {layer.name: consumers(model, layer.name) for layer in layers}
+    if not any(classifier_name(model) in read for read in reads.values()):
         raise _unplaceable(model)
+    for layer in layers[1:]:
+        if not any(layer.name in read for read in reads.values()):
+            raise ConfigError(
+                f"SRA's subnet must be a chain from the input to the classifier, and in "
+                f"{type(model).__name__} {layer.name} reads none of the subnet's other layers "
+                "directly (a residual addition or a layer too thin to hold a neuron lies "
+                "between), so the subnet cannot be cut off from the host there."
+            )
 
 
 def _place_in(model: nn.Module, layer: EligibleLayer, n: int, calib: TensorData) -> list[int]:
