@@ -8,7 +8,7 @@ clean model (as the suite's ``clean_digits_model``); results go to
     python benchmarks/attack_defaults.py [--seeds 0-4] [--levels small] [--threads 1]
         [--attack badnets ...]
 
-A level an attack cannot be placed at (SRA's subnet on an input layer too thin for it) is
+A level an attack cannot be placed at (SRA's subnet where the input layer cannot lose a neuron) is
 printed and skipped.
 """
 

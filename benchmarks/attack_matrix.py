@@ -5,7 +5,7 @@ are too thin for the reference's 3 and 4 neurons under the thin-layer rule), the
 the four levels. Falls back to mnist5k when Debian's dataset-fashion-mnist is absent. Results
 go to a catalog (resumable: rerun after an interruption and finished cells are reused) and
 are written as JSON and as a Markdown table; a cell the attack cannot be placed in (e.g. SRA's
-subnet on an input layer too thin for the level) is recorded with its reason.
+subnet where a residual addition cuts it) is recorded with its reason.
 
     python benchmarks/attack_matrix.py [--db benchmarks/results/matrix-db] [--limit 4000]
         [--width 0.5] [--levels narrow,small,middle,large] [--arch A]... [--attack X]...
