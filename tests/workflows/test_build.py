@@ -260,3 +260,18 @@ def test_the_first_failing_job_stops_the_build_and_keeps_what_was_made(tmp_path)
     shot = snapshot(tmp_path / "db")
     assert len(shot["clean"]) == 1 and len(shot["defects"]) == 1 and len(shot["localizations"]) == 1
     assert verify(Catalog.open(tmp_path / "db")).ok
+
+
+def test_a_stopped_build_removes_what_its_jobs_wrote_and_never_recorded(tmp_path, monkeypatch):
+    """A job stopped between writing an artifact and its commit (a Ray task Ctrl-C reached
+    there) leaves an orphan; the stopped build removes it, so the catalog verifies at once."""
+    from trojanscope.workflows import build as build_module
+
+    def stopped(plan, executor, progress, sharing):
+        sharing.catalog.store.put({"w": torch.zeros(3)})  # written, never recorded
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_module, "execute", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        build(tmp_path / "db")
+    assert verify(Catalog.open(tmp_path / "db")).ok

@@ -11,6 +11,7 @@ given it up, or died).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Literal
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from trojanscope.attacks.base import ATTACKS
 from trojanscope.database.catalog import Catalog
@@ -273,6 +276,16 @@ def summarize(
 ExecutorFactory = Callable[[int], Executor]
 
 
+def _sweep_after_stop(catalog: Catalog) -> None:
+    """Remove what the jobs of an interrupted or failed build wrote and never recorded (a Ray
+    task that Ctrl-C stopped between writing an artifact and its commit, a pool worker
+    terminated there). The executor is closed, and ``sweep`` holds the store lock, so an entry
+    another build is recording is safe. Should it fail, the next build sweeps: the build's own
+    error is the one to report."""
+    with contextlib.suppress(TrojanscopeError, SQLAlchemyError, OSError):
+        sweep(catalog)
+
+
 def run_build(
     spec: BuildSpec,
     catalog: Catalog,
@@ -307,6 +320,8 @@ def run_build(
         finished = True
     finally:
         executor.close(wait=finished)
+        if not finished:
+            _sweep_after_stop(catalog)
     return summarize(
         spec_name,
         catalog,
