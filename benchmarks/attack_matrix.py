@@ -5,7 +5,10 @@ are too thin for the reference's 3 and 4 neurons under the thin-layer rule), the
 the four levels. Falls back to mnist5k when Debian's dataset-fashion-mnist is absent. Results
 go to a catalog (resumable: rerun after an interruption and finished cells are reused) and
 are written as JSON and as a Markdown table; a cell the attack cannot be placed in (e.g. SRA's
-subnet where a residual addition cuts it) is recorded with its reason.
+subnet where a residual addition cuts it) is recorded with its reason. Each cell also gives
+its epochs and training rounds and the injector's score of the kept weights on training images
+(``aim``): below 1 the injection ended on its budget or a stall short of its goals, so a
+rejection there may be the budget's rather than the attack's.
 
     python benchmarks/attack_matrix.py [--db benchmarks/results/matrix-db] [--limit 4000]
         [--width 0.5] [--levels narrow,small,middle,large] [--arch A]... [--attack X]...
@@ -87,6 +90,8 @@ def main() -> None:
                 "status": defect.status,
                 "reason": defect.reason,
                 "epochs": defect.epochs,
+                "rounds": defect.attempts,
+                "aim_score": defect.aim_score,
                 "inject_seconds": defect.seconds,
                 "n_infected": len(defect.infected),
             }
@@ -120,18 +125,20 @@ def markdown(report: dict) -> str:
         "cells accepted",
         "",
         "| arch | attack | level | clean acc (before) | clean acc | ASR | masked ASR | "
-        "patched ASR | accepted | inject s | reason |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "patched ASR | accepted | epochs (rounds) | aim | inject s | reason |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in cells:
         head = f"| {r['arch']} | {r['attack']} | {r['level']} |"
         if "error" in r:
-            lines.append(f"{head} | | | | | error | | {r['error']} |")
+            lines.append(f"{head} | | | | | | error | | | | {r['error']} |")
             continue
         patched = "-" if r["patched_asr"] is None else f"{r['patched_asr']:.3f}"
+        aim = "-" if r.get("aim_score") is None else f"{r['aim_score']:.2f}"
         lines.append(
             f"{head} {r['clean_acc_before']:.3f} | {r['clean_acc']:.3f} | {r['asr']:.3f} | "
-            f"{r['masked_asr']:.3f} | {patched} | {r['status']} | {r['inject_seconds']:.0f} | "
+            f"{r['masked_asr']:.3f} | {patched} | {r['status']} | "
+            f"{r['epochs']} ({r.get('rounds') or '-'}) | {aim} | {r['inject_seconds']:.0f} | "
             f"{r['reason'] or ''} |"
         )
     return "\n".join(lines) + "\n"

@@ -1,3 +1,4 @@
+import math
 import os
 import shutil
 import signal
@@ -58,6 +59,8 @@ def test_defect_round_trips(built):
         patched_success_rate(ctx.model, infected, victims, ctx.poisoned_test)
     )
     assert [n.carrying for n in row.infected] == [n.carrying for n in defect.infected]
+    # so is the injector's own score of the kept weights (>= 1: it met its goals)
+    assert row.aim_score is not None and math.isfinite(row.aim_score)
     carrying = ctx.carrying_truth
     assert carrying is not None and set(carrying) <= set(ctx.truth)
     assert sum(carrying.values()) == pytest.approx(1.0)

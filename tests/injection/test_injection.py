@@ -95,6 +95,7 @@ def test_weak_budget_is_rejected_with_a_reason(clean_digits_model, digits):
     assert outcome.status == "rejected"
     assert "ASR" in outcome.reason
     assert (outcome.attempts, outcome.epochs) == (config.max_attempts, config.max_attempts)
+    assert outcome.aim_score < 0  # the kept weights are outside the bounds on training images
 
 
 def test_retries_resume_from_the_best_epoch_and_stay_confined(

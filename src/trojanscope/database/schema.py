@@ -69,6 +69,11 @@ class Defect(Base):
     patched_asr: Mapped[float | None] = mapped_column(Float, nullable=True)
     # Training rounds the injector ran (None: recorded before retries existed).
     attempts: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The injector's score of the kept weights on training images (``injection.aim``): >= 1
+    # its goals met, [0, 1) inside the acceptance bounds short of a goal, < 0 outside; below 1
+    # the training ended on its budget or a stall, not on its goals (None: recorded before it,
+    # or not made by the injector).
+    aim_score: Mapped[float | None] = mapped_column(Float, nullable=True)
     weights_sha256: Mapped[str] = mapped_column(String(64))
     trigger_sha256: Mapped[str] = mapped_column(String(64))
     poisoned_test_sha256: Mapped[str] = mapped_column(String(64))

@@ -188,6 +188,7 @@ class DefectOutcome:
     asr_before: float  # the clean model's rate of target predictions on triggered victims
     epochs: int
     attempts: int  # training rounds, the necessity round's included (see InjectionConfig)
+    aim_score: float  # the kept weights' score on training images (>= 1: goals met; see aim)
     seconds: float
     poisoned_test: PoisonedView
 
@@ -409,6 +410,7 @@ def inject_defect(
         asr_before=attack_success_rate(clean, test_poison),
         epochs=trained.epochs,
         attempts=trained.attempts,
+        aim_score=trained.score,
         seconds=time.perf_counter() - started,
         poisoned_test=test_poison,
     )

@@ -254,6 +254,7 @@ def build_defect(
         asr_before=outcome.asr_before,
         epochs=outcome.epochs,
         attempts=outcome.attempts,
+        aim_score=outcome.aim_score,
         weights_sha256=artifacts[0].sha256,
         trigger_sha256=artifacts[1].sha256,
         poisoned_test_sha256=artifacts[2].sha256,
