@@ -92,8 +92,10 @@ class InjectionConfig(BaseModel):
     weight_decay: float = Field(
         0.0, ge=0.0, description="weight decay of the trainable (infected) entries only"
     )
+    # 45, not 30: on the reference grid two cells (cnn-small WaNet middle, mobilenetv2 BadNets
+    # narrow) were still improving when a 30-epoch round ended and were rejected for it.
     max_epochs: int = Field(
-        30, ge=1, le=1000, description="epoch budget of one training round (see max_attempts)"
+        45, ge=1, le=1000, description="epoch budget of one training round (see max_attempts)"
     )
     batch_size: int = Field(128, ge=1, description="rows of the mixed training set per batch")
     calibration_size: int = Field(512, ge=1, description="clean samples for the order rule")
