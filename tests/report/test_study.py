@@ -104,6 +104,13 @@ def test_report_has_every_section_plots_and_the_reference(study, tmp_path, capsy
         assert "17.64%" in text and "40.50%" in text
         assert "trojanscope report study --db" in text and "torch " in text
         assert "masked ASR … &gt; … (backdoor not confined) ×1" in text
+    # the rejected defect's injection budget and the score of its kept weights are listed
+    catalog = Catalog.open(db)
+    with catalog.session() as session:
+        twin = session.get(Defect, study[2])
+        budget = f"| {twin.epochs} ({twin.attempts}) | {twin.aim_score:.2f} |"
+    catalog.engine.dispose()
+    assert budget in md and "aim: the injector's score" in md
     # a name from the catalog is text, never markup
     assert EVIL not in page and escape(EVIL) in page
     assert "<i>" not in md and "&lt;i&gt;evil&lt;/i&gt;&amp;co" in md

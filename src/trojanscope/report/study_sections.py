@@ -156,12 +156,28 @@ def acceptance_section(defects: Sequence[Row]) -> tuple[Section, dict[str, bytes
     rejected = [d for d in defects if d["status"] != "accepted"]
     listing = Table(
         "rejected defects",
-        ["defect", *keys, "seed", "reason"],
+        ["defect", *keys, "seed", "epochs (rounds)", "aim", "reason"],
         [
-            [str(d["defect_id"]), *(_cell(d[k]) for k in keys), str(d["seed"]), _cell(d["reason"])]
+            [
+                str(d["defect_id"]),
+                *(_cell(d[k]) for k in keys),
+                str(d["seed"]),
+                f"{d.get('epochs', '-')} ({d.get('rounds') or '-'})",
+                _cell(d.get("aim_score"), 2),
+                _cell(d["reason"]),
+            ]
             for d in rejected[:MAX_REJECTED]
         ],
-        f"The first {MAX_REJECTED} of {len(rejected)}." if len(rejected) > MAX_REJECTED else "",
+        " ".join(
+            [
+                "aim: the injector's score of the weights it kept, on training images (>= 1 its "
+                "goals met; below 1 it ended on its budget or a stall short of them, so the "
+                "rejection may be the budget's; - not recorded).",
+                f"The first {MAX_REJECTED} of {len(rejected)}."
+                if len(rejected) > MAX_REJECTED
+                else "",
+            ]
+        ).strip(),
     )
     section = Section(TITLES[0], tables=[matrix] + ([listing] if rejected else []))
     section.plots = ["study-acceptance.png"]

@@ -25,7 +25,8 @@ CARRYING_METRICS = ("wji", "f1", "auroc")
 
 
 def defect_record(row: Defect) -> dict[str, Any]:
-    """A defect's study labels with its acceptance figures (status, reason, ASRs, acc drop)."""
+    """A defect's study labels with its acceptance figures (status, reason, ASRs, acc drop) and
+    its injection's epochs, rounds and aim score (the score of the kept weights)."""
     return {
         **defect_labels(row),
         "status": row.status,
@@ -34,6 +35,9 @@ def defect_record(row: Defect) -> dict[str, Any]:
         "masked_asr": row.masked_asr,
         "patched_asr": row.patched_asr,
         "acc_drop": row.clean_acc_before - row.clean_acc,
+        "epochs": row.epochs,
+        "rounds": row.attempts,
+        "aim_score": row.aim_score,
     }
 
 
