@@ -1,8 +1,8 @@
 """Benchmark: every attack x architecture x level on Fashion-MNIST at the defaults, seed 0.
 
-The CPU-sized reference grid: the six architectures at width 0.5 (at 0.25 cnn-small's layers
-are too thin for the reference's 3 and 4 neurons under the thin-layer rule), the six attacks,
-the four levels. Falls back to mnist5k when Debian's dataset-fashion-mnist is absent. Results
+The CPU-sized reference grid: the six architectures at the grid's widths (``GRID_WIDTHS``:
+cnn-small at 1.0, the others at 0.25; ``--width`` sets one for all), the six attacks, the four
+levels. Falls back to mnist5k when Debian's dataset-fashion-mnist is absent. Results
 go to a catalog (resumable: rerun after an interruption and finished cells are reused) and
 are written as JSON and as a Markdown table; a cell the attack cannot be placed in (e.g. SRA's
 subnet where a residual addition cuts it) is recorded with its reason. Each cell also gives
@@ -11,7 +11,7 @@ its epochs and training rounds and the injector's score of the kept weights on t
 rejection there may be the budget's rather than the attack's.
 
     python benchmarks/attack_matrix.py [--db benchmarks/results/matrix-db] [--limit 4000]
-        [--width 0.5] [--levels narrow,small,middle,large] [--arch A]... [--attack X]...
+        [--width W] [--levels narrow,small,middle,large] [--arch A]... [--attack X]...
 """
 
 from __future__ import annotations
@@ -44,13 +44,20 @@ def pick_dataset(limit: int) -> tuple[str, dict]:
         return "mnist5k", {}
 
 
+# cnn-small is the one architecture whose layers at 0.25 are too thin for the reference's 3 and
+# 4 neurons under the thin-layer rule; at 0.5 it reaches 0.76 clean accuracy, and SRA's
+# replaced neurons (11 at large) cost the host 3.2 points, more than the acceptance rule allows.
+GRID_WIDTHS = {"cnn-small": 1.0}
+DEFAULT_WIDTH = 0.25
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--db", type=Path, default=Path("benchmarks/results/matrix-db"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/attack_matrix"))
     parser.add_argument("--limit", type=int, default=4000, help="images drawn from the data set")
     parser.add_argument("--levels", default="narrow,small,middle,large")
-    parser.add_argument("--width", type=float, default=0.5)
+    parser.add_argument("--width", type=float, help="one width for every architecture")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--arch", action="append", help="restrict to these architectures")
     parser.add_argument("--attack", action="append", help="restrict to these attacks")
@@ -62,8 +69,10 @@ def main() -> None:
     dataset, ds_params = pick_dataset(args.limit)
     levels = args.levels.split(",")
     rows = []
-    for arch in args.arch or ARCHITECTURES.names():
-        spec = CleanSpec(dataset, arch, dataset_params=ds_params, arch_params={"width": args.width})
+    archs = args.arch or ARCHITECTURES.names()
+    for arch in archs:
+        width = args.width or GRID_WIDTHS.get(arch, DEFAULT_WIDTH)
+        spec = CleanSpec(dataset, arch, dataset_params=ds_params, arch_params={"width": width})
         started = time.perf_counter()
         clean, model, splits = ensure_clean_model(catalog, spec)
         print(f"{arch}: clean acc {clean.clean_acc:.3f} ({time.perf_counter() - started:.0f} s)")
@@ -78,6 +87,7 @@ def main() -> None:
                 continue
             row = {
                 "arch": arch,
+                "width": width,
                 "attack": attack,
                 "level": level,
                 "defect_id": defect.id,
@@ -108,7 +118,7 @@ def main() -> None:
         "dataset": dataset,
         "dataset_params": ds_params,
         "levels": levels,
-        "width": args.width,
+        "widths": {arch: args.width or GRID_WIDTHS.get(arch, DEFAULT_WIDTH) for arch in archs},
         "threads": args.threads,
         "rows": rows,
     }
@@ -116,12 +126,19 @@ def main() -> None:
     print(markdown(report))
 
 
+def widths(report: dict) -> str:
+    """The architectures' widths, as ``arch width`` pairs (an older report has one width)."""
+    if "widths" not in report:
+        return str(report["width"])
+    return ", ".join(f"{arch} {width}" for arch, width in report["widths"].items())
+
+
 def markdown(report: dict) -> str:
     cells = report["rows"]
     accepted = sum(r.get("status") == "accepted" for r in cells)
     lines = [
         f"Attack matrix on {report['dataset']} {report['dataset_params']}, levels "
-        f"{', '.join(report['levels'])}, width {report['width']}: {accepted} of {len(cells)} "
+        f"{', '.join(report['levels'])}, widths {widths(report)}: {accepted} of {len(cells)} "
         "cells accepted",
         "",
         "| arch | attack | level | clean acc (before) | clean acc | ASR | masked ASR | "
