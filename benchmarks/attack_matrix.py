@@ -69,9 +69,11 @@ def main() -> None:
     dataset, ds_params = pick_dataset(args.limit)
     levels = args.levels.split(",")
     rows = []
-    archs = args.arch or ARCHITECTURES.names()
-    for arch in archs:
-        width = args.width or GRID_WIDTHS.get(arch, DEFAULT_WIDTH)
+    arch_widths = {
+        arch: args.width or GRID_WIDTHS.get(arch, DEFAULT_WIDTH)
+        for arch in args.arch or ARCHITECTURES.names()
+    }
+    for arch, width in arch_widths.items():
         spec = CleanSpec(dataset, arch, dataset_params=ds_params, arch_params={"width": width})
         started = time.perf_counter()
         clean, model, splits = ensure_clean_model(catalog, spec)
@@ -118,7 +120,7 @@ def main() -> None:
         "dataset": dataset,
         "dataset_params": ds_params,
         "levels": levels,
-        "widths": {arch: args.width or GRID_WIDTHS.get(arch, DEFAULT_WIDTH) for arch in archs},
+        "widths": arch_widths,
         "threads": args.threads,
         "rows": rows,
     }
