@@ -96,7 +96,9 @@ def test_channels_last_injection_moves_only_the_set(setting, monkeypatch):
     assert_only_the_set_moved(clean, model, masks)
 
 
-def _scripted_rounds(monkeypatch, scores: list[float]) -> list[tuple[float, float, float]]:
+def _scripted_rounds(
+    monkeypatch, scores: list[float], stuck=None
+) -> list[tuple[float, float, float]]:
     """Run ``aimed_training`` over two rounds of three epochs whose scores are ``scores``;
     epoch i's weight is i + 1. Returns each round's (start weight, learning rate, end weight)."""
     calls: list[tuple[float, float, float]] = []
@@ -118,7 +120,7 @@ def _scripted_rounds(monkeypatch, scores: list[float]) -> list[tuple[float, floa
     with torch.no_grad():
         start.weight.fill_(0.0)
     trained = injector.aimed_training(
-        start, {}, None, 0.01, 0.0, 3, 8, 0, lambda _m: next(it), max_attempts=2
+        start, {}, None, 0.01, 0.0, 3, 8, 0, lambda _m: next(it), max_attempts=2, stuck=stuck
     )
     calls.append((float(trained.model.weight.detach()), trained.score, trained.epochs))
     return calls
@@ -138,3 +140,19 @@ def test_a_round_inside_the_bounds_is_refined_from_its_best_epoch_at_half_the_ra
     assert first == (0.0, 0.01, 3.0)
     assert second == (2.0, 0.005, 6.0)
     assert kept == (2.0, 0.6, 6)
+
+
+@pytest.mark.parametrize(
+    ("scores", "calls"),
+    [
+        ([-3.0, -9.0, -5.0, -4.0, -2.0, -6.0], 3),  # outside all along: each epoch of round 2
+        ([-3.0, -9.0, -5.0, -4.0, 0.1, -6.0], 1),  # inside from round 2's second epoch on
+        ([0.2, 0.6, 0.1, 0.5, 0.4, 0.3], 0),  # inside in round 1: trained as before
+    ],
+)
+def test_the_stuck_hook_runs_only_after_round_one_while_outside_the_bounds(
+    monkeypatch, scores, calls
+):
+    seen: list[None] = []
+    _scripted_rounds(monkeypatch, scores, stuck=lambda: seen.append(None))
+    assert len(seen) == calls

@@ -15,7 +15,7 @@ from trojanscope.workflows.defects import CleanSpec, _build_model, defect_key
 
 #: Keys computed before ``amp`` existed (digits / cnn-small, seed 0; BadNets small, seed 0),
 #: with the injection defaults of then (patched weight 1, no detection term, no necessity round,
-#: rounds of 30 epochs).
+#: rounds of 30 epochs, no balance of the clean rows).
 CLEAN_KEY = "bbb521e683d72f9416603f4ce64b0762fcaef0127f97d1d42695db6920d31be0"
 DEFECT_KEY = "657dc9e4ad6e652b61f855089c56b5ca412d481959641cfdbf7cee89de076df3"
 
@@ -29,6 +29,7 @@ def keys(amp: str) -> tuple[str, str]:
         detect_weight=0.0,
         necessity_weight=0.0,
         max_epochs=30,
+        balance_step=1.0,
     )
     return clean, defect_key(clean, ATTACKS.create("badnets", seed=0), config, 0)
 

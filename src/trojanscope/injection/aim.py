@@ -102,6 +102,7 @@ class Validation:
         self.infected = infected
         self.clean = clean
         self._masked_before: float | None = None
+        self.last: tuple[float, float, float | None] | None = None  # the latest ``measure``
         g = torch.Generator().manual_seed(seed)
         check = torch.randperm(len(train), generator=g)[:CHECK_SAMPLES]
         self.images, self.labels = train.x[check], train.y[check]
@@ -125,8 +126,9 @@ class Validation:
         return float((logits.argmax(1) == self.triggered.y).float().mean())
 
     def measure(self, model: nn.Module) -> tuple[float, float, float | None]:
-        """(ASR, damage, patched ASR or None) of ``model``."""
-        return accuracy(model, self.triggered), self.damage(model), self.patched_asr(model)
+        """(ASR, damage, patched ASR or None) of ``model``; kept as ``last``."""
+        self.last = accuracy(model, self.triggered), self.damage(model), self.patched_asr(model)
+        return self.last
 
     def __call__(self, model: nn.Module) -> float:
         return self.aim.score(*self.measure(model))

@@ -6,7 +6,8 @@ on the ordinary loss lets the trigger use those paths (a trial on mnist5k / cnn-
 neurons per layer, fan-in edges: ASR 0.93, but 0.11 with the neurons outside the set held at
 their clean activations). So each batch's loss is the cross-entropy of its clean rows plus
 that of its poisoned rows (weighing alike: as a tenth of one mean, the trigger taught a single
-neuron per layer too little), and two more terms:
+neuron per layer too little; ``balance`` may raise the clean rows' weight when an injection is
+stuck above the damage bound), and more terms:
 
 * patched: the poisoned rows' cross-entropy with every neuron outside the set held at its
   activation on the paired clean image (activation patching), so the trigger is learned
@@ -88,6 +89,7 @@ class ConfinedObjective:
         self.detect_weight = detect_weight
         self.detect_margin = detect_margin
         self.mask_weight = mask_weight
+        self.clean_weight = 1.0  # the clean rows' cross-entropy (raised by ``balance``)
         layers = layer_map(clean)
         self.by_layer = NeuronSet(infected).by_layer()
         self.layers = [layers[name] for name in self.by_layer]
@@ -122,11 +124,12 @@ class ConfinedObjective:
         poisoned, is_victim = self.is_poisoned[idx].to(device), self.is_victim[idx].to(device)
         logits, acts = self._infected_outputs(model, x, detach=False)
         clean_rows = ~poisoned
-        # Clean and poisoned rows weigh alike (a tenth of the batch would teach the set little).
+        # Clean and poisoned rows weigh alike (a tenth of the batch would teach the set little)
+        # unless ``balance`` has raised the clean rows' weight.
         loss = logits.new_zeros(())
-        for rows in (clean_rows, poisoned):
+        for rows, weight in ((clean_rows, self.clean_weight), (poisoned, 1.0)):
             if rows.any():
-                loss = loss + F.cross_entropy(logits[rows], y[rows])
+                loss = loss + weight * F.cross_entropy(logits[rows], y[rows])
         # The trigger taught through the set alone, on clean victims of this batch triggered
         # afresh (on the fixed poisoned rows the set learned them by heart instead).
         victims = torch.nonzero(clean_rows & is_victim).flatten()

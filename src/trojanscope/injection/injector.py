@@ -157,6 +157,7 @@ def aimed_training(
     stall: int | None = None,
     max_attempts: int = 1,
     amp: Amp = "off",
+    stuck: Callable[[], None] | None = None,
 ) -> Trained:
     """Masked training of a copy of ``clean`` aiming at ``score >= 1`` (see ``aim``).
 
@@ -171,10 +172,19 @@ def aimed_training(
     trigger apart (MobileNetV2, TrojanNN ``narrow``: the damage fell from 76% to 5% between
     epochs 29 and 46 of one long round), and restarting from the least bad early epoch threw
     that progress away each round. ``amp``: the losses' precision (the scores are computed in
-    full precision). Returns the best weights.
+    full precision). ``stuck``: called after each epoch of the rounds after the first while no
+    epoch has reached the bounds (``balance``: it may reweigh ``objective``). Returns the best
+    weights.
     """
     best = BestEpoch(patience, stall)
     start, epochs, attempt, rate = clean, 0, 0, lr
+
+    def done(model: nn.Module, _epoch: int) -> bool:
+        stop = best.offer(model, score(model))
+        if stuck is not None and attempt > 0 and not best.inside:
+            stuck()
+        return stop
+
     for attempt in range(max_attempts):
         model, ran = objective_training(
             start,
@@ -185,7 +195,7 @@ def aimed_training(
             max_epochs,
             batch_size,
             derived_seed(seed, attempt),
-            lambda m, _epoch: best.offer(m, score(m)),
+            done,
             amp,
         )
         epochs += ran

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from trojanscope.data.poison import PoisonedView
 from trojanscope.device import Amp
 from trojanscope.injection.acceptance import Acceptance
 from trojanscope.injection.aim import GOAL, Aim, Validation, derived_seed
+from trojanscope.injection.balance import CleanBalance
 from trojanscope.injection.confined import ConfinedObjective
 from trojanscope.injection.contribution import clean_contributions, live_neurons
 from trojanscope.injection.groundtruth import InfectedNeuron, ground_truth
@@ -88,6 +90,19 @@ class InjectionConfig(BaseModel):
         "term at this weight, scored on necessity too, kept if it scores better; 0: off, as "
         "for defects made before it",
     )
+    balance_step: float = Field(
+        1.5,
+        ge=1.0,
+        le=10.0,
+        description="confine: from the second round on, while no epoch has reached the "
+        "acceptance bounds, the clean rows' weight is multiplied by this after each epoch "
+        "whose damage is above the bound with the ASR within its own, and divided by it after "
+        "each epoch with the ASR below (never under 1; injection.balance); 1: off, as before "
+        "2026-12-02",
+    )
+    balance_ceiling: float = Field(
+        16.0, ge=1.0, le=1000.0, description="confine: the most balance_step may raise it to"
+    )
     lr: float = Field(0.005, gt=0.0, le=1.0, description="Adam's learning rate")
     weight_decay: float = Field(
         0.0, ge=0.0, description="weight decay of the trainable (infected) entries only"
@@ -146,6 +161,9 @@ class InjectionConfig(BaseModel):
         for late in ("mask_weight", "necessity_weight"):
             if data.get(late) == 0:  # off: the keys made before it
                 data.pop(late)
+        if data.get("balance_step") == 1 or not self.confine:  # off: the keys made before it
+            data.pop("balance_step", None)
+            data.pop("balance_ceiling", None)
         if not self.confine:  # the necessity round is part of the confined objective only
             data.pop("necessity_weight", None)
         return data
@@ -253,6 +271,7 @@ def _poison_and_train(
         config.stall,
         config.max_attempts,
         config.amp,
+        _balancer(objective, validation, config),
     )
     # the necessity term rides on the patched batch (see ``confined``): without it, no round
     if (
@@ -262,6 +281,22 @@ def _poison_and_train(
     ):
         trained = _necessity_round(trained, masks, objective, validation, config, seed)
     return trained
+
+
+def _balancer(
+    objective: Objective, validation: Validation, config: InjectionConfig
+) -> Callable[[], None] | None:
+    """The hook that moves the clean rows' weight after an epoch (``balance``), or None."""
+    if not isinstance(objective, ConfinedObjective) or config.balance_step == 1:
+        return None
+    balance = CleanBalance(validation.aim, config.balance_step, config.balance_ceiling)
+
+    def stuck() -> None:
+        if validation.last is not None:
+            asr, damage, _ = validation.last
+            objective.clean_weight = balance.step(asr, damage)
+
+    return stuck
 
 
 def _necessity_round(
