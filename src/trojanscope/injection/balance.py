@@ -29,13 +29,12 @@ class CleanBalance:
     aim: Aim
     factor: float  # the multiplier's step (1: off)
     ceiling: float  # the most the weight may reach
-    weight: float = 1.0
-    floor: float = 1.0
+    weight: float = 1.0  # never below 1: the clean rows never weigh less than by default
 
     def step(self, asr: float, damage: float) -> float:
         """The new weight after an epoch with ``asr`` and ``damage``."""
         if asr < self.aim.min_asr:
-            self.weight = max(self.floor, self.weight / self.factor)
+            self.weight = max(1.0, self.weight / self.factor)
         elif damage > self.aim.max_drop:
             self.weight = min(self.ceiling, self.weight * self.factor)
         return self.weight
