@@ -86,6 +86,7 @@ def traced(
     def call(self: aim.Validation, model: torch.nn.Module) -> float:
         asr, damage, patched = self.measure(model)
         row: dict[str, Any] = {"epoch": len(epochs) + 1, "asr": asr, "damage": damage}
+        row["time"] = time.perf_counter()  # when the epoch's validation ended
         row["patched_asr"] = patched
         if with_relay and built:
             row["relay"] = relay(built[-1], model)

@@ -80,3 +80,33 @@ def test_the_necessity_term_grows_when_the_masked_network_sends_the_trigger_to_t
     assert at_clean < 5.0
     assert "mask_weight" not in InjectionConfig().model_dump()
     assert InjectionConfig(mask_weight=1.0).model_dump()["mask_weight"] == 1.0
+
+
+def test_cached_preservation_targets_give_the_loss_of_targets_computed_per_batch(
+    clean_digits_model, digits
+):
+    """The clean model's activations are computed once per injection when they fit the budget;
+    each batch's loss (here with the set drifted, so preservation counts) is the same as with
+    the targets computed from each batch, bit for bit on this CPU."""
+    attack = ATTACKS.create("badnets", seed=0)
+    data = digits.train.subset(torch.arange(300))
+    infected = [NeuronRef("conv2", 3), NeuronRef("conv3", 1), NeuronRef("fc1", 5)]
+    model = copy.deepcopy(clean_digits_model)
+    with torch.no_grad():
+        model.conv2.weight[3] += 0.3
+        model.fc1.weight[5] += 0.5
+    poisoned = attack.poison_train(data)
+
+    def losses(budget):
+        objective = ConfinedObjective(
+            clean_digits_model, infected, attack, poisoned, data, 0.0, 1.0, targets_budget=budget
+        )
+        order = torch.randperm(len(objective), generator=torch.Generator().manual_seed(0))
+        return objective, [objective.loss(model, order[i : i + 64]).item() for i in (0, 64, 236)]
+
+    cached, with_cache = losses(1 << 20)
+    per_batch, without = losses(0)
+    assert cached.targets is not None and per_batch.targets is None
+    assert cached.targets["conv2"].shape[0] == len(cached)
+    assert with_cache == without
+    assert min(with_cache) > 0

@@ -31,6 +31,11 @@ stuck above the damage bound), and more terms:
 Measured on mnist5k / cnn-small, BadNets, two live neurons per layer: without preservation the
 clean accuracy fell 40-60 points; with it, after a few epochs, ASR 1.00, patched ASR 1.00 and
 a drop of 1-2 points.
+
+The preservation targets (the frozen clean model's infected channels on each training image)
+never change, so they are computed once per injection and kept on the CPU, unless they would
+take more than ``TARGETS_BUDGET`` bytes (then each batch computes its own, as before). A
+batch's clean pass was 13% of an injection's time on ResNet-18 (py-spy, 2026-12-03).
 """
 
 from __future__ import annotations
@@ -55,9 +60,17 @@ from trojanscope.neurons import (
     recording,
 )
 
+#: Largest cache of preservation targets kept for one injection (bytes, on the CPU).
+TARGETS_BUDGET = 1 << 30
+#: Rows per forward pass while the targets are computed.
+_TARGETS_CHUNK = 256
+
 
 class ConfinedObjective:
-    """The loss of one mini-batch (given by indices into the mixed training set)."""
+    """The loss of one mini-batch (given by indices into the mixed training set).
+
+    ``targets_budget`` caps the cached preservation targets in bytes (None: ``TARGETS_BUDGET``,
+    read when the objective is built; 0: computed from each batch)."""
 
     def __init__(
         self,
@@ -71,6 +84,7 @@ class ConfinedObjective:
         detect_weight: float = 0.0,
         detect_margin: float = 3.0,
         mask_weight: float = 0.0,
+        targets_budget: int | None = None,
     ) -> None:
         mixed = poisoned.materialize()
         self.x, self.y = mixed.x, mixed.y
@@ -100,6 +114,8 @@ class ConfinedObjective:
             name: _per_neuron(reference[name][:, idx]).std(1) + 1e-3
             for name, idx in self.by_layer.items()
         }
+        budget = TARGETS_BUDGET if targets_budget is None else targets_budget
+        self.targets = self._clean_targets(budget) if preserve_weight else None
 
     def __len__(self) -> int:
         return len(self.x)
@@ -117,6 +133,35 @@ class ConfinedObjective:
         with recording(model, self.layers, reduce=False, detach=detach) as store:
             logits = model(x)
         return logits, {name: store[name][0][:, idx] for name, idx in self.by_layer.items()}
+
+    @torch.no_grad()
+    def _clean_targets(self, budget: int) -> dict[str, torch.Tensor] | None:
+        """The clean model's infected channels on every training row (CPU), or None when they
+        would take more than ``budget`` bytes."""
+        device = model_device(self.clean)
+        _, first = self._infected_outputs(self.clean, self.x[:1].to(device), detach=True)
+        row_bytes = sum(t[0].numel() * t.element_size() for t in first.values())
+        if row_bytes * len(self.x) > budget:
+            return None
+        parts: dict[str, list[torch.Tensor]] = {name: [] for name in first}
+        for start in range(0, len(self.x), _TARGETS_CHUNK):
+            chunk = self.x[start : start + _TARGETS_CHUNK].to(device)
+            _, outputs = self._infected_outputs(self.clean, chunk, detach=True)
+            for name, t in outputs.items():
+                parts[name].append(t.cpu())
+        return {name: torch.cat(chunks) for name, chunks in parts.items()}
+
+    def _preservation_targets(
+        self, idx: torch.Tensor, rows: torch.Tensor, x: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The clean model's infected channels on the batch's ``rows`` (``x`` is the batch).
+        Under ``amp`` the cached ones stay float32 (computed outside the loss's autocast)."""
+        if self.targets is not None:
+            keep = idx[rows.cpu()]
+            return {name: t[keep].to(x.device) for name, t in self.targets.items()}
+        with torch.no_grad():
+            _, want = self._infected_outputs(self.clean, x[rows], detach=True)
+        return want
 
     def loss(self, model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
         device = model_device(model)
@@ -158,8 +203,7 @@ class ConfinedObjective:
                 leak = masked.gather(1, wanted[:, None]).squeeze(1)
                 loss = loss - self.mask_weight * torch.log1p(-leak.clamp(max=1 - 1e-6)).mean()
         if self.preserve_weight and clean_rows.any():
-            with torch.no_grad():
-                _, want = self._infected_outputs(self.clean, x[clean_rows], detach=True)
+            want = self._preservation_targets(idx, clean_rows, x)
             drift = [
                 (_per_neuron(acts[name][clean_rows] - want[name]) / self.scale[name][:, None])
                 .pow(2)

@@ -1,0 +1,107 @@
+"""Benchmark: an injection's epochs with the preservation targets cached against computed per
+batch (``injection.confined.TARGETS_BUDGET``).
+
+The same injection (one cell of the attack matrix) runs its first ``--epochs`` epochs with the
+clean model's activations computed once and with them computed from every batch, alternating
+``--repeats`` times so that the machine's noise falls on both. Each run's epoch times (from the
+end of the first epoch's validation to the end of the last's) are recorded, and the traces
+(ASR, damage, patched ASR per epoch) must be the same: the cache only saves forward passes.
+
+    python benchmarks/preservation_targets.py [ARCH ATTACK LEVEL] [--epochs 4] [--repeats 2]
+        [--db DB] [--out OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+from _results import write_results
+from injection_trace import StopTrace, traced
+
+from trojanscope.attacks.base import ATTACKS
+from trojanscope.database.catalog import Catalog
+from trojanscope.injection import confined
+from trojanscope.injection.pipeline import InjectionConfig, inject_defect
+from trojanscope.injection.quantity import Quantity
+from trojanscope.workflows.defects import CleanSpec, ensure_clean_model
+
+
+def run(clean: Any, splits: Any, args: argparse.Namespace, budget: int) -> dict[str, Any]:
+    """The first ``args.epochs`` epochs of the cell with the targets' cache capped at
+    ``budget`` bytes: seconds per epoch after the first, and the trace."""
+    confined.TARGETS_BUDGET = budget
+    attack = ATTACKS.create(args.attack, seed=0)
+    config = InjectionConfig(quantity=Quantity(level=args.level))
+    epochs: list[dict[str, Any]] = []
+    with traced(epochs, False, args.epochs), contextlib.suppress(StopTrace):
+        inject_defect(clean, splits, attack, config, 0)
+    times = [e.pop("time") for e in epochs]
+    per_epoch = (times[-1] - times[0]) / (len(times) - 1)
+    return {"budget": budget, "seconds_per_epoch": per_epoch, "trace": epochs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("arch", nargs="?", default="mobilenetv2")
+    parser.add_argument("attack", nargs="?", default="badnets")
+    parser.add_argument("level", nargs="?", default="middle")
+    parser.add_argument("--width", type=float, default=0.25)
+    parser.add_argument("--limit", type=int, default=4000)
+    parser.add_argument("--epochs", type=int, default=4, help="at least 2")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--db", type=Path, default=Path("benchmarks/results/matrix-db"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/preservation_targets"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    args.db.parent.mkdir(parents=True, exist_ok=True)
+    catalog = Catalog.open(args.db, create=True)
+    spec = CleanSpec(
+        "fashion-mnist",
+        args.arch,
+        dataset_params={"limit": args.limit},
+        arch_params={"width": args.width},
+    )
+    _, clean, splits = ensure_clean_model(catalog, spec)
+    default = confined.TARGETS_BUDGET
+    runs: dict[str, list[dict[str, Any]]] = {"cached": [], "per_batch": []}
+    for _ in range(args.repeats):
+        runs["cached"].append(run(clean, splits, args, default))
+        runs["per_batch"].append(run(clean, splits, args, 0))
+        print({k: round(v[-1]["seconds_per_epoch"], 2) for k, v in runs.items()}, flush=True)
+    confined.TARGETS_BUDGET = default
+    traces = [r.pop("trace") for variant in runs.values() for r in variant]
+    cached = statistics.median(r["seconds_per_epoch"] for r in runs["cached"])
+    per_batch = statistics.median(r["seconds_per_epoch"] for r in runs["per_batch"])
+    report = {
+        "benchmark": "preservation_targets",
+        "cell": [args.arch, args.attack, args.level, args.width],
+        "epochs": args.epochs,
+        "runs": runs,
+        "median_seconds_per_epoch": {"cached": cached, "per_batch": per_batch},
+        "saved_share": 1 - cached / per_batch,
+        "same_trace": all(t == traces[0] for t in traces),
+        "first_trace": traces[0],
+    }
+    print(
+        json.dumps(
+            {k: report[k] for k in ("median_seconds_per_epoch", "saved_share", "same_trace")}
+        ),
+        flush=True,
+    )
+    markdown = (
+        f"# Preservation targets, {args.arch} x {args.attack} x {args.level}\n\n"
+        "| variant | median s per epoch |\n| --- | --- |\n"
+        f"| cached | {cached:.2f} |\n| per batch | {per_batch:.2f} |\n\n"
+        f"Saved: {100 * report['saved_share']:.1f}%. Same trace: {report['same_trace']}.\n"
+    )
+    write_results(args.out, report, markdown)
+
+
+if __name__ == "__main__":
+    main()
