@@ -16,7 +16,7 @@ from torch import nn
 from torch.fx import Interpreter, Node
 
 from trojanscope.device import model_device
-from trojanscope.neurons import NeuronRef, patch_neurons, patched_layers, recording, trace
+from trojanscope.neurons import trace
 
 
 class _Recorder(Interpreter):
@@ -135,12 +135,11 @@ class ChangedPart:
         batch_size: int = 1024,
     ) -> ChangedPart | None:
         """The part of ``clean`` from ``modules`` (module paths) on, with the values it reads
-        on ``x``; None when they would take more than ``budget`` bytes, when one of
-        ``modules`` is not called as a module in the traced graph (its use is not visible),
-        or when ``x`` is empty."""
+        on ``x``; None when they would take more than ``budget`` bytes, or when one of
+        ``modules`` is not called as a module in the traced graph (its use is not visible)."""
         gm = trace(clean)
         starts = [n for n in gm.graph.nodes if n.op == "call_module" and n.target in modules]
-        if {n.target for n in starts} != set(modules) or len(x) == 0:
+        if {n.target for n in starts} != set(modules):
             return None
         changed = set(starts)
         frontier = list(starts)
@@ -168,39 +167,19 @@ class ChangedPart:
         return cls(changed, chunks)
 
     @torch.no_grad()
-    def run(self, model: nn.Module, chunk: int) -> torch.Tensor:
-        """``model``'s logits on recorded chunk ``chunk``, re-running only the changed part
-        (its modules' hooks fire); ``model`` must equal the clean model outside it."""
-        gm = trace(model)
-        values = self.chunks[chunk]
-        env: dict[Node, object] = {
-            node: values.get(node.name)
-            for node in gm.graph.nodes
-            if node.name not in self.changed and node.op != "get_attr"
-        }
-        return Interpreter(gm).run(torch.empty(0), initial_env=env)
-
     def logits(self, model: nn.Module) -> torch.Tensor:
-        """``model``'s logits on all the recorded inputs, on the CPU."""
-        return torch.cat([self.run(model, i).cpu() for i in range(len(self.chunks))])
-
-
-@torch.no_grad()
-def patched_rerun(
-    model: nn.Module, keep: list[NeuronRef], paired: ChangedPart, triggered: ChangedPart
-) -> torch.Tensor:
-    """``neurons.patched_logits`` from records of the part from the patched layers on (and
-    from the changed modules): per chunk, the patched layers' outputs on the paired clean
-    inputs, then the triggered inputs with every neuron outside ``keep`` held at them."""
-    layers = patched_layers(model, keep)
-    out = []
-    for chunk in range(len(paired.chunks)):
-        with recording(model, layers, reduce=False) as store:
-            paired.run(model, chunk)
-        source = {name: values[0] for name, values in store.items()}
-        with patch_neurons(model, keep, source):
-            out.append(triggered.run(model, chunk).cpu())
-    return torch.cat(out)
+        """``model``'s logits on the recorded inputs (on the CPU), re-running only the changed
+        part; ``model`` must equal the clean model outside it."""
+        gm = trace(model)
+        outputs = []
+        for values in self.chunks:
+            env: dict[Node, object] = {
+                node: values.get(node.name)
+                for node in gm.graph.nodes
+                if node.name not in self.changed and node.op != "get_attr"
+            }
+            outputs.append(Interpreter(gm).run(torch.empty(0), initial_env=env).cpu())
+        return torch.cat(outputs)
 
 
 def _nbytes(value: object) -> int:
