@@ -28,7 +28,6 @@ from torch import nn
 
 from trojanscope.attacks.base import Attack
 from trojanscope.data.base import TensorData
-from trojanscope.models.suffix import ChangedPart
 from trojanscope.models.training import accuracy, predict
 from trojanscope.neurons import NeuronRef, mask_neurons, patched_logits
 
@@ -39,8 +38,6 @@ GOAL = 1.0
 HALFWAY = 0.5
 #: Training images the score is measured on (a seeded subset of larger training splits).
 CHECK_SAMPLES = 1024
-#: Largest record of the check images' values kept to re-run only the trained part (bytes).
-RERUN_BUDGET = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -115,32 +112,11 @@ class Validation:
         view = attack.poison_test(train.subset(check[unseen[check]]))
         self.triggered = view.poisoned()
         self.paired = view.base.x[view.indices]  # the clean image of each triggered one
-        self._parts: tuple[ChangedPart, ChangedPart] | None = None
-
-    def rerun_changed(self, modules: set[str]) -> None:
-        """Score from now on by re-running only what follows ``modules`` (those masked training
-        moves) on the check images and the triggered ones: upstream, the trained copies compute
-        the clean model's values. Kept as before when those values exceed ``RERUN_BUDGET``."""
-        budget = RERUN_BUDGET // 2
-        images = ChangedPart.record(self.clean, modules, self.images, budget)
-        triggered = ChangedPart.record(self.clean, modules, self.triggered.x, budget)
-        self._parts = None if images is None or triggered is None else (images, triggered)
-
-    def _logits(self, model: nn.Module, which: int) -> torch.Tensor:
-        if self._parts is not None:
-            return self._parts[which].logits(model)
-        return predict(model, (self.images, self.triggered.x)[which])
 
     def damage(self, model: nn.Module) -> float:
         """Share of the check images the clean model classifies right and ``model`` does not."""
-        wrong = self._logits(model, 0).argmax(1) != self.labels
+        wrong = predict(model, self.images).argmax(1) != self.labels
         return float((self.clean_right & wrong).float().mean())
-
-    def asr(self, model: nn.Module) -> float:
-        """Share of the triggered check images sent to the target."""
-        if len(self.triggered) == 0:
-            return 0.0
-        return float((self._logits(model, 1).argmax(1) == self.triggered.y).float().mean())
 
     def patched_asr(self, model: nn.Module) -> float | None:
         """ASR with every neuron outside the infected set held at its clean-input activation."""
@@ -151,7 +127,7 @@ class Validation:
 
     def measure(self, model: nn.Module) -> tuple[float, float, float | None]:
         """(ASR, damage, patched ASR or None) of ``model``; kept as ``last``."""
-        self.last = self.asr(model), self.damage(model), self.patched_asr(model)
+        self.last = accuracy(model, self.triggered), self.damage(model), self.patched_asr(model)
         return self.last
 
     def __call__(self, model: nn.Module) -> float:
