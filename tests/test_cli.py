@@ -513,3 +513,26 @@ def test_a_clean_model_catalogued_on_other_data_is_not_reused(
         ["inject", "--db", db, *DIGITS_BADNETS, "--level", "narrow"], capsys, monkeypatch
     )
     assert_one_sentence(code, err, "differ from when it was catalogued")
+
+
+def test_an_interrupt_swallowed_in_a_gc_callback_still_ends_the_command_as_one():
+    """Python ignores an exception raised in a garbage-collection callback (SQLAlchemy's at
+    start-up): Ctrl-C landing there is neither printed as a traceback nor lost; the command
+    ends with exit code 130 and the documented sentence."""
+    code = (
+        "import gc, sys, weakref\n"
+        "from trojanscope import cli, interrupt\n"
+        "interrupt.install()\n"
+        "class Thing: pass\n"
+        "def callback(_ref):\n"
+        "    interrupt._handler(2, None)\n"  # as if SIGINT arrived inside the callback
+        "thing = Thing(); ref = weakref.ref(thing, callback); del thing; gc.collect()\n"
+        "sys.argv = ['trojanscope', '--help']\n"
+        "cli.main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.rstrip().endswith(
+        "interrupted: finished entries are kept, nothing half-written."
+    )
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr

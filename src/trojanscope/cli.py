@@ -706,7 +706,9 @@ def main() -> None:
     except KeyboardInterrupt:
         _exit_interrupted()
     except SystemExit as exc:
-        if exc.code == 130 and (interrupt.seen() or _by_interrupt(exc)):
+        # An interrupt seen but swallowed on its way up (Python ignores an exception raised in a
+        # garbage-collection callback: SQLAlchemy's, at start-up) still ends the command as one.
+        if interrupt.seen() or (exc.code == 130 and _by_interrupt(exc)):
             _exit_interrupted()
         raise
     except Exception as exc:
