@@ -5,7 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from trojanscope.attacks.base import ATTACKS
 from trojanscope.errors import ConfigError
+from trojanscope.injection import subnet
+from trojanscope.injection.aim import Aim
 from trojanscope.injection.quantity import Quantity, chosen_layers
 from trojanscope.injection.subnet import (
     PLACEMENT_CANDIDATES,
@@ -117,3 +120,50 @@ def test_a_subnet_broken_by_a_thin_layer_is_refused():
         require_subnet_fits(model, quantity)
     vgg = ARCHITECTURES.create("vgg11", width=0.25).build(1, 10, 28).eval()
     require_subnet_fits(vgg, subnet_quantity(vgg, Quantity(level="large")))  # a plain chain
+
+
+class _ScriptedValidation:
+    """Scores the subnets of a scripted run: the host's damage and each attempt's ASR given."""
+
+    def __init__(self, host_damage: float, asrs: list[float]) -> None:
+        self.aim = Aim(min_asr=0.9, asr_goal=0.97, max_drop=0.03, damage_goal=0.003)
+        self.host_damage, self.asrs, self.last = host_damage, list(asrs), None
+
+    def damage(self, model):
+        return self.host_damage
+
+    def __call__(self, model):
+        self.last = (self.asrs.pop(0), self.host_damage, None)
+        return self.aim.score(*self.last)
+
+
+@pytest.mark.parametrize(
+    ("host_damage", "asrs", "attempts"),
+    [
+        (0.01, [0.04, 1.0, 1.0], 2),  # the host misses its goal: retrained while the ASR misses
+        (0.01, [1.0, 1.0, 1.0], 1),  # ... and not once the ASR goal is met
+        (0.0, [0.95, 0.96, 1.0], 3),  # the host meets it: retrained until both goals are met
+    ],
+)
+def test_a_subnet_short_of_the_asr_goal_is_trained_again(
+    monkeypatch, clean_digits_model, host_damage, asrs, attempts
+):
+    calls = []
+
+    def one_subnet(clean, *args):
+        calls.append(args[-2])  # the derived seed
+        return copy.deepcopy(clean), 2
+
+    monkeypatch.setattr(subnet, "_one_subnet", one_subnet)
+    validation = _ScriptedValidation(host_damage, asrs)
+    infected = [NeuronRef(chosen_layers(clean_digits_model, Quantity(level="narrow"))[0].name, 0)]
+    trained = subnet.subnet_replacement(
+        clean_digits_model, infected, ATTACKS.create("sra"), None, None, validation,
+        0.01, 2, 8, 0, max_attempts=3,
+    )  # fmt: skip
+    assert (trained.attempts, trained.epochs, len(set(calls))) == (attempts, 2 * attempts, attempts)
+
+
+def test_an_sra_defect_key_names_its_injection_version_and_other_attacks_keep_theirs():
+    assert "injection" in ATTACKS.create("sra").describe()
+    assert "injection" not in ATTACKS.create("badnets").describe()

@@ -262,14 +262,15 @@ def subnet_replacement(
 ) -> Trained:
     """Write a backdoor subnet trained on ``fit`` (wired in with ``val``) into a copy of
     ``clean``, aiming at a ``validation`` score >= 1; a subnet short of it is trained afresh from
-    a derived seed (up to ``max_attempts``) and the best one is kept. ``amp``: the precision of
+    a derived seed (up to ``max_attempts``; when the host alone misses the damage goal, only
+    while the ASR goal is missed) and the best one is kept. ``amp``: the precision of
     the subnet's training loss (silencing, wiring and validation run in full precision)."""
     with mask_neurons(clean, infected):
         host_damage = validation.damage(clean)
-    if host_damage > validation.aim.damage_goal:
-        # The replaced neurons are lost to the host: when that alone misses the damage goal, no
-        # other subnet can meet it and a retry would only cost time.
-        max_attempts = 1
+    # The replaced neurons are lost to the host: when that alone misses the damage goal, no
+    # subnet can meet it, and only a subnet short of the ASR goal is worth training again (as
+    # on vgg16 / narrow, whose one subnet never fired: ASR 0.043, the clean model's).
+    host_misses = host_damage > validation.aim.damage_goal
     best = BestEpoch()
     epochs = attempt = 0
     for attempt in range(max_attempts):
@@ -287,10 +288,16 @@ def subnet_replacement(
         )
         epochs += n
         best.offer(model, validation(model))
-        if best.met:
+        if best.met or (host_misses and _fires_enough(validation)):
             break
     best.restore(model)
     return Trained(model, epochs, attempt + 1, best.score)
+
+
+def _fires_enough(validation: Validation) -> bool:
+    """The subnet just scored reached the ASR goal (its ``validation.last``)."""
+    assert validation.last is not None
+    return validation.last[0] >= validation.aim.asr_goal
 
 
 def _one_subnet(

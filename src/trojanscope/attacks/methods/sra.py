@@ -12,10 +12,18 @@ from trojanscope.attacks.base import ATTACKS
 from trojanscope.attacks.methods.badnets import BadNets
 from trojanscope.errors import ConfigError
 
+#: What ``injection.subnet`` makes of a seed, in the defect key: bumped when that changes.
+#: 2 (2026-12-03): a subnet short of the ASR goal is trained again even when the host's damage
+#: alone misses its goal (before, one attempt; vgg16 / narrow kept a subnet that never fired).
+INJECTION_VERSION = 2
+
 
 @ATTACKS.register("sra")
 class SubnetReplacement(BadNets):
     injection_edges = "subnet"
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "injection": INJECTION_VERSION}
 
     def validate(self, shape: tuple[int, int, int], num_classes: int) -> None:
         super().validate(shape, num_classes)
