@@ -1,12 +1,16 @@
 """Local workers: on CUDA each gets a GPU of its own, decided by the build without any state
-shared between the processes."""
+shared between the processes; terminated, they leave nothing behind."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 
 import torch
 
+from tests.workflows.conftest import subprocess_env
 from trojanscope.database.catalog import Catalog
 from trojanscope.workflows import executors
 from trojanscope.workflows.executors import WorkerPool
@@ -43,3 +47,30 @@ def test_a_named_gpu_or_the_cpu_is_every_workers(tmp_path, monkeypatch):
         finally:
             pool.close()
         assert pid in pool.placement and used == device
+
+
+#: A spawned worker set up as the pool sets it up, which runs a torch.fx interpreter (as the
+#: injection's suffix runners do) and is then terminated, as Ctrl-C terminates the workers.
+TERMINATED_WORKER = """\
+import multiprocessing, os, signal, sys
+import torch
+from torch import fx, nn
+from trojanscope.workflows.executors import _start_worker
+
+multiprocessing.set_start_method("spawn", force=True)  # named semaphores, as in a worker
+_start_worker(sys.argv[1], None, None, 1)
+fx.Interpreter(fx.symbolic_trace(nn.Linear(2, 2))).run(torch.ones(1, 2))
+os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+def test_a_worker_terminated_after_a_torch_fx_pass_leaves_no_semaphore_behind(tmp_path):
+    Catalog.open(tmp_path / "db", create=True)
+    done = subprocess.run(
+        [sys.executable, "-c", TERMINATED_WORKER, str(tmp_path / "db")],
+        env=subprocess_env(),
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert b"leaked" not in done.stderr
