@@ -228,6 +228,14 @@ def mask_neurons(model: nn.Module, neurons: Iterable[NeuronRef]) -> Iterator[Non
             h.remove()
 
 
+def patched_layers(model: nn.Module, keep: Iterable[NeuronRef]) -> list[EligibleLayer]:
+    """The layers :func:`patch_neurons` patches: from the first holding a kept neuron on."""
+    kept = NeuronSet(keep).by_layer()
+    layers = eligible_layers(model)
+    first = next((i for i, layer in enumerate(layers) if layer.name in kept), 0)
+    return layers[first:]
+
+
 @contextmanager
 def patch_neurons(
     model: nn.Module, keep: Iterable[NeuronRef], source: dict[str, torch.Tensor]
@@ -243,11 +251,9 @@ def patch_neurons(
     kept = keep_set.by_layer()
     modules = dict(model.named_modules())
     handles: list[RemovableHandle] = []
-    layers = eligible_layers(model)
-    first = next((i for i, layer in enumerate(layers) if layer.name in kept), 0)
     device = model_device(model)
     try:
-        for layer in layers[first:]:
+        for layer in patched_layers(model, keep_set):
             mask = torch.zeros(layer.width, dtype=torch.bool, device=device)
             mask[kept.get(layer.name, [])] = True
 

@@ -179,6 +179,21 @@ def _validation(clean, digits, infected, seed=0):
     return Validation(clean, digits.train, attack, everyone[:0], config.aim(), seed, infected)
 
 
+def test_scoring_by_the_changed_part_alone_measures_what_whole_passes_measure(
+    clean_digits_model, small_defect, digits
+):
+    """Validation re-runs only what follows the trained modules, from values recorded on the
+    clean model: the defect's ASR, damage and patched ASR are the same, bit for bit."""
+    infected = [n.ref for n in small_defect.infected]
+    validation = _validation(clean_digits_model, digits, infected)
+    whole = validation.measure(small_defect.model)
+    masks = trainable_masks(clean_digits_model, infected, "fan-in")
+    validation.rerun_changed({name.rpartition(".")[0] for name in masks})
+    assert validation._parts is not None and validation._patched is not None
+    assert validation.measure(small_defect.model) == whole
+    assert whole[0] > 0.5  # the defect fires: the check compares real figures
+
+
 def test_on_a_plain_network_the_masked_defect_is_the_masked_clean_model(
     clean_digits_model, small_defect, digits
 ):

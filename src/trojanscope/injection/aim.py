@@ -28,8 +28,9 @@ from torch import nn
 
 from trojanscope.attacks.base import Attack
 from trojanscope.data.base import TensorData
+from trojanscope.models.suffix import ChangedPart, patched_rerun
 from trojanscope.models.training import accuracy, predict
-from trojanscope.neurons import NeuronRef, mask_neurons, patched_logits
+from trojanscope.neurons import NeuronRef, mask_neurons, patched_layers, patched_logits
 
 #: A score at or above this meets both goals (see ``Aim.score``).
 GOAL = 1.0
@@ -38,6 +39,10 @@ GOAL = 1.0
 HALFWAY = 0.5
 #: Training images the score is measured on (a seeded subset of larger training splits).
 CHECK_SAMPLES = 1024
+#: Largest record of the check images' values kept to re-run only the trained part (bytes).
+RERUN_BUDGET = 1 << 30
+#: Rows per patched pass (as ``patched_logits`` batches them).
+PATCHED_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -112,22 +117,55 @@ class Validation:
         view = attack.poison_test(train.subset(check[unseen[check]]))
         self.triggered = view.poisoned()
         self.paired = view.base.x[view.indices]  # the clean image of each triggered one
+        self._parts: tuple[ChangedPart, ChangedPart] | None = None
+        self._patched: tuple[ChangedPart, ChangedPart] | None = None
+
+    def rerun_changed(self, modules: set[str]) -> None:
+        """Score from now on by re-running only what follows ``modules`` (those masked training
+        moves) on the check images and the triggered ones: upstream, the trained copies compute
+        the clean model's values. The patched ASR re-runs from the patched layers on as well
+        (upstream of them the triggered images pass unpatched). Each record that would exceed
+        its share of ``RERUN_BUDGET`` is left out, and that measure takes whole passes."""
+        budget = RERUN_BUDGET // 4
+        images = ChangedPart.record(self.clean, modules, self.images, budget)
+        triggered = ChangedPart.record(self.clean, modules, self.triggered.x, budget)
+        self._parts = None if images is None or triggered is None else (images, triggered)
+        if self.infected is None or self.aim.min_patched_ratio <= 0:
+            return
+        held = modules | {layer.output for layer in patched_layers(self.clean, self.infected)}
+        paired = ChangedPart.record(self.clean, held, self.paired, budget, PATCHED_BATCH)
+        patched = ChangedPart.record(self.clean, held, self.triggered.x, budget, PATCHED_BATCH)
+        self._patched = None if paired is None or patched is None else (paired, patched)
+
+    def _logits(self, model: nn.Module, which: int) -> torch.Tensor:
+        if self._parts is not None:
+            return self._parts[which].logits(model)
+        return predict(model, (self.images, self.triggered.x)[which])
 
     def damage(self, model: nn.Module) -> float:
         """Share of the check images the clean model classifies right and ``model`` does not."""
-        wrong = predict(model, self.images).argmax(1) != self.labels
+        wrong = self._logits(model, 0).argmax(1) != self.labels
         return float((self.clean_right & wrong).float().mean())
+
+    def asr(self, model: nn.Module) -> float:
+        """Share of the triggered check images sent to the target."""
+        if len(self.triggered) == 0:
+            return 0.0
+        return float((self._logits(model, 1).argmax(1) == self.triggered.y).float().mean())
 
     def patched_asr(self, model: nn.Module) -> float | None:
         """ASR with every neuron outside the infected set held at its clean-input activation."""
         if self.infected is None or self.aim.min_patched_ratio <= 0:
             return None
-        logits = patched_logits(model, self.infected, self.paired, self.triggered.x)
+        if self._patched is None:
+            logits = patched_logits(model, self.infected, self.paired, self.triggered.x)
+        else:
+            logits = patched_rerun(model, self.infected, *self._patched)
         return float((logits.argmax(1) == self.triggered.y).float().mean())
 
     def measure(self, model: nn.Module) -> tuple[float, float, float | None]:
         """(ASR, damage, patched ASR or None) of ``model``; kept as ``last``."""
-        self.last = accuracy(model, self.triggered), self.damage(model), self.patched_asr(model)
+        self.last = self.asr(model), self.damage(model), self.patched_asr(model)
         return self.last
 
     def __call__(self, model: nn.Module) -> float:

@@ -241,6 +241,7 @@ def _poison_and_train(
     if edges is None or edges == "subnet":  # the subnet path does not come here
         edges = config.edges
     masks = trainable_masks(clean, infected, edges)
+    validation.rerun_changed({name.rpartition(".")[0] for name in masks})
     objective: Objective
     if config.confine:
         objective = ConfinedObjective(

@@ -16,7 +16,7 @@ from torch import nn
 from torch.fx import Interpreter, Node
 
 from trojanscope.device import model_device
-from trojanscope.neurons import trace
+from trojanscope.neurons import NeuronRef, patch_neurons, patched_layers, recording, trace
 
 
 class _Recorder(Interpreter):
@@ -107,3 +107,101 @@ class SuffixRunner:
             raise TypeError(f"the output of {module_path} is not a tensor")
         env[start] = mutate(output)
         return Interpreter(self.gm).run(torch.empty(0), initial_env=env)
+
+
+class ChangedPart:
+    """One set of inputs' values where a network's trainable part begins, for scoring trained
+    copies by re-running that part alone.
+
+    Masked training moves only some modules' parameters; upstream of them every trained copy
+    computes the clean model's values, bit for bit. So the injector, which scores every epoch
+    on the same images, records once the values the changed part reads (at most ``budget``
+    bytes: ``record`` gives None beyond) and re-runs from there (on MobileNetV2 at ``middle``
+    the changed part starts at block 10 of 17).
+    """
+
+    def __init__(self, changed: set[Node], chunks: list[dict[str, object]]) -> None:
+        self.changed = {node.name for node in changed}
+        self.chunks = chunks
+
+    @classmethod
+    @torch.no_grad()
+    def record(
+        cls,
+        clean: nn.Module,
+        modules: set[str],
+        x: torch.Tensor,
+        budget: int,
+        batch_size: int = 1024,
+    ) -> ChangedPart | None:
+        """The part of ``clean`` from ``modules`` (module paths) on, with the values it reads
+        on ``x``; None when they would take more than ``budget`` bytes, when one of
+        ``modules`` is not called as a module in the traced graph (its use is not visible),
+        or when ``x`` is empty."""
+        gm = trace(clean)
+        starts = [n for n in gm.graph.nodes if n.op == "call_module" and n.target in modules]
+        if {n.target for n in starts} != set(modules) or len(x) == 0:
+            return None
+        changed = set(starts)
+        frontier = list(starts)
+        while frontier:
+            for user in frontier.pop().users:
+                if user not in changed:
+                    changed.add(user)
+                    frontier.append(user)
+        # Attributes are read from the trained copy itself, never from the record.
+        reads = {
+            a
+            for node in changed
+            for a in node.all_input_nodes
+            if a not in changed and a.op != "get_attr"
+        }
+        device, size, chunks = model_device(clean), 0, []
+        for start in range(0, len(x), batch_size):
+            recorder = _Recorder(gm, reads)
+            recorder.run(x[start : start + batch_size].to(device))
+            values = {node.name: value for node, value in recorder.kept.items()}
+            size += sum(_nbytes(v) for v in values.values())
+            if size > budget:
+                return None
+            chunks.append(values)
+        return cls(changed, chunks)
+
+    @torch.no_grad()
+    def run(self, model: nn.Module, chunk: int) -> torch.Tensor:
+        """``model``'s logits on recorded chunk ``chunk``, re-running only the changed part
+        (its modules' hooks fire); ``model`` must equal the clean model outside it."""
+        gm = trace(model)
+        values = self.chunks[chunk]
+        env: dict[Node, object] = {
+            node: values.get(node.name)
+            for node in gm.graph.nodes
+            if node.name not in self.changed and node.op != "get_attr"
+        }
+        return Interpreter(gm).run(torch.empty(0), initial_env=env)
+
+    def logits(self, model: nn.Module) -> torch.Tensor:
+        """``model``'s logits on all the recorded inputs, on the CPU."""
+        return torch.cat([self.run(model, i).cpu() for i in range(len(self.chunks))])
+
+
+@torch.no_grad()
+def patched_rerun(
+    model: nn.Module, keep: list[NeuronRef], paired: ChangedPart, triggered: ChangedPart
+) -> torch.Tensor:
+    """``neurons.patched_logits`` from records of the part from the patched layers on (and
+    from the changed modules): per chunk, the patched layers' outputs on the paired clean
+    inputs, then the triggered inputs with every neuron outside ``keep`` held at them."""
+    layers = patched_layers(model, keep)
+    out = []
+    for chunk in range(len(paired.chunks)):
+        with recording(model, layers, reduce=False) as store:
+            paired.run(model, chunk)
+        source = {name: values[0] for name, values in store.items()}
+        with patch_neurons(model, keep, source):
+            out.append(triggered.run(model, chunk).cpu())
+    return torch.cat(out)
+
+
+def _nbytes(value: object) -> int:
+    return value.numel() * value.element_size() if isinstance(value, torch.Tensor) else 0

@@ -1,13 +1,17 @@
-"""Benchmark: an injection's epochs with the preservation targets cached against computed per
-batch (``injection.confined.TARGETS_BUDGET``).
+"""Benchmark: an injection's epochs with what never changes recorded once, against computed
+again and again (the injector before 2026-12-03).
 
-The same injection (one cell of the attack matrix) runs its first ``--epochs`` epochs with the
-clean model's activations computed once and with them computed from every batch, alternating
-``--repeats`` times so that the machine's noise falls on both. Each run's epoch times (from the
-end of the first epoch's validation to the end of the last's) are recorded, and the traces
-(ASR, damage, patched ASR per epoch) must be the same: the cache only saves forward passes.
+Two records save forward passes without changing a value: the preservation targets
+(``injection.confined.TARGETS_BUDGET``: the clean model's infected channels on every training
+image) and the validation's upstream values (``injection.aim.RERUN_BUDGET``: each epoch's
+scoring re-runs only the part of the network training moves). The same injection (one cell
+of the attack matrix) runs its first ``--epochs`` epochs with both (``recorded``) and with
+neither (``recomputed``: both budgets 0), alternating ``--repeats`` times so that the
+machine's noise falls on both. Each run's epoch time (from the end of the first epoch's
+validation to the end of the last's) is recorded, and the traces (ASR, damage, patched ASR
+per epoch) must be the same.
 
-    python benchmarks/preservation_targets.py [ARCH ATTACK LEVEL] [--epochs 4] [--repeats 2]
+    python benchmarks/injection_speed.py [ARCH ATTACK LEVEL] [--epochs 4] [--repeats 2]
         [--db DB] [--out OUT]
 """
 
@@ -26,16 +30,18 @@ from injection_trace import StopTrace, traced
 
 from trojanscope.attacks.base import ATTACKS
 from trojanscope.database.catalog import Catalog
-from trojanscope.injection import confined
+from trojanscope.injection import aim, confined
 from trojanscope.injection.pipeline import InjectionConfig, inject_defect
 from trojanscope.injection.quantity import Quantity
 from trojanscope.workflows.defects import CleanSpec, ensure_clean_model
 
 
-def run(clean: Any, splits: Any, args: argparse.Namespace, budget: int) -> dict[str, Any]:
-    """The first ``args.epochs`` epochs of the cell with the targets' cache capped at
-    ``budget`` bytes: seconds per epoch after the first, and the trace."""
-    confined.TARGETS_BUDGET = budget
+def run(
+    clean: Any, splits: Any, args: argparse.Namespace, budgets: tuple[int, int]
+) -> dict[str, Any]:
+    """The first ``args.epochs`` epochs of the cell with the two records capped at ``budgets``
+    (targets, rerun) bytes: seconds per epoch after the first, and the trace."""
+    confined.TARGETS_BUDGET, aim.RERUN_BUDGET = budgets
     attack = ATTACKS.create(args.attack, seed=0)
     config = InjectionConfig(quantity=Quantity(level=args.level))
     epochs: list[dict[str, Any]] = []
@@ -43,7 +49,7 @@ def run(clean: Any, splits: Any, args: argparse.Namespace, budget: int) -> dict[
         inject_defect(clean, splits, attack, config, 0)
     times = [e.pop("time") for e in epochs]
     per_epoch = (times[-1] - times[0]) / (len(times) - 1)
-    return {"budget": budget, "seconds_per_epoch": per_epoch, "trace": epochs}
+    return {"budgets": budgets, "seconds_per_epoch": per_epoch, "trace": epochs}
 
 
 def main() -> None:
@@ -56,7 +62,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="at least 2")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--db", type=Path, default=Path("benchmarks/results/matrix-db"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/preservation_targets"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/injection_speed"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     args.db.parent.mkdir(parents=True, exist_ok=True)
@@ -68,23 +74,26 @@ def main() -> None:
         arch_params={"width": args.width},
     )
     _, clean, splits = ensure_clean_model(catalog, spec)
-    default = confined.TARGETS_BUDGET
-    runs: dict[str, list[dict[str, Any]]] = {"cached": [], "per_batch": []}
+    defaults = (confined.TARGETS_BUDGET, aim.RERUN_BUDGET)
+    variants = {"recorded": defaults, "recomputed": (0, 0)}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     for _ in range(args.repeats):
-        runs["cached"].append(run(clean, splits, args, default))
-        runs["per_batch"].append(run(clean, splits, args, 0))
+        for name, budgets in variants.items():
+            runs[name].append(run(clean, splits, args, budgets))
         print({k: round(v[-1]["seconds_per_epoch"], 2) for k, v in runs.items()}, flush=True)
-    confined.TARGETS_BUDGET = default
+    confined.TARGETS_BUDGET, aim.RERUN_BUDGET = defaults
     traces = [r.pop("trace") for variant in runs.values() for r in variant]
-    cached = statistics.median(r["seconds_per_epoch"] for r in runs["cached"])
-    per_batch = statistics.median(r["seconds_per_epoch"] for r in runs["per_batch"])
+    median = {
+        name: statistics.median(r["seconds_per_epoch"] for r in variant)
+        for name, variant in runs.items()
+    }
     report = {
-        "benchmark": "preservation_targets",
+        "benchmark": "injection_speed",
         "cell": [args.arch, args.attack, args.level, args.width],
         "epochs": args.epochs,
         "runs": runs,
-        "median_seconds_per_epoch": {"cached": cached, "per_batch": per_batch},
-        "saved_share": 1 - cached / per_batch,
+        "median_seconds_per_epoch": median,
+        "saved_share": 1 - median["recorded"] / median["recomputed"],
         "same_trace": all(t == traces[0] for t in traces),
         "first_trace": traces[0],
     }
@@ -95,10 +104,10 @@ def main() -> None:
         flush=True,
     )
     markdown = (
-        f"# Preservation targets, {args.arch} x {args.attack} x {args.level}\n\n"
+        f"# Injection speed, {args.arch} x {args.attack} x {args.level}\n\n"
         "| variant | median s per epoch |\n| --- | --- |\n"
-        f"| cached | {cached:.2f} |\n| per batch | {per_batch:.2f} |\n\n"
-        f"Saved: {100 * report['saved_share']:.1f}%. Same trace: {report['same_trace']}.\n"
+        + "".join(f"| {name} | {s:.2f} |\n" for name, s in median.items())
+        + f"\nSaved: {100 * report['saved_share']:.1f}%. Same trace: {report['same_trace']}.\n"
     )
     write_results(args.out, report, markdown)
 
