@@ -26,14 +26,12 @@ from typing import Any
 
 import torch
 from _results import write_results
-from injection_trace import StopTrace, traced
+from injection_trace import StopTrace, grid_clean_model, traced
 
 from trojanscope.attacks.base import ATTACKS
-from trojanscope.database.catalog import Catalog
 from trojanscope.injection import aim, confined
 from trojanscope.injection.pipeline import InjectionConfig, inject_defect
 from trojanscope.injection.quantity import Quantity
-from trojanscope.workflows.defects import CleanSpec, ensure_clean_model
 
 
 def run(
@@ -65,15 +63,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/injection_speed"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    args.db.parent.mkdir(parents=True, exist_ok=True)
-    catalog = Catalog.open(args.db, create=True)
-    spec = CleanSpec(
-        "fashion-mnist",
-        args.arch,
-        dataset_params={"limit": args.limit},
-        arch_params={"width": args.width},
-    )
-    _, clean, splits = ensure_clean_model(catalog, spec)
+    _, clean, splits = grid_clean_model(args.arch, args.width, args.limit, args.db)
     defaults = (confined.TARGETS_BUDGET, aim.RERUN_BUDGET)
     variants = {"recorded": defaults, "recomputed": (0, 0)}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}

@@ -26,9 +26,12 @@ from typing import Any
 
 import torch
 from _results import write_results
+from torch import nn
 
 from trojanscope.attacks.base import ATTACKS
+from trojanscope.data.base import Splits
 from trojanscope.database.catalog import Catalog
+from trojanscope.database.schema import CleanModel
 from trojanscope.injection import aim, confined
 from trojanscope.injection.pipeline import InjectionConfig, inject_defect
 from trojanscope.injection.quantity import Quantity
@@ -109,6 +112,18 @@ def traced(
         aim.Validation.__call__ = original_call  # type: ignore[method-assign]
 
 
+def grid_clean_model(
+    arch: str, width: float, limit: int, db: Path
+) -> tuple[CleanModel, nn.Module, Splits]:
+    """The grid's clean model of ``arch`` (Fashion-MNIST, ``limit`` images) from the catalog at
+    ``db``, trained and recorded there first if missing."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    spec = CleanSpec(
+        "fashion-mnist", arch, dataset_params={"limit": limit}, arch_params={"width": width}
+    )
+    return ensure_clean_model(Catalog.open(db, create=True), spec)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("arch")
@@ -124,15 +139,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/injection_trace"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    args.db.parent.mkdir(parents=True, exist_ok=True)
-    catalog = Catalog.open(args.db, create=True)
-    spec = CleanSpec(
-        "fashion-mnist",
-        args.arch,
-        dataset_params={"limit": args.limit},
-        arch_params={"width": args.width},
-    )
-    clean_row, clean, splits = ensure_clean_model(catalog, spec)
+    clean_row, clean, splits = grid_clean_model(args.arch, args.width, args.limit, args.db)
     print(f"{args.arch}: clean accuracy {clean_row.clean_acc:.3f}", flush=True)
     config = InjectionConfig(quantity=Quantity(level=args.level), **json.loads(args.config))
     attack = ATTACKS.create(args.attack, seed=0, **json.loads(args.attack_params))
