@@ -18,6 +18,7 @@ REPAIR_KEYS = {
     "asr_after",
     "der",
     "seconds",
+    "details",
 }
 
 

@@ -190,6 +190,8 @@ def repair_cmd(
         f"ASR {row.asr_before:.3f} -> {row.asr_after:.3f}, DER {row.der:.3f} "
         f"({row.seconds:.1f} s); repaired weights {row.weights_sha256[:12]}"
     )
+    if row.details:
+        out.print("the run chose: " + ", ".join(shown(f"{k}={v}") for k, v in row.details.items()))
 
 
 def _study_table(

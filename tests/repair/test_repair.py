@@ -115,3 +115,29 @@ def test_repairs_on_a_device_give_the_cpus_weights(method, narrow_defect, digits
         expected.clean_acc_after,
         expected.asr_after,
     )
+
+
+def test_whole_model_finetuning_restarts_a_diverged_run_at_half_the_rate(small_defect, digits):
+    """Adam at rate 1 wrecks any network in one epoch; the guard halves the rate until the
+    accuracy on the defender's clean samples holds, and records the rate it kept."""
+    outcome = repair("finetune-all", small_defect, digits, [], lr=1.0, epochs=2, halvings=20)
+    details = outcome.details
+    assert details["restarts"] >= 1 and not details["diverged"]
+    assert details["lr"] == 1.0 / 2 ** details["restarts"]
+    assert outcome.clean_acc_after > 0.8
+
+
+def test_whole_model_finetuning_without_restarts_keeps_the_diverged_run(small_defect, digits):
+    outcome = repair("finetune-all", small_defect, digits, [], lr=1.0, epochs=2, halvings=0)
+    assert outcome.details == {"lr": 1.0, "restarts": 0, "diverged": True}
+    assert outcome.clean_acc_after < 0.5
+
+
+def test_a_repair_implementing_neither_apply_method_says_so():
+    from trojanscope.repair.base import Repair
+
+    class Nothing(Repair):
+        name = "nothing"
+
+    with pytest.raises(NotImplementedError, match="nothing"):
+        Nothing().apply(torch.nn.Linear(1, 1), [], None)

@@ -59,6 +59,7 @@ def test_finetune_all_records_no_criterion(built):  # noqa: F811
     catalog, _, _, _, defect, _ = built
     row, _ = repair_defect(catalog, defect.id, "finetune-all", "clp", method_params={"epochs": 1})
     assert row.criterion is None and row.k == 0 and row.neurons == {"names": []}
+    assert set(row.details) == {"lr", "restarts", "diverged"}  # the rate the guard kept
 
 
 def test_a_neuron_repair_without_criterion_is_refused(built):  # noqa: F811

@@ -159,6 +159,9 @@ class RepairRow(Base):
     der: Mapped[float] = mapped_column(Float)
     weights_sha256: Mapped[str] = mapped_column(String(64))  # the repaired model
     seconds: Mapped[float] = mapped_column(Float)
+    # What the run chose on its own (finetune-all: the rate it backed off to); None: nothing,
+    # or recorded before repairs reported it.
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     defect: Mapped[Defect] = relationship(back_populates="repairs")
 

@@ -7,7 +7,7 @@ defender's small clean set, and returns a new model: the original is never modif
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -44,7 +44,16 @@ class Repair(Plugin[RP_co]):
 
     def apply(self, model: nn.Module, neurons: list[NeuronRef], clean: TensorData) -> nn.Module:
         """A repaired copy of ``model`` (``model`` itself is left untouched)."""
-        raise NotImplementedError
+        return self.apply_with_details(model, neurons, clean)[0]
+
+    def apply_with_details(
+        self, model: nn.Module, neurons: list[NeuronRef], clean: TensorData
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        """``apply``'s copy and what the run chose on its own (e.g. a rate it backed off to),
+        recorded with the repair; a repair that chooses nothing implements ``apply`` alone."""
+        if type(self).apply is Repair.apply:
+            raise NotImplementedError(f"repair '{self.name}' implements neither apply method")
+        return self.apply(model, neurons, clean), {}
 
     def clean_subset(self, clean: TensorData) -> TensorData:
         """The defender's clean set: a seeded sample of ``samples`` training inputs."""
@@ -73,6 +82,7 @@ class RepairOutcome:
     asr_after: float
     seconds: float
     model: nn.Module
+    details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def asr_drop(self) -> float:
@@ -101,7 +111,8 @@ def run_repair(
     check_neurons(model, neurons)
     acc_before, asr_before = accuracy(model, clean_test), accuracy(model, triggered)
     started = time.perf_counter()
-    repaired = repair.apply(model, neurons, clean_train).eval()
+    repaired, details = repair.apply_with_details(model, neurons, clean_train)
+    repaired.eval()
     seconds = time.perf_counter() - started
     return RepairOutcome(
         method=repair.name,
@@ -113,4 +124,5 @@ def run_repair(
         asr_after=accuracy(repaired, triggered),
         seconds=seconds,
         model=repaired,
+        details=details,
     )

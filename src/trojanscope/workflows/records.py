@@ -295,6 +295,8 @@ class RepairRecord(_Record):
     der: float
     seconds: float
     weights_sha256: str
+    # what the run chose on its own, e.g. finetune-all's {lr, restarts, diverged}
+    details: dict[str, Any]
     reused: bool
 
 

@@ -60,13 +60,16 @@ def _defaults(kind: str, name: str) -> dict[str, Any] | None:
 
 def variant(kind: str, name: str, params: dict[str, Any] | None, **more: Any) -> str:
     """``name`` with the parameters that differ from its defaults, e.g. ``nc (steps=30)``: a
-    result computed with other parameters is another group of the study."""
+    result computed with other parameters is another group of the study. A parameter added
+    since a result was recorded shows as ``absent`` (the result predates it)."""
     defaults = _defaults(kind, name) or {}
-    differing = {k: v for k, v in (params or {}).items() if defaults.get(k, v) != v}
-    differing.update(more)
+    differing = {k: json.dumps(v) for k, v in (params or {}).items() if defaults.get(k, v) != v}
+    if params:
+        differing.update({k: "absent" for k in defaults if k not in params})
+    differing.update({k: json.dumps(v) for k, v in more.items()})
     if not differing:
         return name
-    shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(differing.items()))
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(differing.items()))
     return f"{name} ({shown})"
 
 

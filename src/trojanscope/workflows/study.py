@@ -205,6 +205,7 @@ def repair_defect(
         der=outcome.der,
         weights_sha256=weights.sha256,
         seconds=outcome.seconds,
+        details=outcome.details or None,
     )
     if not _insert(catalog, row, [weights]):  # recorded meanwhile by another process: use its entry
         return raced_entry(catalog, RepairRow, key), False
@@ -227,6 +228,7 @@ def repair_summary(row: RepairRow) -> dict[str, Any]:
         "der": row.der,
         "seconds": row.seconds,
         "weights_sha256": row.weights_sha256,
+        "details": row.details or {},
     }
 
 
