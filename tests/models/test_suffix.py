@@ -1,4 +1,8 @@
 import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,3 +118,34 @@ def test_a_patched_rerun_gives_the_patched_logits_of_whole_passes(arch):
     expected = patched_logits(trained, keep, paired, triggered, batch_size=16)
     assert torch.equal(patched_rerun(trained, keep, parts[0], parts[1]), expected)
     assert not torch.equal(expected, patched_logits(clean, keep, paired, triggered, batch_size=16))
+
+
+SPAWNED_AND_INTERRUPTED = """
+import multiprocessing, os, sys
+multiprocessing.set_start_method("spawn")  # as on macOS: tqdm's lock would be a named semaphore
+import torch
+from torch import nn
+from trojanscope.models.suffix import SuffixRunner
+model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3)).eval()
+SuffixRunner(model, torch.ones(2, 1, 6, 6)).rerun("1", 2, lambda t: t * 0)
+sys.stderr.flush()
+os._exit(130)  # what the Ctrl-C path does
+"""
+
+
+def test_a_process_interrupted_after_a_suffix_rerun_leaves_no_semaphore_behind():
+    """torch.fx's interpreter opens a tqdm bar; its lock must not be a tracked semaphore that an
+    interrupted command leaves to the resource tracker's warning."""
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", SPAWNED_AND_INTERRUPTED],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 130, done.stderr
+    assert b"leaked" not in done.stderr, done.stderr

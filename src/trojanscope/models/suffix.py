@@ -9,6 +9,8 @@ The cache and the logits live on the model's device.
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Callable
 
 import torch
@@ -19,7 +21,33 @@ from trojanscope.device import model_device
 from trojanscope.neurons import NeuronRef, patch_neurons, patched_layers, recording, trace
 
 
-class _Recorder(Interpreter):
+@functools.cache
+def use_thread_only_progress_lock() -> None:
+    """Give tqdm a lock of this process's threads before anything makes one of its own.
+
+    torch.fx's ``Interpreter.run`` opens a progress bar, disabled, on each call, and tqdm's
+    first bar creates a multiprocessing lock: where processes start by spawn (a build's
+    workers; every process on macOS) a named semaphore, registered with the resource tracker.
+    A process ended by Ctrl-C (``os._exit``, a terminated worker) never unlinks it, and the
+    tracker then warns of a leaked semaphore on the user's terminal. trojanscope draws no
+    tqdm bar across processes, so a thread lock does (``tqdm.set_lock`` is tqdm's documented
+    way to choose the lock)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # torch.fx falls back on its own progress bar, which locks nothing
+        return
+    tqdm.set_lock(threading.RLock())
+
+
+class _Interpreter(Interpreter):
+    """torch.fx's interpreter, run without creating a multiprocessing lock."""
+
+    def __init__(self, module: nn.Module, garbage_collect_values: bool = True) -> None:
+        use_thread_only_progress_lock()
+        super().__init__(module, garbage_collect_values=garbage_collect_values)
+
+
+class _Recorder(_Interpreter):
     """Runs the graph once and keeps every node's value, or only those in ``keep`` (the others
     are freed after their last use, as in a plain forward pass)."""
 
@@ -106,7 +134,7 @@ class SuffixRunner:
         if not isinstance(output, torch.Tensor):  # a call_module node of a Conv2d, Linear, norm
             raise TypeError(f"the output of {module_path} is not a tensor")
         env[start] = mutate(output)
-        return Interpreter(self.gm).run(torch.empty(0), initial_env=env)
+        return _Interpreter(self.gm).run(torch.empty(0), initial_env=env)
 
 
 class ChangedPart:
@@ -178,7 +206,7 @@ class ChangedPart:
             for node in gm.graph.nodes
             if node.name not in self.changed and node.op != "get_attr"
         }
-        return Interpreter(gm).run(torch.empty(0), initial_env=env)
+        return _Interpreter(gm).run(torch.empty(0), initial_env=env)
 
     def logits(self, model: nn.Module) -> torch.Tensor:
         """``model``'s logits on all the recorded inputs, on the CPU."""

@@ -23,6 +23,7 @@ import torch
 from trojanscope.database.catalog import CATALOG_FILE, Catalog
 from trojanscope.device import assigned_device, is_cuda, worker_device
 from trojanscope.errors import CatalogError, ConfigError, TrojanscopeError
+from trojanscope.models.suffix import use_thread_only_progress_lock
 from trojanscope.workflows.jobs import JobResult, run_job
 from trojanscope.workflows.plan import CleanJob, DefectJob
 
@@ -90,28 +91,12 @@ def _watch_parent() -> None:
             os._exit(0)
 
 
-def _thread_only_progress_lock() -> None:
-    """Give tqdm a lock of this process's threads before anything makes one of its own.
-
-    torch.fx's ``Interpreter.run`` (``models.suffix``) opens a progress bar, disabled, on each
-    call, and tqdm's first bar creates a multiprocessing lock: in a spawned worker a named
-    semaphore, registered with the resource tracker. A worker terminated by Ctrl-C never
-    unlinks it, and the tracker then warns of a leaked semaphore on the user's terminal.
-    A worker shares no progress output with other processes, so a thread lock does
-    (``tqdm.set_lock`` is tqdm's documented way to choose the lock)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:  # torch.fx falls back on its own progress bar, which locks nothing
-        return
-    tqdm.set_lock(threading.RLock())
-
-
 def _start_worker(root: str, url: str | None, device: str | None, threads: int) -> None:
     """Worker set-up: its torch threads, its own connection to the catalog (``url``: its
     PostgreSQL database, None: SQLite), a watchdog."""
     global _catalog, _device
     torch.set_num_threads(threads)
-    _thread_only_progress_lock()
+    use_thread_only_progress_lock()  # before any fx pass a job runs
     # Ctrl-C reaches every process of the terminal's group: the build alone handles it (it
     # terminates the workers, whose running jobs leave whole entries or none).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
