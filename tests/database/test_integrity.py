@@ -1,15 +1,14 @@
 """Entries and their artifacts: written together under the write lock, never half; orphans of
 a killed writer found by verify and removed by sweep; tampered and missing files reported."""
 
-import os
 import sqlite3
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import torch
 
+from tests.subprocesses import subprocess_env
 from trojanscope.database.catalog import CATALOG_FILE
 from trojanscope.database.integrity import sweep, verify
 from trojanscope.database.schema import CleanModel
@@ -90,10 +89,7 @@ def test_a_writer_killed_before_its_commit_leaves_an_orphan_that_sweep_removes(c
     assert catalog.record(clean_row("kept", kept.sha256), [kept])
     script = tmp_path / "writer.py"
     script.write_text(KILLED_WRITER)
-    root = Path(__file__).resolve().parents[2]  # the repository: its src and its tests
-    paths = [str(root / "src"), str(root), os.environ.get("PYTHONPATH", "")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-    done = subprocess.run([sys.executable, str(script), str(catalog.root)], env=env)
+    done = subprocess.run([sys.executable, str(script), str(catalog.root)], env=subprocess_env())
     assert done.returncode == -9
     with catalog.session() as session:  # the entry was rolled back ...
         assert [r.key for r in session.query(CleanModel)] == ["kept"]

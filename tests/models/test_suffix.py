@@ -1,12 +1,11 @@
 import copy
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests.subprocesses import subprocess_env
 from trojanscope.models.base import ARCHITECTURES
 from trojanscope.models.suffix import ChangedPart, SuffixRunner, patched_rerun
 from trojanscope.neurons import (
@@ -136,14 +135,9 @@ os._exit(130)  # what the Ctrl-C path does
 def test_a_process_interrupted_after_a_suffix_rerun_leaves_no_semaphore_behind():
     """torch.fx's interpreter opens a tqdm bar; its lock must not be a tracked semaphore that an
     interrupted command leaves to the resource tracker's warning."""
-    src = Path(__file__).resolve().parents[2] / "src"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
-    }
     done = subprocess.run(
         [sys.executable, "-c", SPAWNED_AND_INTERRUPTED],
-        env=env,
+        env=subprocess_env(),
         capture_output=True,
         timeout=120,
     )

@@ -3,7 +3,6 @@ made once: the catalog every resumed, parallel or concurrent build must equal.""
 
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -19,8 +18,6 @@ from trojanscope.database.schema import CleanModel, Defect, Localization, Repair
 from trojanscope.workflows.build import run_build
 from trojanscope.workflows.executors import InProcess
 from trojanscope.workflows.spec import parse_spec
-
-ROOT = Path(__file__).resolve().parents[2]
 
 # Acceptance is opened wide: the build machinery is under test, so every defect is accepted
 # and gets its criterion and repair, whatever two epochs of training reach on this machine.
@@ -50,12 +47,6 @@ min_patched_ratio = 0.0
 name = "prune"
 criterion = "clp"
 """
-
-
-def subprocess_env() -> dict[str, str]:
-    """This checkout's sources first, as for the tests themselves."""
-    paths = [str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
 
 
 def build_command(spec: Path, db: Path, *more: str) -> list[str]:

@@ -16,11 +16,11 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
+from tests.subprocesses import subprocess_env
 from tests.workflows.conftest import (
     TINY,
     build_command,
     snapshot,
-    subprocess_env,
     wait_for_defect,
 )
 from trojanscope.database.catalog import Catalog

@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-from tests.workflows.conftest import subprocess_env
+from tests.subprocesses import subprocess_env
 from trojanscope.database.catalog import Catalog
 from trojanscope.workflows import executors
 from trojanscope.workflows.executors import WorkerPool

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.subprocesses import subprocess_env
 from tests.workflows.conftest import (
     TINY,
     build_command,
     snapshot,
-    subprocess_env,
     wait_for_defect,
 )
 from trojanscope.cli_build import bare_ray_option

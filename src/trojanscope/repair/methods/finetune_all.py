@@ -61,4 +61,4 @@ class FineTuneAll(Repair[FineTuneAllParams]):
         # Normalization statistics stay frozen, as in neuron fine-tuning: a few hundred
         # samples would only make them worse.
         train_epochs(repaired, samples, optimizer, p.epochs, p.batch_size, p.seed, bn_train=False)
-        return repaired.eval()
+        return repaired
