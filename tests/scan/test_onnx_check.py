@@ -19,8 +19,6 @@ from safetensors.torch import save
 from trojanscope.scan.findings import SEVERITY_RANK, FileReport
 from trojanscope.scan.onnx_check import check_onnx, looks_like_onnx
 
-torch.set_num_threads(1)
-
 X = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
 Y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
 Z = helper.make_tensor_value_info("z", TensorProto.FLOAT, [2])

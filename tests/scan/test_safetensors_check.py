@@ -17,8 +17,6 @@ from safetensors.torch import save
 from trojanscope.scan.findings import SEVERITY_RANK, FileReport
 from trojanscope.scan.safetensors_check import DTYPE_BITS, check_safetensors
 
-torch.set_num_threads(1)
-
 FUZZ = settings(
     max_examples=300,
     deadline=None,
