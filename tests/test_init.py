@@ -14,8 +14,9 @@ import torch
 from tests.subprocesses import subprocess_env
 
 #: MKL's code-branch query (mkl_cbwr.h): MKL_CBWR_BRANCH asks, MKL_CBWR_BRANCH_OFF answers
-#: that the mode is off, MKL_CBWR_AUTO and MKL_CBWR_COMPATIBLE are two of the branches.
-BRANCH, OFF, AUTO, COMPATIBLE = 1, 1, 2, 3
+#: that the mode is off, MKL_CBWR_COMPATIBLE is one fixed branch. With AUTO, what the query
+#: answers may be the branch chosen for this CPU, so the tests ask only that it is not off.
+BRANCH, OFF, COMPATIBLE = 1, 1, 3
 
 # What a fresh process reports: trojanscope imported (or not) first, then a product computed.
 PROBE = """
@@ -57,7 +58,7 @@ def _branch(first: str, **env: str) -> int:
 def test_mkl_is_reproducible_in_a_process_that_imports_trojanscope():
     _mkl()
     assert _branch("torch") == OFF  # the probe can tell: MKL's own default is off
-    assert _branch("package") == AUTO
+    assert _branch("package") != OFF
 
 
 def test_a_users_own_mkl_cbwr_wins():
@@ -67,4 +68,4 @@ def test_a_users_own_mkl_cbwr_wins():
 
 def test_the_suite_itself_runs_with_it():
     """The in-process reference builds of tests/workflows are made here."""
-    assert _mkl().mkl_serv_cbwr_get(BRANCH) == AUTO
+    assert _mkl().mkl_serv_cbwr_get(BRANCH) != OFF
