@@ -140,14 +140,15 @@ def units_of(defects: list[Defect], level: str, layer: str) -> int:
 def damage(catalog: Catalog, defect: Defect) -> dict[str, Any]:
     """The clean test images ``defect`` gets wrong where its clean model was right: how many,
     how many go to the target, and their mean intensity inside the trigger's footprint (the
-    pixels the trigger changes) against the other images'."""
+    pixels the trigger changes on the first test image) against the other images'."""
     ctx = load_defect(catalog, defect.id)
     clean = load_weights(catalog, defect.clean_model, defect.clean_model.weights_sha256).eval()
     x, y = ctx.splits.test.x, ctx.splits.test.y
     target = int(ctx.poisoned_test.y[0])
     with torch.no_grad():
-        lost = (clean(x).argmax(1) == y) & (ctx.model.eval()(x).argmax(1) != y)
-        to_target = lost & (ctx.model(x).argmax(1) == target)
+        predicted = ctx.model.eval()(x).argmax(1)
+        lost = (clean(x).argmax(1) == y) & (predicted != y)
+    to_target = lost & (predicted == target)
     footprint = (ctx.attack.apply(x[:1]) != x[:1]).any(1)[0]
     intensity = x[:, :, footprint].mean((1, 2))
     return {
